@@ -1,0 +1,229 @@
+"""The Ray actor: load the model once, then read -> decode -> upscale -> encode/write -> stats.
+
+Errors are data: a bad image becomes a `failed` row with `error_type` and a
+one-line `error_message`, and the other images of the batch go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from sr_batch import images, quality, stats, storage
+from sr_batch.errors import ImageError, ReferenceImageError
+from sr_batch.models.registry import ModelSpec
+from sr_batch.upscaler import Upscaler, make_tf_batch_fn, to_float, to_integer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """What every actor needs to know; built once on the driver."""
+
+    model: ModelSpec
+    scale: int
+    tile_size: int
+    tile_overlap: int
+    batch_size: int
+    format: str
+    quality: int
+    png_compress_level: int
+    max_pixels: int
+    retries: int
+    intra_op_threads: int
+
+
+@dataclass
+class _Work:
+    """One image in flight inside a batch."""
+
+    row: dict
+    stats: dict
+    began: float
+    decoded: images.DecodedImage | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def configure_tensorflow(threads: int) -> None:
+    """Thread limits and GPU memory growth; must run before TensorFlow does any work."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(2)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:
+        pass  # already initialised in this process (e.g. tests); settings stay as they were
+
+
+def worker_name() -> str:
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{name} gpu={gpus}" if gpus not in (None, "") else name
+
+
+def build_upscaler(settings: ActorSettings) -> tuple[Upscaler, callable]:
+    """Load the model (TF imported here, inside the actor) and wrap it as an Upscaler."""
+    if settings.model.arch == "bicubic":
+        upscaler = Upscaler(None, settings.scale, settings.tile_size, settings.tile_overlap,
+                            settings.batch_size)
+        return upscaler, (lambda: 0)
+    configure_tensorflow(settings.intra_op_threads)
+    from sr_batch.models.registry import load_keras_model
+
+    model = load_keras_model(settings.model)
+    run, traces = make_tf_batch_fn(model, settings.tile_size)
+    return (Upscaler(run, settings.scale, settings.tile_size, settings.tile_overlap,
+                     settings.batch_size), traces)
+
+
+class UpscaleActor:
+    """Ray Data callable class: `__call__(batch) -> stats batch` is the only hot path."""
+
+    def __init__(self, settings: ActorSettings) -> None:
+        self.settings = settings
+        self.upscaler, self.trace_count = build_upscaler(settings)
+        self.worker = worker_name()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        work = [self._start(row) for row in batch.to_pylist()]
+        ready = [w for w in work if w.decoded is not None]
+        for w in work:
+            if w.decoded is None:
+                self._finish_timing(w, 0.0)
+        if ready:
+            self._upscale_and_finish(ready)
+        return stats.make_table([w.stats for w in work])
+
+    # --- stages ---------------------------------------------------------------------
+
+    def _start(self, row: dict) -> _Work:
+        """Base stats row, then read and decode; failures are recorded, not raised."""
+        s = self.settings
+        began = time.perf_counter()
+        item = _Work(row=row, began=began, stats={
+            "image_id": row["image_id"], "source_uri": row["uri"],
+            "reference_uri": row.get("reference_uri"), "status": stats.STATUS_FAILED,
+            "scale": s.scale, "model": s.model.name, "model_sha256": s.model.sha256,
+            "tile_size": s.tile_size, "tile_overlap": s.tile_overlap,
+            "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),
+            "source_etag": row.get("etag"), "worker": self.worker,
+        })
+        try:
+            if row.get("plan_error_type"):
+                self._fail(item, row["plan_error_type"], row["plan_error_message"])
+                return item
+            data = storage.read_bytes(row["uri"], s.retries)
+            item.stats["bytes_in"] = len(data)
+            decoded = images.decode_image(data, s.max_pixels)
+            item.decoded = decoded
+            item.stats.update(width=decoded.width, height=decoded.height,
+                              channels=decoded.channels, bit_depth=decoded.bit_depth)
+        except ImageError as exc:
+            self._fail(item, exc.error_type, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop a million-image run
+            log.exception("unexpected error decoding %s", row["uri"])
+            self._fail(item, "internal_error", f"{type(exc).__name__}: {exc}")
+        item.timings["decode_s"] = time.perf_counter() - began
+        return item
+
+    def _upscale_and_finish(self, ready: list[_Work]) -> None:
+        inputs = [to_float(w.decoded.pixels) for w in ready]
+        try:
+            results = self.upscaler.upscale(inputs)
+        except Exception:  # noqa: BLE001 - isolate the image that broke the packed batch
+            log.exception("packed upscale failed; retrying image by image")
+            results = []
+            for w, image in zip(ready, inputs):
+                try:
+                    results.extend(self.upscaler.upscale([image]))
+                except Exception as exc:  # noqa: BLE001
+                    results.append(exc)
+        for w, result in zip(ready, results):
+            if isinstance(result, Exception):
+                self._fail(w, "model_error", f"{type(result).__name__}: {result}")
+                self._finish_timing(w, 0.0)
+                continue
+            try:
+                self._write_and_measure(w, result)
+            except ImageError as exc:
+                self._fail(w, exc.error_type, str(exc))
+            except Exception as exc:  # noqa: BLE001
+                log.exception("unexpected error writing %s", w.row["uri"])
+                self._fail(w, "internal_error", f"{type(exc).__name__}: {exc}")
+            self._finish_timing(w, result.infer_s)
+
+    def _write_and_measure(self, w: _Work, result) -> None:
+        s, decoded = self.settings, w.decoded
+        began = time.perf_counter()
+        out_pixels = to_integer(result.pixels, decoded.pixels.dtype)
+        alpha = None
+        if decoded.alpha is not None:
+            from sr_batch import resample
+
+            alpha = resample.upscale_bicubic(decoded.alpha, s.scale)
+        fmt, extension, note = images.output_format(decoded, s.format)
+        notes = list(decoded.notes) + ([note] if note else [])
+        output_uri = w.row["output_uri"] or (w.row["output_stem"] + extension)
+        data = images.encode_image(out_pixels, alpha, fmt, quality=s.quality,
+                                   png_compress_level=s.png_compress_level,
+                                   icc_profile=decoded.icc_profile, exif=decoded.exif)
+        storage.write_bytes_atomic(output_uri, data, s.retries)
+        w.timings["encode_s"] = time.perf_counter() - began
+        w.stats.update(
+            status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
+            out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
+            n_tiles=result.n_tiles,
+            psnr_y_consistency=_finite(quality.psnr_y_consistency(out_pixels, decoded.pixels, s.scale)),
+            sharpness_ratio=_finite(quality.sharpness_ratio(out_pixels, decoded.pixels, s.scale)),
+        )
+        if w.row.get("reference_uri"):
+            try:
+                w.stats.update(self._reference_metrics(w.row["reference_uri"], out_pixels,
+                                                       decoded.pixels))
+            except ImageError as exc:
+                notes.append(f"reference not scored ({exc.error_type}): {exc}")
+        w.stats["notes"] = "; ".join(notes) or None
+
+    def _reference_metrics(self, uri: str, output: np.ndarray, lr: np.ndarray) -> dict:
+        s = self.settings
+        reference = images.decode_image(storage.read_bytes(uri, s.retries), s.max_pixels * s.scale ** 2)
+        try:
+            metrics = quality.reference_metrics(output, lr, reference.pixels, s.scale)
+        except ValueError as exc:
+            raise ReferenceImageError(str(exc)) from None
+        return {k: _finite(v) for k, v in metrics.items()}
+
+    # --- bookkeeping ----------------------------------------------------------------
+
+    @staticmethod
+    def _fail(w: _Work, error_type: str, message: str) -> None:
+        w.decoded = None
+        w.stats.update(status=stats.STATUS_FAILED, error_type=error_type,
+                       error_message=" ".join(str(message).split())[:500], output_uri=None)
+
+    @staticmethod
+    def _finish_timing(w: _Work, infer_s: float) -> None:
+        w.stats.update(decode_s=w.timings.get("decode_s"), infer_s=infer_s,
+                       encode_s=w.timings.get("encode_s"),
+                       total_s=sum(w.timings.values()) + infer_s,
+                       finished_at=dt.datetime.now(dt.timezone.utc))
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN (undefined, e.g. the sharpness of a flat image) is stored as null; inf is kept."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) else value

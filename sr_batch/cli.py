@@ -1,0 +1,159 @@
+"""sr-batch command line. Thin: the library does the work; this maps errors to exit codes.
+
+Exit codes: 0 all images ok, 1 some images failed, 2 bad usage or configuration,
+3 the run could not start or finish (storage, model, Ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sr_batch.errors import SrBatchError
+
+EXIT_OK, EXIT_IMAGES_FAILED, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from sr_batch import config as c
+
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="directories, globs or fsspec URIs of images, or one manifest file")
+    p.add_argument("--output", "-o", required=True, help="output root (fsspec URI)")
+    p.add_argument("--model", default=None,
+                   help="zoo name, 'bicubic', or a path/URI to a .keras file (default: zoo default)")
+    p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
+    p.add_argument("--tile-size", type=int, default=c.DEFAULT_TILE_SIZE, metavar="PX")
+    p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
+                   help="context per tile side (default: the model's receptive-field radius)")
+    p.add_argument("--batch-size", type=int, default=c.DEFAULT_BATCH_SIZE, metavar="N",
+                   help="tiles per model call")
+    p.add_argument("--images-per-batch", type=int, default=c.DEFAULT_IMAGES_PER_BATCH, metavar="N",
+                   help="images per actor call; their tiles share model batches")
+    p.add_argument("--format", default="keep", choices=c.FORMATS)
+    p.add_argument("--quality", type=int, default=95, help="jpeg/webp quality")
+    p.add_argument("--png-compress-level", type=int, default=1, metavar="0-9")
+    p.add_argument("--actors", default=None, metavar="N|MIN-MAX",
+                   help="actor pool size (default: fit the cluster, keeping 1 CPU for I/O tasks)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="F")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="F")
+    p.add_argument("--tf-threads", type=int, default=0, metavar="N",
+                   help="TensorFlow threads per actor (default: its CPU share)")
+    p.add_argument("--max-pixels", type=int, default=c.DEFAULT_MAX_PIXELS,
+                   help="input pixel limit; larger images fail as too_many_pixels")
+    p.add_argument("--retries", type=int, default=3, help="retries of transient storage errors")
+    p.add_argument("--run-id", default=None, help="name of the run (default: UTC time + random)")
+    p.add_argument("--address", default=None,
+                   help="Ray address ('auto', ray://HOST:10001); default: local Ray")
+
+
+def _job_config(args: argparse.Namespace):
+    from sr_batch.config import JobConfig
+
+    return JobConfig(
+        sources=tuple(args.sources), output=args.output, model=args.model, scale=args.scale,
+        tile_size=args.tile_size, tile_overlap=args.tile_overlap, batch_size=args.batch_size,
+        images_per_batch=args.images_per_batch, format=args.format, quality=args.quality,
+        png_compress_level=args.png_compress_level, actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+        tf_threads=args.tf_threads, address=args.address, max_pixels=args.max_pixels,
+        retries=args.retries, run_id=args.run_id)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sr_batch.pipeline import echo_stderr, run_job
+
+    result = run_job(_job_config(args))
+    echo_stderr(result.summary_line())
+    return EXIT_IMAGES_FAILED if result.counts.get("failed") else EXIT_OK
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from sr_batch import manifest
+
+    table = manifest.build_manifest(args.sources)
+    manifest.write_manifest(table, args.output)
+    total = sum(v or 0 for v in table.column("bytes").to_pylist())
+    print(f"wrote {args.output}: {table.num_rows} images, {total / 1e6:.1f} MB", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from sr_batch.models import registry
+
+    index = registry.read_index()
+    defaults = {int(k): v for k, v in index.get("default", {}).items()}
+    print(f"{'name':<12} {'scale':>5} {'params':>9} {'radius':>6}  default  file")
+    for spec in [*registry.list_models(), *(registry.bicubic_spec(s) for s in (2, 3, 4))]:
+        mark = "yes" if defaults.get(spec.scale) == spec.name else ""
+        print(f"{spec.name:<12} {'x' + str(spec.scale):>5} {spec.params:>9,} "
+              f"{spec.receptive_radius:>6}  {mark:<7}  {spec.uri or '(no weights: Pillow bicubic)'}")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sr_batch import train
+
+    return train.main(args.train_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sr-batch", description="Upscale image archives with neural super-resolution on Ray.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  sr-batch run photos/ --output out/\n"
+               "  sr-batch manifest s3://bucket/archive/ -o manifest.parquet\n"
+               "  sr-batch run manifest.parquet --output s3://bucket/upscaled --gpus-per-actor 1\n"
+               "  sr-batch models")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="upscale images; write OUT/images, OUT/stats, OUT/runs",
+                         epilog="example: sr-batch run photos/ --output out/ --scale 2 --format png")
+    _add_run_options(run)
+    run.set_defaults(func=cmd_run)
+
+    man = sub.add_parser("manifest", help="list images under sources into a manifest file",
+                         epilog="example: sr-batch manifest photos/ 's3://b/x/**/*.jpg' -o m.parquet")
+    man.add_argument("sources", nargs="+", metavar="SOURCE")
+    man.add_argument("--output", "-o", required=True,
+                     help="manifest file to write (.parquet, .csv or .jsonl)")
+    man.set_defaults(func=cmd_manifest)
+
+    models = sub.add_parser("models", help="list the model zoo", epilog="example: sr-batch models")
+    models.set_defaults(func=cmd_models)
+
+    train = sub.add_parser("train", help="train a zoo architecture (see jobs/train.py --help)",
+                           add_help=False)
+    train.add_argument("train_args", nargs=argparse.REMAINDER)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SrBatchError as exc:
+        from sr_batch.errors import ConfigError, ManifestError
+
+        print(f"sr-batch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, (ConfigError, ManifestError)) else EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        print("sr-batch: interrupted; rerun the same command to finish", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line, details with --verbose
+        if args.verbose:
+            raise
+        print(f"sr-batch: error: {type(exc).__name__}: {exc} (rerun with -v for details)",
+              file=sys.stderr)
+        return EXIT_RUN_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Every knob of a run, as one frozen dataclass validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+from sr_batch.errors import ConfigError
+
+FORMATS = ("keep", "png", "webp", "jpeg", "tiff")
+SCALES = (2, 3, 4)
+
+# 128 px input tiles (256 px out at x2): big enough that an 8 px context margin
+# wastes under 25% of the work, small enough that a batch of 16 tiles of a
+# 64-channel model stays well under 1 GB of activations on CPU or GPU.
+DEFAULT_TILE_SIZE = 128
+# Tiles per model call. 16 keeps the CPU busy without growing the activations
+# past what a 2-core laptop has in cache-friendly memory.
+DEFAULT_BATCH_SIZE = 16
+# Images handed to an actor per call; tiles of all of them are packed together,
+# so small images still fill whole model batches.
+DEFAULT_IMAGES_PER_BATCH = 8
+# 178 MP input: Pillow's own decompression-bomb threshold (2 x 89.5 MP).
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+def parse_actors(text: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """Parse `--actors N` or `--actors MIN-MAX` into (min, max); None means automatic."""
+    if text is None or text == "auto":
+        return None
+    if isinstance(text, tuple):
+        low, high = text
+    elif isinstance(text, int):
+        low = high = text
+    else:
+        parts = str(text).split("-")
+        try:
+            if len(parts) == 1:
+                low = high = int(parts[0])
+            elif len(parts) == 2:
+                low, high = int(parts[0]), int(parts[1])
+            else:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"--actors must be N or MIN-MAX, got {text!r}") from None
+    if low < 1 or high < low:
+        raise ConfigError(f"--actors needs 1 <= MIN <= MAX, got {low}-{high}")
+    return (low, high)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """One upscaling run; the resolved copy is written to OUT/runs/<run_id>.json."""
+
+    sources: tuple[str, ...]
+    """Directories, globs, fsspec URIs or one manifest file (.parquet/.csv/.jsonl)."""
+    output: str
+    """Output root (fsspec URI); images go to OUT/images, stats to OUT/stats."""
+    model: str | None = None
+    """Zoo name, `bicubic`, or a path/URI to a .keras file; None picks the zoo default."""
+    scale: int = 2
+    """Upscaling factor; must match the model's."""
+    tile_size: int = DEFAULT_TILE_SIZE
+    """Input-pixel side of the fixed square tile the model sees."""
+    tile_overlap: int | None = None
+    """Context margin per tile side in input pixels; None uses the model's receptive-field radius."""
+    batch_size: int = DEFAULT_BATCH_SIZE
+    """Tiles per model call."""
+    images_per_batch: int = DEFAULT_IMAGES_PER_BATCH
+    """Images per actor call; their tiles share model batches."""
+    format: str = "keep"
+    """Output format: keep (the input's where writable, else PNG), png, webp, jpeg or tiff."""
+    quality: int = 95
+    """Quality for the lossy formats (jpeg, webp)."""
+    png_compress_level: int = 1
+    """zlib level for PNG output; 1 is several times faster than 6 for a few % more bytes."""
+    actors: tuple[int, int] | None = None
+    """Actor pool size (min, max); None sizes it to the cluster leaving CPUs for I/O tasks."""
+    gpus_per_actor: float = 0.0
+    """Ray GPU request per actor (fractional allowed)."""
+    cpus_per_actor: float = 1.0
+    """Ray CPU request per actor."""
+    tf_threads: int = 0
+    """TensorFlow intra-op threads per actor; 0 means max(1, round(cpus_per_actor))."""
+    address: str | None = None
+    """Ray address (`auto`, ray://HOST:10001); None starts or joins a local Ray."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Input images above this many pixels fail as too_many_pixels (decompression bombs)."""
+    retries: int = 3
+    """Retries, with exponential backoff, of transient storage errors."""
+    run_id: str | None = None
+    """Run identifier; None makes one from the UTC time."""
+    progress_s: float = 10.0
+    """Seconds between progress lines."""
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ConfigError("give at least one SOURCE (directory, glob, URI or manifest file)")
+        if self.scale not in SCALES:
+            raise ConfigError(f"--scale must be one of {SCALES}, got {self.scale}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.tile_size < 8:
+            raise ConfigError(f"--tile-size must be at least 8, got {self.tile_size}")
+        if self.tile_overlap is not None:
+            if self.tile_overlap < 0:
+                raise ConfigError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
+            if self.tile_size - 2 * self.tile_overlap < 1:
+                raise ConfigError(
+                    f"--tile-size {self.tile_size} leaves no core with --tile-overlap "
+                    f"{self.tile_overlap}; need tile_size > 2 * tile_overlap"
+                )
+        for name in ("batch_size", "images_per_batch", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"--quality must be in 1..100, got {self.quality}")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ConfigError("--png-compress-level must be in 0..9")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor < 0:
+            raise ConfigError("--gpus-per-actor and --cpus-per-actor must be >= 0")
+        if self.gpus_per_actor == 0 and self.cpus_per_actor == 0:
+            raise ConfigError("an actor needs some CPU or GPU: set --cpus-per-actor > 0")
+        if self.retries < 0:
+            raise ConfigError("--retries must be >= 0")
+        object.__setattr__(self, "actors", parse_actors(self.actors))
+
+    def replace(self, **changes) -> "JobConfig":
+        """Return a copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def intra_op_threads(self) -> int:
+        return self.tf_threads or max(1, round(self.cpus_per_actor))
+
+
+def default_actor_count(cluster_cpus: float, cluster_gpus: float, cpus_per_actor: float,
+                        gpus_per_actor: float) -> int:
+    """Actors that fit while leaving at least one CPU free for Ray Data's read/write tasks.
+
+    An actor pool that takes every CPU starves the other tasks and the job hangs
+    (seen on 2-core machines), so one CPU is always kept back.
+    """
+    if gpus_per_actor > 0:
+        by_gpu = int(cluster_gpus // gpus_per_actor)
+        if by_gpu < 1:
+            raise ConfigError(
+                f"--gpus-per-actor {gpus_per_actor} but the cluster has {cluster_gpus:g} GPUs"
+            )
+    else:
+        by_gpu = 1 << 30
+    spare_cpus = max(0.0, cluster_cpus - 1.0)
+    by_cpu = int(spare_cpus // cpus_per_actor) if cpus_per_actor > 0 else 1 << 30
+    return max(1, min(by_gpu, by_cpu))
+
+
+def local_cpu_count() -> int:
+    return os.cpu_count() or 1

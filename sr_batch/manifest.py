@@ -1,0 +1,221 @@
+"""Build, read and validate manifests: fsspec URIs in, an Arrow table out.
+
+A manifest has one row per image. Columns: `uri` (required), `image_id`,
+`relative_path` (where the output goes under OUT/images), `reference_uri`,
+`output_uri`, `bytes`, `mtime`, `etag`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import posixpath
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from fsspec.utils import get_protocol
+
+from sr_batch import storage
+from sr_batch.errors import ManifestError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
+MANIFEST_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
+_GLOB_CHARS = "*?["
+
+MANIFEST_SCHEMA = pa.schema([
+    ("uri", pa.string()),
+    ("image_id", pa.string()),
+    ("relative_path", pa.string()),
+    ("reference_uri", pa.string()),
+    ("output_uri", pa.string()),
+    ("bytes", pa.int64()),
+    ("mtime", pa.timestamp("us", tz="UTC")),
+    ("etag", pa.string()),
+])
+
+
+def image_id_for(uri: str) -> str:
+    """Stable id of an image: the first 16 bytes of SHA-256 of its canonical URI, in hex."""
+    return hashlib.sha256(uri.encode("utf-8")).hexdigest()[:32]
+
+
+def is_manifest_file(source: str) -> bool:
+    return source.lower().endswith(MANIFEST_EXTENSIONS)
+
+
+def _has_image_extension(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _mtime(info: dict) -> dt.datetime | None:
+    for key in ("mtime", "LastModified", "last_modified", "updated", "created"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+        if isinstance(value, dt.datetime):
+            return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        if isinstance(value, str):
+            try:
+                parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return None
+
+
+def _etag(info: dict) -> str | None:
+    value = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    return str(value).strip('"') if value else None
+
+
+def _list_source(source: str) -> list[dict]:
+    """Rows for one directory, glob or file source."""
+    uri = storage.to_uri(source)
+    fs, path = storage.get_fs(uri)
+    protocol = get_protocol(uri)
+    if any(ch in path for ch in _GLOB_CHARS):
+        root = path[: min(path.index(ch) for ch in _GLOB_CHARS if ch in path)]
+        root = root.rsplit("/", 1)[0] if "/" in root else ""
+        found = fs.glob(path, detail=True)
+    elif fs.isdir(path):
+        root = path.rstrip("/")
+        found = fs.find(path, detail=True, withdirs=False)
+    elif fs.isfile(path):
+        root = posixpath.dirname(path)
+        found = {path: fs.info(path)}
+    else:
+        raise ManifestError(f"source not found: {source}")
+    rows = []
+    for name, info in sorted(found.items()):
+        if info.get("type") == "directory" or not _has_image_extension(name):
+            continue
+        name_uri = fs.unstrip_protocol(name) if protocol != "file" else "file://" + name
+        relative = name[len(root):].lstrip("/") if root else name.lstrip("/")
+        rows.append({
+            "uri": name_uri,
+            "image_id": image_id_for(name_uri),
+            "relative_path": relative,
+            "bytes": info.get("size"),
+            "mtime": _mtime(info),
+            "etag": _etag(info),
+        })
+    return rows
+
+
+def build_manifest(sources: Iterable[str]) -> pa.Table:
+    """Recursively list image files under directories, globs or URIs."""
+    rows: list[dict] = []
+    for source in sources:
+        rows.extend(_list_source(source))
+    table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+    return validate_manifest(table, "the listed sources")
+
+
+def read_manifest(uri: str) -> pa.Table:
+    """Read a Parquet, CSV or JSON Lines manifest and validate it."""
+    fs, path = storage.get_fs(storage.to_uri(uri))
+    lower = path.lower()
+    try:
+        with fs.open(path, "rb") as handle:
+            if lower.endswith(".parquet"):
+                table = pq.read_table(handle)
+            elif lower.endswith(".csv"):
+                table = pa_csv.read_csv(handle)
+            else:
+                table = pa_json.read_json(handle)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {uri}") from None
+    except (OSError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ManifestError(f"cannot read manifest {uri}: {exc}") from None
+    return validate_manifest(table, uri)
+
+
+def _common_root(uris: list[str]) -> str:
+    """Deepest directory holding every URI (protocol stripped); '' if there is none."""
+    dirs = [u.split("://", 1)[-1].rsplit("/", 1)[0] for u in uris]
+    try:
+        return posixpath.commonpath(dirs) if dirs else ""
+    except ValueError:  # mixed absolute and relative paths
+        return ""
+
+
+def validate_manifest(table: pa.Table, where: str) -> pa.Table:
+    """Check columns and ids, fill defaults, and return a table with MANIFEST_SCHEMA."""
+    if "uri" not in table.column_names:
+        raise ManifestError(f"manifest {where} has no 'uri' column (columns: {', '.join(table.column_names) or 'none'})")
+    if table.num_rows == 0:
+        return MANIFEST_SCHEMA.empty_table()
+    uri_col = table.column("uri")
+    if uri_col.null_count:
+        raise ManifestError(f"manifest {where} has {uri_col.null_count} rows with an empty 'uri'")
+    uris = [storage.to_uri(str(u)) for u in uri_col.to_pylist()]
+    columns = {"uri": pa.array(uris, pa.string())}
+    if "image_id" in table.column_names:
+        ids = [str(v) if v is not None else image_id_for(u)
+               for v, u in zip(table.column("image_id").to_pylist(), uris)]
+    else:
+        ids = [image_id_for(u) for u in uris]
+    columns["image_id"] = pa.array(ids, pa.string())
+    counts = pc.value_counts(columns["image_id"])
+    dupes = [c["values"] for c in counts.to_pylist() if c["counts"] > 1]
+    if dupes:
+        raise ManifestError(
+            f"manifest {where} has {len(dupes)} duplicate image_id values, e.g. {dupes[0]!r}")
+    if "relative_path" in table.column_names and table.column("relative_path").null_count == 0:
+        columns["relative_path"] = table.column("relative_path").cast(pa.string())
+    else:
+        root = _common_root(uris)
+        columns["relative_path"] = pa.array(
+            [u.split("://", 1)[-1][len(root):].lstrip("/") for u in uris], pa.string())
+    for name in ("reference_uri", "output_uri", "etag"):
+        if name in table.column_names:
+            values = [None if v in (None, "") else str(v) for v in table.column(name).to_pylist()]
+            if name == "reference_uri":
+                values = [storage.to_uri(v) if v else None for v in values]
+            columns[name] = pa.array(values, pa.string())
+    if "bytes" in table.column_names:
+        columns["bytes"] = table.column("bytes").cast(pa.int64())
+    if "mtime" in table.column_names:
+        try:
+            columns["mtime"] = table.column("mtime").cast(pa.timestamp("us", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            columns["mtime"] = pa.array([_mtime({"mtime": v}) for v in table.column("mtime").to_pylist()],
+                                        pa.timestamp("us", tz="UTC"))
+    arrays = [columns[f.name] if f.name in columns else pa.nulls(len(uris), f.type)
+              for f in MANIFEST_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=MANIFEST_SCHEMA)
+
+
+def load_sources(sources: Iterable[str]) -> pa.Table:
+    """A manifest file, or directories/globs/URIs to list, as one validated table."""
+    sources = list(sources)
+    if len(sources) == 1 and is_manifest_file(sources[0]):
+        return read_manifest(sources[0])
+    if any(is_manifest_file(s) for s in sources):
+        raise ManifestError("give either one manifest file or image sources, not both")
+    return build_manifest(sources)
+
+
+def write_manifest(table: pa.Table, uri: str) -> None:
+    """Write a manifest as Parquet, CSV or JSON Lines, chosen by extension."""
+    fs, path = storage.get_fs(storage.to_uri(uri))
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        with fs.open(path, "wb") as handle:
+            pq.write_table(table, handle)
+    elif lower.endswith(".csv"):
+        with fs.open(path, "wb") as handle:
+            pa_csv.write_csv(table, handle)
+    elif lower.endswith((".jsonl", ".ndjson")):
+        with fs.open(path, "w") as handle:
+            for row in table.to_pylist():
+                handle.write(json.dumps(row, default=str) + "\n")
+    else:
+        raise ManifestError(f"manifest output must end in {', '.join(MANIFEST_EXTENSIONS)}: {uri}")

@@ -1,0 +1,322 @@
+"""The Ray Data graph, top to bottom:
+
+    manifest -> plan outputs -> [actor pool: read, decode, upscale, encode, write, measure]
+             -> stats parts (Parquet, hive run_id=) -> runs/<run_id>.json
+
+The driver never imports TensorFlow; actors do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import posixpath
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from typing import Callable
+
+import pyarrow as pa
+
+import sr_batch
+from sr_batch import manifest, stats, storage
+from sr_batch.actor import ActorSettings, UpscaleActor
+from sr_batch.config import JobConfig, default_actor_count
+from sr_batch.errors import ConfigError, ImageError
+from sr_batch.models import registry
+from sr_batch.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+Echo = Callable[[str], None]
+
+# Flush stats to a new Parquet part at least this often, so a killed driver
+# loses at most this much bookkeeping (the images themselves are already written).
+FLUSH_ROWS = 5000
+FLUSH_S = 30.0
+# Failed images listed one line each before the rest are only counted.
+MAX_FAILURE_LINES = 20
+
+
+def echo_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def new_run_id() -> str:
+    """Sortable, unique, never all digits (so hive partitioning reads it as a string)."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+@dataclass
+class RunResult:
+    """What a run did; also written to OUT/runs/<run_id>.json."""
+
+    run_id: str
+    counts: dict[str, int]
+    wall_s: float
+    images_per_s: float
+    output_megapixels_per_s: float
+    stats_uri: str
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary_line(self) -> str:
+        c = self.counts
+        return (f"run {self.run_id}: {c.get('ok', 0)} ok, {c.get('failed', 0)} failed, "
+                f"{c.get('skipped', 0)} skipped of {self.total} in {self.wall_s:.1f} s "
+                f"({self.images_per_s:.2f} img/s, {self.output_megapixels_per_s:.2f} MP/s out); "
+                f"stats: {self.stats_uri}")
+
+
+# --- planning --------------------------------------------------------------------------
+
+
+def plan_outputs(table: pa.Table, config: JobConfig) -> pa.Table:
+    """Add output_stem / output_uri and plan_error_* columns; escapes fail their row only."""
+    images_root = storage.join(storage.to_uri(config.output), "images")
+    fixed_ext = None if config.format == "keep" else config.format
+    stems, uris, error_types, error_messages = [], [], [], []
+    seen: set[str] = set()
+    for relative, override in zip(table.column("relative_path").to_pylist(),
+                                  table.column("output_uri").to_pylist()):
+        stem = uri = error_type = message = None
+        try:
+            if override:
+                uri = storage.check_inside(storage.to_uri(config.output), storage.to_uri(override))
+                key = uri
+            else:
+                stem = storage.resolve_inside(images_root, posixpath.splitext(relative)[0])
+                key = f"{stem}|{fixed_ext or posixpath.splitext(relative)[1].lower()}"
+            if key in seen:
+                raise _Collision(f"two manifest rows write the same output ({uri or stem})")
+            seen.add(key)
+        except ImageError as exc:
+            error_type, message = exc.error_type, str(exc)
+        except _Collision as exc:
+            error_type, message = "output_collision", str(exc)
+        stems.append(stem)
+        uris.append(uri)
+        error_types.append(error_type)
+        error_messages.append(message)
+    table = table.set_column(table.schema.get_field_index("output_uri"), "output_uri",
+                             pa.array(uris, pa.string()))
+    return (table.append_column("output_stem", pa.array(stems, pa.string()))
+                 .append_column("plan_error_type", pa.array(error_types, pa.string()))
+                 .append_column("plan_error_message", pa.array(error_messages, pa.string())))
+
+
+class _Collision(Exception):
+    pass
+
+
+def resolve_model(config: JobConfig) -> tuple[ModelSpec, int]:
+    """Model spec with scale and receptive radius known, and the tile overlap to use."""
+    spec = registry.resolve_model(config.model, config.scale)
+    if spec.receptive_radius is None:
+        spec = _probe_model(spec, config.scale)
+    overlap = spec.receptive_radius if config.tile_overlap is None else config.tile_overlap
+    if config.tile_size - 2 * overlap < 1:
+        raise ConfigError(
+            f"--tile-size {config.tile_size} is too small for a tile overlap of {overlap} px "
+            f"(the model's receptive-field radius); use --tile-size > {2 * overlap}")
+    return spec, overlap
+
+
+def _probe_model(spec: ModelSpec, scale: int) -> ModelSpec:
+    """Load a user model once in a Ray task (never in the driver) to learn its radius."""
+    import ray
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def probe(spec: ModelSpec) -> ModelSpec:
+        from sr_batch.actor import configure_tensorflow
+
+        configure_tensorflow(1)
+        from sr_batch import tiling
+        from sr_batch.models.registry import load_keras_model, sha256_of
+
+        # Pin the bytes we measured: the actors verify the same SHA-256 when they load.
+        spec = replace(spec, sha256=sha256_of(storage.read_bytes(spec.uri)))
+        model = load_keras_model(spec)
+        radius = tiling.receptive_radius_from_impulse(
+            lambda x: model(x, training=False).numpy(), spec.scale or scale)
+        return replace(spec, scale=scale, receptive_radius=radius,
+                       params=int(model.count_params()))
+
+    return ray.get(probe.remote(replace(spec, scale=scale)))
+
+
+# --- running ---------------------------------------------------------------------------
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+             runtime_env={"env_vars": env}, configure_logging=True)
+    # Ray Data logs every dataset start/finish at INFO; our progress lines say the same.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def actor_pool_size(config: JobConfig) -> tuple[int, int]:
+    import ray
+
+    if config.actors is not None:
+        return config.actors
+    resources = ray.cluster_resources()
+    n = default_actor_count(resources.get("CPU", 1), resources.get("GPU", 0),
+                            config.cpus_per_actor, config.gpus_per_actor)
+    return (n, n)
+
+
+def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
+    """Upscale every image of the sources; return counts. Raises only job-level errors."""
+    import ray
+
+    run_id = config.run_id or new_run_id()
+    started_at = dt.datetime.now(dt.timezone.utc)
+    began = time.perf_counter()
+    output = storage.to_uri(config.output)
+    table = manifest.load_sources(config.sources)
+    init_ray(config.address)
+    spec, overlap = resolve_model(config)
+    planned = plan_outputs(table, config)
+    pool = actor_pool_size(config)
+    settings = ActorSettings(
+        model=spec, scale=config.scale, tile_size=config.tile_size, tile_overlap=overlap,
+        batch_size=config.batch_size, format=config.format, quality=config.quality,
+        png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
+        retries=config.retries, intra_op_threads=config.intra_op_threads)
+    echo(f"run {run_id}: {planned.num_rows} images, model {spec.name} x{config.scale} "
+         f"(tile {config.tile_size}, overlap {overlap}), {pool[0]}-{pool[1]} actors "
+         f"x {config.cpus_per_actor:g} CPU / {config.gpus_per_actor:g} GPU")
+
+    from ray.data import ActorPoolStrategy, DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    writer = _StatsWriter(output, run_id, planned.num_rows, config.progress_s, config.retries, echo)
+    if planned.num_rows:
+        ds = ray.data.from_arrow(_blocks(planned, config.images_per_batch, pool[1]))
+        ds = ds.map_batches(
+            UpscaleActor, fn_constructor_kwargs={"settings": settings},
+            batch_size=config.images_per_batch, batch_format="pyarrow",
+            compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]),
+            num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
+            udf_modifying_row_count=False)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.add(batch)
+    writer.close()
+    wall_s = time.perf_counter() - began
+    result = RunResult(
+        run_id=run_id, counts=writer.counts, wall_s=wall_s,
+        images_per_s=writer.rows / wall_s if wall_s else 0.0,
+        output_megapixels_per_s=writer.out_pixels / 1e6 / wall_s if wall_s else 0.0,
+        stats_uri=stats.run_dir(output, run_id), failures=writer.failures)
+    _write_run_record(output, config, spec, overlap, pool, result, started_at)
+    return result
+
+
+def _blocks(table: pa.Table, images_per_batch: int, max_actors: int) -> list[pa.Table]:
+    """Cut the manifest into blocks: enough for every actor, big enough to pack tiles."""
+    rows = max(images_per_batch, min(256, math.ceil(table.num_rows / (4 * max_actors))))
+    rows = math.ceil(rows / images_per_batch) * images_per_batch
+    return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
+
+
+class _StatsWriter:
+    """Collects stats batches, flushes Parquet parts, prints progress and failures."""
+
+    def __init__(self, output: str, run_id: str, total: int, progress_s: float, retries: int,
+                 echo: Echo) -> None:
+        self.output, self.run_id, self.total = output, run_id, total
+        self.progress_s, self.retries, self.echo = progress_s, retries, echo
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.rows = 0
+        self.seq = 0
+        self.out_pixels = 0
+        self.counts: dict[str, int] = {}
+        self.failures: list[dict] = []
+        self.began = self.last_flush = self.last_progress = time.perf_counter()
+
+    def add(self, batch: pa.Table) -> None:
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        for row in batch.select(["status", "source_uri", "error_type", "error_message",
+                                 "out_width", "out_height"]).to_pylist():
+            self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
+            if row["status"] == stats.STATUS_OK:
+                self.out_pixels += (row["out_width"] or 0) * (row["out_height"] or 0)
+            elif row["status"] == stats.STATUS_FAILED:
+                self._report_failure(row)
+        now = time.perf_counter()
+        if self.pending_rows >= FLUSH_ROWS or now - self.last_flush >= FLUSH_S:
+            self.flush()
+        if now - self.last_progress >= self.progress_s:
+            self.last_progress = now
+            self.echo(self.progress_line(now))
+
+    def _report_failure(self, row: dict) -> None:
+        if len(self.failures) < MAX_FAILURE_LINES:
+            self.echo(f"failed: {row['source_uri']}: {row['error_type']}: {row['error_message']}")
+        elif len(self.failures) == MAX_FAILURE_LINES:
+            self.echo("further failures are only counted; query the stats for all of them")
+        self.failures.append(row)
+
+    def progress_line(self, now: float) -> str:
+        elapsed = now - self.began
+        rate = self.rows / elapsed if elapsed else 0.0
+        eta = (self.total - self.rows) / rate if rate else float("nan")
+        return (f"progress: {self.rows}/{self.total} images ({100 * self.rows / max(1, self.total):.0f}%), "
+                f"{rate:.2f} img/s, {self.out_pixels / 1e6 / elapsed:.2f} MP/s out, "
+                f"{self.counts.get('failed', 0)} failed, ETA {eta:.0f} s")
+
+    def flush(self) -> None:
+        if self.pending:
+            stats.write_part(self.output, self.run_id, pa.concat_tables(self.pending), self.seq,
+                             self.retries)
+            self.seq += 1
+        self.pending, self.pending_rows = [], 0
+        self.last_flush = time.perf_counter()
+
+    def close(self) -> None:
+        self.flush()
+
+
+def _version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _write_run_record(output: str, config: JobConfig, spec: ModelSpec, overlap: int,
+                      pool: tuple[int, int], result: RunResult, started_at: dt.datetime) -> None:
+    record = {
+        "run_id": result.run_id,
+        "config": {**config.to_dict(), "tile_overlap": overlap, "actors": list(pool)},
+        "model": asdict(spec),
+        "counts": result.counts,
+        "started_at": started_at.isoformat(),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "wall_s": result.wall_s,
+        "images_per_s": result.images_per_s,
+        "output_megapixels_per_s": result.output_megapixels_per_s,
+        "versions": {"sr_batch": sr_batch.__version__, "ray": _version("ray"),
+                     "tensorflow": _version("tensorflow", "tensorflow-cpu"),
+                     "keras": _version("keras"), "python": sys.version.split()[0]},
+    }
+    uri = storage.join(output, "runs", f"{result.run_id}.json")
+    storage.write_bytes_atomic(uri, json.dumps(record, indent=2, default=str).encode(),
+                               config.retries)

@@ -1,0 +1,94 @@
+"""The per-image stats table: its schema, and writing it as a hive-partitioned Parquet dataset.
+
+OUT/stats/run_id=<id>/part-<n>.parquet holds one row per manifest row. The
+`run_id` column comes from the directory name (hive partitioning), so it is
+not stored inside the files.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sr_batch import storage
+
+STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
+
+# (name, type, unit/meaning). The README's schema table is generated from this.
+COLUMNS: list[tuple[str, pa.DataType, str]] = [
+    ("image_id", pa.string(), "stable id of the image (hash of its URI, or the manifest's)"),
+    ("source_uri", pa.string(), "input image URI"),
+    ("output_uri", pa.string(), "upscaled image URI (null unless ok)"),
+    ("reference_uri", pa.string(), "ground-truth HR image URI, when the manifest gives one"),
+    ("status", pa.string(), "ok, failed or skipped"),
+    ("error_type", pa.string(), "snake_case error class when failed (e.g. corrupt_image)"),
+    ("error_message", pa.string(), "one-line human-readable error"),
+    ("notes", pa.string(), "conversions applied, '; '-separated (palette expanded, format forced, ...)"),
+    ("width", pa.int32(), "input width, px (after EXIF orientation)"),
+    ("height", pa.int32(), "input height, px"),
+    ("channels", pa.int32(), "input channels incl. alpha (1-4)"),
+    ("bit_depth", pa.int32(), "bits per channel of the input (8 or 16)"),
+    ("out_width", pa.int32(), "output width, px"),
+    ("out_height", pa.int32(), "output height, px"),
+    ("scale", pa.int32(), "upscaling factor"),
+    ("format", pa.string(), "output format (png, jpeg, webp, tiff)"),
+    ("model", pa.string(), "model name or URI"),
+    ("model_sha256", pa.string(), "SHA-256 of the model file ('bicubic' for the baseline)"),
+    ("tile_size", pa.int32(), "tile side, input px"),
+    ("tile_overlap", pa.int32(), "context margin per tile side, input px"),
+    ("n_tiles", pa.int32(), "tiles run through the model for this image"),
+    ("bytes_in", pa.int64(), "input file size, bytes"),
+    ("bytes_out", pa.int64(), "output file size, bytes"),
+    ("source_mtime", pa.timestamp("us", tz="UTC"), "input modification time from the manifest"),
+    ("source_etag", pa.string(), "input ETag from the manifest (object stores)"),
+    ("decode_s", pa.float64(), "read + decode time, s"),
+    ("infer_s", pa.float64(), "model time, s (this image's share of its packed batches)"),
+    ("encode_s", pa.float64(), "encode + write time, s"),
+    ("total_s", pa.float64(), "wall time spent on this image, s"),
+    ("worker", pa.string(), "host:pid of the actor, with its CUDA_VISIBLE_DEVICES"),
+    ("finished_at", pa.timestamp("us", tz="UTC"), "when the row was made"),
+    ("psnr_y_consistency", pa.float64(), "dB: Y-PSNR of bicubic-downscaled output vs input"),
+    ("sharpness_ratio", pa.float64(), "gradient energy of output / of bicubic upscale of input"),
+    ("psnr_y", pa.float64(), "dB vs reference: BT.601 Y, border=scale (null without reference)"),
+    ("ssim_y", pa.float64(), "SSIM vs reference on Y, 11x11 Gaussian sigma 1.5, border=scale"),
+    ("psnr_y_bicubic", pa.float64(), "dB, bicubic upscale of the input vs reference, same pixels"),
+    ("ssim_y_bicubic", pa.float64(), "SSIM, bicubic upscale of the input vs reference, same pixels"),
+]
+
+SCHEMA = pa.schema([(name, dtype) for name, dtype, _ in COLUMNS])
+"""Schema of the stored files (run_id is the hive partition)."""
+
+
+def make_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts, missing keys are null) as a table with SCHEMA."""
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def run_dir(output: str, run_id: str) -> str:
+    return storage.join(output, "stats", f"run_id={run_id}")
+
+
+def write_part(output: str, run_id: str, table: pa.Table, seq: int, retries: int = 3) -> str:
+    """Write one Parquet part file of a run atomically; return its URI."""
+    buffer = io.BytesIO()
+    pq.write_table(table.cast(SCHEMA), buffer, compression="zstd")
+    uri = storage.join(run_dir(output, run_id), f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet")
+    storage.write_bytes_atomic(uri, buffer.getvalue(), retries=retries)
+    return uri
+
+
+def read_stats(output: str, run_id: str | None = None) -> pa.Table:
+    """All stats rows under OUT/stats (or one run's), with the run_id column."""
+    import pyarrow.dataset as ds
+
+    fs, path = storage.get_fs(storage.join(output, "stats"))
+    if not fs.exists(path):
+        return pa.schema([("run_id", pa.string()), *SCHEMA]).empty_table()
+    partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning,
+                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+    table = dataset.to_table(filter=(ds.field("run_id") == run_id) if run_id else None)
+    return table

@@ -1,0 +1,147 @@
+"""The one I/O door: every path is an fsspec URI; retries and atomic writes live here."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import posixpath
+import random
+import time
+import uuid
+from typing import Callable, TypeVar
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from sr_batch.errors import MissingFileError, PathEscapeError, ReadError, WriteError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# errno values that mean "try again", as raised by local disks, NFS and the
+# HTTP stacks under s3fs/gcsfs.
+_TRANSIENT_ERRNOS = {
+    errno.EAGAIN, errno.EBUSY, errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED,
+    errno.ETIMEDOUT, errno.EPIPE, errno.EIO,
+}
+# Fragments of messages object stores put on throttling and 5xx errors.
+_TRANSIENT_TEXT = ("slowdown", "slow down", "throttl", "503", "500 ", "internal error",
+                   "service unavailable", "connection reset", "timed out", "reduce your request rate")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors worth retrying: timeouts, resets, throttling, HTTP 5xx."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    text = str(exc).lower()
+    return any(fragment in text for fragment in _TRANSIENT_TEXT)
+
+
+def retry(call: Callable[[], T], retries: int, what: str, base_delay_s: float = 0.2) -> T:
+    """Run `call`, retrying transient errors with jittered exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - filtered by is_transient below
+            if attempt == retries or not is_transient(exc):
+                raise
+            delay = base_delay_s * (2 ** attempt) * (0.5 + random.random())
+            log.warning("transient error on %s (%s); retry %d/%d in %.2fs",
+                        what, exc, attempt + 1, retries, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def to_uri(path: str) -> str:
+    """Canonical URI: local paths become absolute file:// URIs; others are kept."""
+    if "://" in path:
+        if path.startswith("file://"):
+            return "file://" + os.path.abspath(path[len("file://"):])
+        return path
+    return "file://" + os.path.abspath(os.path.expanduser(path))
+
+
+def get_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Filesystem and protocol-less path for a URI."""
+    return url_to_fs(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def read_bytes(uri: str, retries: int = 3) -> bytes:
+    """Whole file as bytes; missing files and permanent errors become ImageErrors."""
+    fs, path = get_fs(uri)
+    try:
+        return retry(lambda: fs.cat_file(path), retries, uri)
+    except FileNotFoundError:
+        raise MissingFileError(f"no such file: {uri}") from None
+    except IsADirectoryError:
+        raise MissingFileError(f"is a directory, not a file: {uri}") from None
+    except OSError as exc:
+        raise ReadError(f"cannot read {uri}: {exc}") from None
+
+
+def write_bytes_atomic(uri: str, data: bytes, retries: int = 3) -> None:
+    """Write so that a half-written file never stands at the final name.
+
+    Local disks: write a hidden temporary file in the same directory, then
+    rename (atomic on POSIX). Object stores: a single PUT is already atomic, a
+    reader sees the old object or the whole new one.
+    """
+    fs, path = get_fs(uri)
+
+    def write() -> None:
+        if is_local(fs):
+            directory, name = os.path.split(path)
+            os.makedirs(directory, exist_ok=True)
+            tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        else:
+            fs.pipe_file(path, data)
+
+    try:
+        retry(write, retries, uri)
+    except OSError as exc:
+        raise WriteError(f"cannot write {uri}: {exc}") from None
+
+
+def resolve_inside(root: str, relative: str) -> str:
+    """URI of `relative` under `root`; raise PathEscapeError if it could leave root."""
+    if not relative or "\\" in relative or relative.startswith("/") or "://" in relative:
+        raise PathEscapeError(f"output path {relative!r} is not a plain relative path")
+    if ".." in relative.split("/"):
+        raise PathEscapeError(f"output path {relative!r} contains '..'")
+    return join(root, posixpath.normpath(relative))
+
+
+def check_inside(root: str, uri: str) -> str:
+    """Return `uri` if it lies under `root` (same protocol), else raise PathEscapeError."""
+    root_fs, root_path = get_fs(root)
+    fs, path = get_fs(uri)
+    if type(fs) is not type(root_fs):
+        raise PathEscapeError(f"output_uri {uri} is not on the output filesystem {root}")
+    if ".." in path.split("/"):
+        raise PathEscapeError(f"output_uri {uri} contains '..'")
+    root_path = root_path.rstrip("/")
+    if not path.startswith(root_path + "/"):
+        raise PathEscapeError(f"output_uri {uri} is outside the output root {root}")
+    return uri

@@ -1,0 +1,116 @@
+"""Model + tiling = upscale(images) -> images; stateless per call.
+
+Tiles of several images are packed into the same model batches, so small
+images still fill the batch; every batch has the fixed tile shape, so one
+traced function serves every call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from sr_batch import resample, tiling
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Upscaled:
+    """One image's result: float32 RGB/grey in [0, 1], its tile count and model time."""
+
+    pixels: np.ndarray
+    n_tiles: int
+    infer_s: float
+
+
+def to_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8/uint16 planes to float32 in [0, 1] (one multiply, no float64)."""
+    scale = np.float32(1.0 / np.iinfo(pixels.dtype).max)
+    return pixels.astype(np.float32) * scale
+
+
+def to_integer(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 in [0, 1] to uint8/uint16 with rounding and clipping."""
+    top = np.float32(np.iinfo(dtype).max)
+    out = np.clip(pixels * top + np.float32(0.5), 0, top)
+    return out.astype(dtype)
+
+
+class Upscaler:
+    """Upscales lists of images with a batch function over fixed-shape tiles."""
+
+    def __init__(self, run_batch: RunBatch | None, scale: int, tile_size: int, overlap: int,
+                 batch_size: int) -> None:
+        """`run_batch` maps (N, T, T, 3) float32 to (N, T*s, T*s, 3); None means bicubic."""
+        self.run_batch = run_batch
+        self.scale = scale
+        self.tile_size = tile_size
+        self.overlap = overlap
+        self.batch_size = batch_size
+
+    def upscale(self, images: list[np.ndarray]) -> list[Upscaled]:
+        """Upscale float32 (H, W, 1|3) images; grey goes through the model as R=G=B."""
+        if self.run_batch is None:
+            return [self._bicubic(image) for image in images]
+        plans = [tiling.plan_tiles(im.shape[0], im.shape[1], self.tile_size, self.overlap)
+                 for im in images]
+        tiles = [tiling.extract_tiles(self._as_rgb(im), plan) for im, plan in zip(images, plans)]
+        outputs, infer_s = self._run_packed(tiles)
+        results = []
+        for image, plan, out, seconds in zip(images, plans, outputs, infer_s):
+            stitched = tiling.stitch_tiles(out, plan, self.scale)
+            if image.shape[2] == 1:
+                stitched = stitched.mean(axis=2, keepdims=True, dtype=np.float32)
+            results.append(Upscaled(np.clip(stitched, 0.0, 1.0), plan.n_tiles, seconds))
+        return results
+
+    def _run_packed(self, tiles: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
+        """Run every image's tiles in shared batches; split outputs and time back per image."""
+        counts = [t.shape[0] for t in tiles]
+        packed = np.concatenate(tiles, axis=0) if len(tiles) > 1 else tiles[0]
+        side = self.tile_size * self.scale
+        out = np.empty((packed.shape[0], side, side, 3), np.float32)
+        tile_s = np.zeros(packed.shape[0], np.float64)
+        for start in range(0, packed.shape[0], self.batch_size):
+            stop = min(start + self.batch_size, packed.shape[0])
+            began = time.perf_counter()
+            out[start:stop] = self.run_batch(packed[start:stop])
+            tile_s[start:stop] = (time.perf_counter() - began) / (stop - start)
+        bounds = np.cumsum([0, *counts])
+        return ([out[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+                [float(tile_s[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])])
+
+    def _bicubic(self, image: np.ndarray) -> Upscaled:
+        began = time.perf_counter()
+        pixels = resample.upscale_bicubic(image, self.scale)
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+        return Upscaled(np.clip(pixels, 0.0, 1.0), 0, time.perf_counter() - began)
+
+    @staticmethod
+    def _as_rgb(image: np.ndarray) -> np.ndarray:
+        return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def make_tf_batch_fn(model, tile_size: int):
+    """A tf.function over (None, T, T, 3) float32: one trace serves every batch.
+
+    Returns (fn, trace_counter) where trace_counter() says how often it traced.
+    """
+    import tensorflow as tf
+
+    traces = [0]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, tile_size, tile_size, 3], tf.float32)])
+    def forward(tiles):
+        traces[0] += 1  # runs only while tracing
+        return model(tiles, training=False)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return forward(tf.convert_to_tensor(batch)).numpy()
+
+    return run, (lambda: traces[0])
