@@ -19,7 +19,7 @@ import pyarrow as pa
 from sr_batch import images, quality, stats, storage
 from sr_batch.errors import ImageError, ReferenceImageError
 from sr_batch.models.registry import ModelSpec
-from sr_batch.upscaler import Upscaler, make_tf_batch_fn, to_float, to_integer
+from sr_batch.upscaler import Upscaler, make_tf_batch_fn, to_integer
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class UpscaleActor:
         return item
 
     def _upscale_and_finish(self, ready: list[_Work]) -> None:
-        inputs = [to_float(w.decoded.pixels) for w in ready]
+        inputs = [w.decoded.pixels for w in ready]
         try:
             results = self.upscaler.upscale(inputs)
         except Exception:  # noqa: BLE001 - isolate the image that broke the packed batch

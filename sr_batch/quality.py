@@ -1,0 +1,204 @@
+"""Per-image quality metrics: the one implementation, in the SR literature's convention.
+
+Convention: PSNR and SSIM on the Y channel of BT.601 (Y in [16, 235] on a 0-255
+scale, not rounded), after shaving `border` = scale pixels on every side, with
+data_range 255. SSIM is Wang et al. 2004 with 'valid' filtering, as MATLAB's
+ssim used by SR papers. Every reference number stands beside bicubic on the same pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sr_batch.resample import downscale_bicubic, upscale_bicubic
+
+# BT.601 studio-swing luma for RGB in [0, 1]: Y = 16 + (65.481 R + 128.553 G + 24.966 B).
+_Y_OFFSET = 16.0
+_Y_WEIGHTS = np.array([65.481, 128.553, 24.966])
+
+# Wang et al. 2004: an 11x11 Gaussian window with sigma 1.5, and the constants
+# that keep the ratios stable where means or variances are near zero.
+_SSIM_WINDOW_SIZE = 11
+_SSIM_SIGMA = 1.5
+_SSIM_K1 = 0.01
+_SSIM_K2 = 0.03
+
+
+def rgb_to_y(image: np.ndarray) -> np.ndarray:
+    """BT.601 luma of an image as float64 HxW on the 0-255 scale, in [16, 235].
+
+    uint8 is read as /255, uint16 as /65535, floats as already in [0, 1].
+    HxW and HxWx1 are grey (R = G = B); a fourth (alpha) channel is ignored.
+    """
+    if image.dtype == np.uint8:
+        unit = image.astype(np.float64) / np.iinfo(np.uint8).max
+    elif image.dtype == np.uint16:
+        unit = image.astype(np.float64) / np.iinfo(np.uint16).max
+    elif np.issubdtype(image.dtype, np.floating):
+        unit = image.astype(np.float64, copy=False)
+    else:
+        raise TypeError(f"unsupported dtype {image.dtype}; expected uint8, uint16 or float")
+
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+        grey = unit.reshape(image.shape[:2])
+        return _Y_OFFSET + _Y_WEIGHTS.sum() * grey
+    if image.ndim == 3 and image.shape[2] in (3, 4):
+        return _Y_OFFSET + unit[:, :, :3] @ _Y_WEIGHTS
+    raise ValueError(f"expected HxW, HxWx1, HxWx3 or HxWx4, got shape {image.shape}")
+
+
+def crop_to_multiple(image: np.ndarray, scale: int) -> np.ndarray:
+    """Crop bottom and right so height and width are multiples of scale."""
+    height, width = image.shape[:2]
+    return image[: height - height % scale, : width - width % scale]
+
+
+def shave(array: np.ndarray, border: int) -> np.ndarray:
+    """Drop `border` pixels on every side, where SR models see padding instead of context."""
+    if border < 0:
+        raise ValueError(f"border must be >= 0, got {border}")
+    height, width = array.shape[:2]
+    if height <= 2 * border or width <= 2 * border:
+        raise ValueError(f"shaving {border} from {width}x{height} leaves nothing")
+    if border == 0:
+        return array
+    return array[border:-border, border:-border]
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """Peak signal-to-noise ratio in dB; inf for identical arrays."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    if mse == 0:
+        return math.inf
+    return float(10.0 * np.log10(data_range**2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """Mean SSIM of two 2-D arrays (Wang et al. 2004, 'valid' Gaussian filtering)."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    if a.ndim != 2:
+        raise ValueError(f"ssim compares 2-D arrays, got shape {a.shape}")
+    if min(a.shape) < _SSIM_WINDOW_SIZE:
+        raise ValueError(f"ssim needs at least {_SSIM_WINDOW_SIZE}x{_SSIM_WINDOW_SIZE} pixels, got {a.shape}")
+    a = a.astype(np.float64, copy=False)
+    b = b.astype(np.float64, copy=False)
+    c1 = (_SSIM_K1 * data_range) ** 2
+    c2 = (_SSIM_K2 * data_range) ** 2
+    window = _gaussian_window(_SSIM_WINDOW_SIZE, _SSIM_SIGMA)
+
+    mu_a = _filter_valid(a, window)
+    mu_b = _filter_valid(b, window)
+    var_a = _filter_valid(a * a, window) - mu_a * mu_a
+    var_b = _filter_valid(b * b, window) - mu_b * mu_b
+    cov = _filter_valid(a * b, window) - mu_a * mu_b
+    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    denominator = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
+    return float((numerator / denominator).mean())
+
+
+def psnr_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
+    """PSNR on BT.601 Y after shaving `border` pixels; same height and width required."""
+    _check_same_size(output, reference)
+    return psnr(shave(rgb_to_y(output), border), shave(rgb_to_y(reference), border))
+
+
+def ssim_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
+    """SSIM on BT.601 Y after shaving `border` pixels; same height and width required."""
+    _check_same_size(output, reference)
+    return ssim(shave(rgb_to_y(output), border), shave(rgb_to_y(reference), border))
+
+
+def psnr_y_consistency(output: np.ndarray, lr_input: np.ndarray, scale: int) -> float:
+    """PSNR on Y between the output bicubic-downscaled by scale and the LR input.
+
+    No reference needed: a faithful SR output, shrunk the way LR images are made,
+    should give its input back. No border is shaved here, to keep it simple;
+    expect edge pixels to pull the number down slightly.
+    """
+    shrunk = downscale_bicubic(output, scale)
+    _check_same_size(shrunk, lr_input)
+    return psnr(rgb_to_y(shrunk), rgb_to_y(lr_input))
+
+
+def sharpness_ratio(output: np.ndarray, lr_input: np.ndarray, scale: int) -> float:
+    """Gradient energy of the output over that of a bicubic upscale of the input; nan if flat.
+
+    Above 1 means more high-frequency detail than bicubic (real or hallucinated).
+    """
+    if output.shape[:2] != (lr_input.shape[0] * scale, lr_input.shape[1] * scale):
+        raise ValueError(
+            f"output is {output.shape[1]}x{output.shape[0]}, expected "
+            f"{lr_input.shape[1] * scale}x{lr_input.shape[0] * scale} for scale {scale}"
+        )
+    baseline = upscale_bicubic(lr_input, scale)
+    denominator = _gradient_energy(rgb_to_y(baseline))
+    if denominator == 0:
+        return math.nan
+    return _gradient_energy(rgb_to_y(output)) / denominator
+
+
+def reference_metrics(output: np.ndarray, lr_input: np.ndarray, reference: np.ndarray, scale: int) -> dict:
+    """PSNR/SSIM on Y of the output and of bicubic, against the reference cropped to a multiple of scale."""
+    cropped = crop_to_multiple(reference, scale)
+    if cropped.shape[:2] != output.shape[:2]:
+        raise ValueError(
+            f"reference is {reference.shape[1]}x{reference.shape[0]} "
+            f"({cropped.shape[1]}x{cropped.shape[0]} cropped to a multiple of {scale}), "
+            f"expected {output.shape[1]}x{output.shape[0]}"
+        )
+    bicubic = upscale_bicubic(lr_input, scale)
+    if bicubic.shape[:2] != output.shape[:2]:
+        raise ValueError(
+            f"output is {output.shape[1]}x{output.shape[0]}, expected "
+            f"{bicubic.shape[1]}x{bicubic.shape[0]} (input times {scale})"
+        )
+    # border = scale: the usual SR convention, the pixels a model sees only padding for.
+    border = scale
+    return {
+        "psnr_y": psnr_y(output, cropped, border),
+        "ssim_y": ssim_y(output, cropped, border),
+        "psnr_y_bicubic": psnr_y(bicubic, cropped, border),
+        "ssim_y_bicubic": ssim_y(bicubic, cropped, border),
+    }
+
+
+def _check_same_size(a: np.ndarray, b: np.ndarray) -> None:
+    """Raise ValueError unless two images have the same height and width."""
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"sizes differ: {a.shape[1]}x{a.shape[0]} vs {b.shape[1]}x{b.shape[0]}")
+
+
+def _gaussian_window(size: int, sigma: float) -> np.ndarray:
+    """Normalised 1-D Gaussian; its outer product is MATLAB's fspecial('gaussian')."""
+    offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    weights = np.exp(-(offsets**2) / (2 * sigma**2))
+    return weights / weights.sum()
+
+
+def _filter_valid(image: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Separable 'valid' correlation of a 2-D float64 array with window x window."""
+    taps = len(window)
+    rows = image.shape[0] - taps + 1
+    cols = image.shape[1] - taps + 1
+    vertical = window[0] * image[:rows]
+    for k in range(1, taps):
+        vertical += window[k] * image[k : k + rows]
+    filtered = window[0] * vertical[:, :cols]
+    for k in range(1, taps):
+        filtered += window[k] * vertical[:, k : k + cols]
+    return filtered
+
+
+def _gradient_energy(luma: np.ndarray) -> float:
+    """Mean squared forward difference along x plus along y; an axis of length 1 adds 0."""
+    energy = 0.0
+    if luma.shape[1] > 1:
+        energy += float(np.mean(np.diff(luma, axis=1) ** 2))
+    if luma.shape[0] > 1:
+        energy += float(np.mean(np.diff(luma, axis=0) ** 2))
+    return energy

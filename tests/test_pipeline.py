@@ -1,0 +1,197 @@
+"""The job end to end on a real local Ray: rows, columns, outputs, bad input, escapes, GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from sr_batch import manifest, stats
+from sr_batch.config import JobConfig
+from sr_batch.pipeline import run_job
+
+from conftest import png_bytes, scene
+
+pytestmark = pytest.mark.slow
+
+REQUIRED_COLUMNS = [
+    "run_id", "image_id", "source_uri", "output_uri", "status", "error_type", "error_message",
+    "width", "height", "channels", "bit_depth", "out_width", "out_height", "scale",
+    "model", "model_sha256", "tile_size", "tile_overlap", "n_tiles",
+    "decode_s", "infer_s", "encode_s", "total_s", "worker", "finished_at",
+    "psnr_y_consistency", "sharpness_ratio", "psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic",
+]
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def test_end_to_end_default_model(ray_local, image_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run_job(JobConfig(sources=(str(image_dir),), output=str(out), tile_size=16,
+                               run_id="e2e-1"), echo=quiet)
+    assert result.counts == {"ok": 5}
+    table = stats.read_stats(str(out))
+    assert table.num_rows == 5
+    for name in REQUIRED_COLUMNS:
+        assert name in table.column_names, name
+    assert set(table.column("run_id").to_pylist()) == {"e2e-1"}
+    assert (out / "stats" / "run_id=e2e-1").is_dir()
+    for row in table.to_pylist():
+        assert row["status"] == "ok" and row["error_type"] is None
+        assert (row["out_width"], row["out_height"]) == (2 * row["width"], 2 * row["height"])
+        assert row["n_tiles"] >= 1 and row["tile_size"] == 16
+        assert row["psnr_y_consistency"] > 25  # a real upscale downsamples back close to its input
+        assert row["model_sha256"] and len(row["model_sha256"]) == 64
+        path = row["output_uri"].removeprefix("file://")
+        with Image.open(path) as image:
+            assert image.size == (row["out_width"], row["out_height"])
+        relative = os.path.relpath(path, out / "images")
+        source_rel = os.path.relpath(row["source_uri"].removeprefix("file://"), image_dir)
+        assert relative == source_rel
+    record = json.loads((out / "runs" / "e2e-1.json").read_text())
+    assert record["counts"] == {"ok": 5}
+    assert record["versions"]["ray"] and record["versions"]["tensorflow"]
+    assert record["config"]["tile_size"] == 16
+    # No temporary files are left next to the outputs.
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+
+
+def test_reference_metrics_next_to_bicubic(ray_local, tmp_path):
+    hr = scene(64, 48, seed=3)
+    lr = np.asarray(Image.fromarray(hr).resize((24, 32), Image.BICUBIC))
+    (tmp_path / "hr.png").write_bytes(png_bytes(hr))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "lr.png").write_bytes(png_bytes(lr))
+    manifest.write_manifest(
+        manifest.validate_manifest(__import__("pyarrow").table({
+            "uri": [str(tmp_path / "in" / "lr.png")],
+            "reference_uri": [str(tmp_path / "hr.png")]}), "test"),
+        str(tmp_path / "m.parquet"))
+    result = run_job(JobConfig(sources=(str(tmp_path / "m.parquet"),), output=str(tmp_path / "out"),
+                               model="bicubic"), echo=quiet)
+    assert result.counts == {"ok": 1}
+    row = stats.read_stats(str(tmp_path / "out")).to_pylist()[0]
+    # The bicubic "model" is the baseline itself: both numbers are the same pixels.
+    assert row["psnr_y"] == pytest.approx(row["psnr_y_bicubic"], abs=1e-9)
+    assert 20 < row["psnr_y"] < 60 and 0 < row["ssim_y"] <= 1
+
+
+def make_bad_inputs(root: Path) -> dict[str, str]:
+    """One file per kind of bad input; returns file name -> expected error_type."""
+    root.mkdir(parents=True, exist_ok=True)
+    good = png_bytes(scene(20, 20))
+    (root / "good.png").write_bytes(good)
+    (root / "empty.png").write_bytes(b"")
+    (root / "truncated.png").write_bytes(png_bytes(scene(64, 64))[:400])
+    (root / "notes.jpg").write_bytes(b"this is a text file, not a JPEG\n" * 10)
+    Image.fromarray(scene(60, 60)).save(root / "huge.png")
+    Image.fromarray(np.ones((8, 8), np.float32), "F").save(root / "float.tif")
+    return {"empty.png": "empty_file", "truncated.png": "corrupt_image",
+            "notes.jpg": "not_an_image", "huge.png": "too_many_pixels",
+            "float.tif": "unsupported_mode", "missing.png": "missing_file"}
+
+
+def test_bad_inputs_fail_their_row_only(ray_local, tmp_path):
+    expected = make_bad_inputs(tmp_path / "in")
+    uris = [str(tmp_path / "in" / name) for name in [*expected, "good.png"]]
+    manifest.write_manifest(manifest.validate_manifest(
+        __import__("pyarrow").table({"uri": uris}), "test"), str(tmp_path / "m.csv"))
+    lines: list[str] = []
+    result = run_job(JobConfig(sources=(str(tmp_path / "m.csv"),), output=str(tmp_path / "out"),
+                               max_pixels=50 * 50, tile_size=16), echo=lines.append)
+    assert result.counts == {"ok": 1, "failed": len(expected)}
+    rows = {Path(r["source_uri"]).name: r for r in stats.read_stats(str(tmp_path / "out")).to_pylist()}
+    assert len(rows) == len(uris)
+    for name, error_type in expected.items():
+        assert rows[name]["status"] == "failed", name
+        assert rows[name]["error_type"] == error_type, (name, rows[name]["error_message"])
+        assert rows[name]["error_message"] and "\n" not in rows[name]["error_message"]
+        assert rows[name]["output_uri"] is None
+        # one clear line per failed image reaches the user
+        assert sum(name in line and error_type in line for line in lines) == 1
+    assert rows["good.png"]["status"] == "ok"
+    assert Path(rows["good.png"]["output_uri"].removeprefix("file://")).is_file()
+
+
+def test_path_escapes_fail_that_image(ray_local, tmp_path):
+    (tmp_path / "in").mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        (tmp_path / "in" / name).write_bytes(png_bytes(scene(12, 12)))
+    out = tmp_path / "out"
+    import pyarrow as pa
+
+    table = pa.table({
+        "uri": [str(tmp_path / "in" / n) for n in ("a.png", "b.png", "c.png", "d.png")],
+        "relative_path": ["../../escape.png", "ok/b.png", "x/../../c.png", "d.png"],
+        "output_uri": [None, None, None, str(tmp_path / "elsewhere" / "d.png")],
+    })
+    pq.write_table(table, tmp_path / "m.parquet")
+    result = run_job(JobConfig(sources=(str(tmp_path / "m.parquet"),), output=str(out),
+                               model="bicubic"), echo=quiet)
+    rows = {Path(r["source_uri"]).name: r for r in stats.read_stats(str(out)).to_pylist()}
+    assert result.counts == {"ok": 1, "failed": 3}
+    for name in ("a.png", "c.png", "d.png"):
+        assert rows[name]["error_type"] == "path_escape", rows[name]
+    assert rows["b.png"]["output_uri"] == f"file://{out}/images/ok/b.png"
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "elsewhere").exists()
+    written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*.png") if "in" not in p.parts}
+    assert written == {Path("out/images/ok/b.png")}
+
+
+def test_actors_get_distinct_gpus(ray_local, tmp_path):
+    """--gpus-per-actor is the actors' Ray request: two actors, one logical GPU each."""
+    (tmp_path / "in").mkdir()
+    for i in range(16):
+        (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(scene(10, 10, seed=i)))
+    result = run_job(JobConfig(sources=(str(tmp_path / "in"),), output=str(tmp_path / "out"),
+                               model="bicubic", actors="2", gpus_per_actor=1, cpus_per_actor=0.5,
+                               images_per_batch=1), echo=quiet)
+    assert result.counts == {"ok": 16}
+    workers = set(stats.read_stats(str(tmp_path / "out")).column("worker").to_pylist())
+    gpus = {w.split("gpu=")[1] for w in workers}
+    assert len(workers) == 2, workers
+    assert gpus == {"0", "1"}, workers
+
+
+def test_cli_default_configuration_completes(tmp_path, image_dir):
+    """The README command with every default, in a fresh process that starts its own Ray."""
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, "-m", "sr_batch.cli", "run", str(image_dir),
+                           "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("run ") and "5 ok, 0 failed" in last
+    assert len(list((out / "images").rglob("*.png"))) == 5
+
+
+def test_cli_reports_failures_in_one_line_and_exits_nonzero(tmp_path):
+    make_bad_inputs(tmp_path / "in")
+    proc = subprocess.run([sys.executable, "-m", "sr_batch.cli", "run", str(tmp_path / "in"),
+                           "--output", str(tmp_path / "out"), "--model", "bicubic",
+                           "--max-pixels", "2500"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "1 ok, 5 failed" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_cli_config_errors_are_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sr_batch.cli", "run", str(tmp_path),
+                           "--output", str(tmp_path / "o"), "--tile-size", "16",
+                           "--tile-overlap", "8"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "sr-batch: error: --tile-size 16 leaves no core with --tile-overlap 8; "
+        "need tile_size > 2 * tile_overlap"]
