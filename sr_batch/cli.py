@@ -39,7 +39,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="F")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="F")
     p.add_argument("--tf-threads", type=int, default=0, metavar="N",
-                   help="TensorFlow threads per actor (default: its CPU share)")
+                   help="TensorFlow threads per actor (default: local Ray splits the cores "
+                        "between actors; a cluster uses the actor's CPU share)")
     p.add_argument("--max-pixels", type=int, default=c.DEFAULT_MAX_PIXELS,
                    help="input pixel limit; larger images fail as too_many_pixels")
     p.add_argument("--retries", type=int, default=3, help="retries of transient storage errors")
@@ -65,6 +66,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sr_batch.pipeline import echo_stderr, run_job
 
     result = run_job(_job_config(args))
+    echo_stderr(result.summary_line())
+    return EXIT_IMAGES_FAILED if result.counts.get("failed") else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sr_batch import demo
+    from sr_batch.config import JobConfig
+    from sr_batch.pipeline import echo_stderr, run_job
+
+    source = Path(args.output) / "demo-input"
+    demo.make_images(source, args.count, (args.height, args.width))
+    echo_stderr(f"made {args.count} demo images in {source}")
+    result = run_job(JobConfig(sources=(str(source),), output=str(Path(args.output) / "upscaled"),
+                               model=args.model, scale=args.scale))
     echo_stderr(result.summary_line())
     return EXIT_IMAGES_FAILED if result.counts.get("failed") else EXIT_OK
 
@@ -114,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="example: sr-batch run photos/ --output out/ --scale 2 --format png")
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
+
+    demo_cmd = sub.add_parser(
+        "demo", help="make demo images in OUT/demo-input, upscale them to OUT/upscaled (bundled model, local Ray)",
+        epilog="example: sr-batch demo demo-out")
+    demo_cmd.add_argument("output", metavar="OUT", help="output root (local directory)")
+    demo_cmd.add_argument("--count", type=int, default=12)
+    demo_cmd.add_argument("--width", type=int, default=320)
+    demo_cmd.add_argument("--height", type=int, default=240)
+    demo_cmd.add_argument("--model", default=None)
+    demo_cmd.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
+    demo_cmd.set_defaults(func=cmd_demo)
 
     man = sub.add_parser("manifest", help="list images under sources into a manifest file",
                          epilog="example: sr-batch manifest photos/ 's3://b/x/**/*.jpg' -o m.parquet")

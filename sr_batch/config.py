@@ -82,7 +82,8 @@ class JobConfig:
     cpus_per_actor: float = 1.0
     """Ray CPU request per actor."""
     tf_threads: int = 0
-    """TensorFlow intra-op threads per actor; 0 means max(1, round(cpus_per_actor))."""
+    """TensorFlow threads per actor; 0: local Ray splits this machine's cores between actors,
+    a cluster uses max(1, round(cpus_per_actor))."""
     address: str | None = None
     """Ray address (`auto`, ray://HOST:10001); None starts or joins a local Ray."""
     max_pixels: int = DEFAULT_MAX_PIXELS

@@ -183,7 +183,10 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, qual
 
 def _image_from_uint16(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str) -> Image.Image:
     if pixels.shape[2] == 1 and alpha is None:
-        return Image.fromarray(pixels[..., 0].astype("<u2"), "I;16")
+        # frombytes, not fromarray(..., "I;16"): recent Pillow (13 here) refuses that mode
+        # argument for uint16 arrays ("Invalid mode for data type").
+        grey = np.ascontiguousarray(pixels[..., 0], dtype="<u2")
+        return Image.frombytes("I;16", (grey.shape[1], grey.shape[0]), grey.tobytes())
     # Pillow cannot hold 16-bit colour; this path is only a fallback (8-bit).
     eight = (pixels >> 8).astype(np.uint8)
     alpha8 = None if alpha is None else (alpha >> 8).astype(np.uint8)

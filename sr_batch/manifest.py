@@ -80,16 +80,18 @@ def _list_source(source: str) -> list[dict]:
     uri = storage.to_uri(source)
     fs, path = storage.get_fs(uri)
     protocol = get_protocol(uri)
-    if any(ch in path for ch in _GLOB_CHARS):
-        root = path[: min(path.index(ch) for ch in _GLOB_CHARS if ch in path)]
-        root = root.rsplit("/", 1)[0] if "/" in root else ""
-        found = fs.glob(path, detail=True)
-    elif fs.isdir(path):
+    # A path that exists is taken literally, so a folder named `scans[2019]` is
+    # listed rather than read as a glob that matches nothing.
+    if fs.isdir(path):
         root = path.rstrip("/")
         found = fs.find(path, detail=True, withdirs=False)
     elif fs.isfile(path):
         root = posixpath.dirname(path)
         found = {path: fs.info(path)}
+    elif any(ch in path for ch in _GLOB_CHARS):
+        root = path[: min(path.index(ch) for ch in _GLOB_CHARS if ch in path)]
+        root = root.rsplit("/", 1)[0] if "/" in root else ""
+        found = fs.glob(path, detail=True)
     else:
         raise ManifestError(f"source not found: {source}")
     rows = []
@@ -113,7 +115,11 @@ def build_manifest(sources: Iterable[str]) -> pa.Table:
     """Recursively list image files under directories, globs or URIs."""
     rows: list[dict] = []
     for source in sources:
-        rows.extend(_list_source(source))
+        found = _list_source(source)
+        if not found:
+            raise ManifestError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {source}")
+        rows.extend(found)
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     return validate_manifest(table, "the listed sources")
 

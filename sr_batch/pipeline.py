@@ -25,7 +25,7 @@ import pyarrow as pa
 import sr_batch
 from sr_batch import manifest, stats, storage
 from sr_batch.actor import ActorSettings, UpscaleActor
-from sr_batch.config import JobConfig, default_actor_count
+from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
 from sr_batch.errors import ConfigError, ImageError
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
@@ -166,6 +166,20 @@ def init_ray(address: str | None) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def _tf_threads(config: JobConfig, pool: tuple[int, int]) -> int:
+    """TensorFlow threads per actor.
+
+    On a local Ray the actors share this machine's cores: the pool reserves one
+    CPU for Ray Data's I/O tasks, but those mostly wait, so the model may use
+    every core (split between actors). On a cluster, the actor's CPU share.
+    """
+    if config.tf_threads:
+        return config.tf_threads
+    if config.address is None:
+        return max(1, local_cpu_count() // pool[1])
+    return config.intra_op_threads
+
+
 def actor_pool_size(config: JobConfig) -> tuple[int, int]:
     import ray
 
@@ -194,7 +208,7 @@ def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
         model=spec, scale=config.scale, tile_size=config.tile_size, tile_overlap=overlap,
         batch_size=config.batch_size, format=config.format, quality=config.quality,
         png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
-        retries=config.retries, intra_op_threads=config.intra_op_threads)
+        retries=config.retries, intra_op_threads=_tf_threads(config, pool))
     echo(f"run {run_id}: {planned.num_rows} images, model {spec.name} x{config.scale} "
          f"(tile {config.tile_size}, overlap {overlap}), {pool[0]}-{pool[1]} actors "
          f"x {config.cpus_per_actor:g} CPU / {config.gpus_per_actor:g} GPU")

@@ -1,0 +1,363 @@
+"""Decoding and encoding: modes, bit depth, alpha, EXIF orientation, ICC, and per-image errors."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from conftest import png_bytes, scene
+from sr_batch.errors import (CorruptImageError, EmptyFileError, NotAnImageError,
+                             TooManyPixelsError, UnsupportedModeError)
+from sr_batch.images import decode_image, encode_image, output_format
+
+MAX_PIXELS = 1_000_000
+ORIENTATION = 0x0112
+MAKE = 0x010F
+
+
+def saved(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def alpha_ramp(height: int, width: int) -> np.ndarray:
+    """An alpha plane from fully transparent (0) to opaque (255) across the width."""
+    return np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+
+
+def srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+# --- modes -----------------------------------------------------------------------------
+
+
+def test_rgb():
+    rgb = scene(12, 17, seed=3)
+
+    decoded = decode_image(png_bytes(rgb), MAX_PIXELS)
+
+    assert decoded.mode == "RGB" and decoded.format == "PNG"
+    assert decoded.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(decoded.pixels, rgb)
+    assert decoded.alpha is None
+    assert (decoded.height, decoded.width, decoded.channels, decoded.bit_depth) == (12, 17, 3, 8)
+
+
+def test_grayscale_stays_one_channel():
+    grey = scene(10, 14)[..., 1]
+
+    decoded = decode_image(png_bytes(grey), MAX_PIXELS)
+
+    assert decoded.mode == "L"
+    assert decoded.pixels.shape == (10, 14, 1)
+    np.testing.assert_array_equal(decoded.pixels[..., 0], grey)
+    assert decoded.alpha is None and decoded.channels == 1
+
+
+def test_rgba_keeps_alpha_plane():
+    rgb, alpha = scene(9, 16), alpha_ramp(9, 16)
+
+    decoded = decode_image(png_bytes(np.dstack([rgb, alpha])), MAX_PIXELS)
+
+    assert decoded.mode == "RGBA"
+    np.testing.assert_array_equal(decoded.pixels, rgb)
+    np.testing.assert_array_equal(decoded.alpha, alpha)
+    assert decoded.alpha.min() == 0 and decoded.alpha.max() == 255
+    assert decoded.channels == 4
+
+
+def test_la_keeps_alpha_plane():
+    grey, alpha = scene(9, 16)[..., 0], alpha_ramp(9, 16)
+
+    decoded = decode_image(png_bytes(np.dstack([grey, alpha])), MAX_PIXELS)
+
+    assert decoded.mode == "LA"
+    assert decoded.pixels.shape == (9, 16, 1)
+    np.testing.assert_array_equal(decoded.pixels[..., 0], grey)
+    np.testing.assert_array_equal(decoded.alpha, alpha)
+    assert (decoded.alpha < 255).any()
+    assert decoded.channels == 2
+
+
+def test_palette_with_transparency_expands_to_rgba():
+    indices = (np.arange(8 * 12).reshape(8, 12) % 4).astype(np.uint8)
+    image = Image.fromarray(indices, "P")
+    image.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 250, 250, 250])
+    data = saved(image, "PNG", transparency=2)  # palette index 2 (blue) is see-through
+
+    decoded = decode_image(data, MAX_PIXELS)
+
+    assert decoded.mode == "P"
+    assert decoded.alpha is not None
+    np.testing.assert_array_equal(decoded.alpha == 0, indices == 2)
+    np.testing.assert_array_equal(decoded.pixels[indices == 0], [[255, 0, 0]] * int((indices == 0).sum()))
+    assert any("palette expanded to RGBA" in n for n in decoded.notes)
+
+
+def test_palette_without_transparency_expands_to_rgb():
+    indices = (np.arange(8 * 12).reshape(8, 12) % 3).astype(np.uint8)
+    image = Image.fromarray(indices, "P")
+    image.putpalette([10, 20, 30, 40, 50, 60, 70, 80, 90])
+
+    decoded = decode_image(saved(image, "PNG"), MAX_PIXELS)
+
+    assert decoded.alpha is None
+    assert decoded.pixels.shape == (8, 12, 3)
+    np.testing.assert_array_equal(decoded.pixels[indices == 1][0], [40, 50, 60])
+    assert any("palette expanded to RGB" in n for n in decoded.notes)
+
+
+def test_one_bit_is_treated_as_grey():
+    bits = (np.indices((6, 10)).sum(axis=0) % 2).astype(bool)
+    image = Image.fromarray(bits)
+    assert image.mode == "1"
+
+    decoded = decode_image(saved(image, "PNG"), MAX_PIXELS)
+
+    assert decoded.mode == "1"
+    assert decoded.pixels.shape == (6, 10, 1) and decoded.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(decoded.pixels[..., 0], np.where(bits, 255, 0))
+
+
+def test_sixteen_bit_grey_keeps_its_depth():
+    values = (np.arange(12 * 20).reshape(12, 20) * 271).astype(np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode == "I;16"
+
+    decoded = decode_image(saved(image, "PNG"), MAX_PIXELS)
+
+    assert decoded.mode == "I;16"
+    assert decoded.pixels.dtype == np.uint16 and decoded.bit_depth == 16
+    assert decoded.pixels.max() > 255
+    np.testing.assert_array_equal(decoded.pixels[..., 0], values)
+
+
+def test_cmyk_jpeg_becomes_rgb_with_a_note():
+    rgb = scene(16, 24, seed=2)
+    data = saved(Image.fromarray(rgb).convert("CMYK"), "JPEG", quality=95)
+
+    decoded = decode_image(data, MAX_PIXELS)
+
+    assert decoded.mode == "CMYK" and decoded.format == "JPEG"
+    assert decoded.pixels.shape == (16, 24, 3)
+    assert "CMYK converted to RGB" in decoded.notes
+    # Naive CMYK round trip, then JPEG: the colours come back close, not inverted.
+    assert np.abs(decoded.pixels.astype(int) - rgb).mean() < 12
+
+
+def test_exif_orientation_is_applied():
+    # Stored 20 wide x 10 high: left half white, right half black.
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[:, :10] = 255
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # display = stored rotated 90 degrees clockwise
+    exif[MAKE] = "TestCam"
+    data = saved(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
+
+    decoded = decode_image(data, MAX_PIXELS)
+
+    assert (decoded.width, decoded.height) == (10, 20)
+    # Rotated clockwise, the stored left half is now the top half.
+    assert decoded.pixels[:8].min() > 200
+    assert decoded.pixels[12:].max() < 50
+    assert any("orientation 6" in n for n in decoded.notes)
+    # The carried EXIF keeps the other tags but must not ask viewers to rotate again.
+    carried = Image.Exif()
+    carried.load(decoded.exif)
+    assert carried.get(MAKE) == "TestCam"
+    assert carried.get(ORIENTATION, 1) == 1
+
+
+def test_animated_gif_notes_first_frame_only():
+    frames = [Image.fromarray(scene(8, 8, seed=s)).convert("P") for s in range(3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+
+    decoded = decode_image(buffer.getvalue(), MAX_PIXELS)
+
+    assert decoded.format == "GIF"
+    assert decoded.pixels.shape[:2] == (8, 8)
+    assert any("animated (3 frames)" in n for n in decoded.notes)
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+def test_empty_bytes():
+    with pytest.raises(EmptyFileError) as info:
+        decode_image(b"", MAX_PIXELS)
+    assert info.value.error_type == "empty_file"
+
+
+def test_text_is_not_an_image():
+    with pytest.raises(NotAnImageError):
+        decode_image(b"hello, this is a text file\n" * 20, MAX_PIXELS)
+
+
+def test_truncated_png_is_corrupt():
+    data = png_bytes(scene(64, 64))
+
+    with pytest.raises(CorruptImageError) as info:
+        decode_image(data[: len(data) // 2], MAX_PIXELS)
+    assert info.value.error_type == "corrupt_image"
+
+
+def _with_png_size(data: bytes, width: int, height: int) -> bytes:
+    """The same PNG with its IHDR claiming another size (CRC fixed, pixel data untouched)."""
+    assert data[12:16] == b"IHDR"
+    ihdr = bytearray(data[16:29])
+    ihdr[0:8] = struct.pack(">II", width, height)
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)))
+    return data[:16] + bytes(ihdr) + crc + data[33:]
+
+
+def test_too_many_pixels_is_refused_before_decoding():
+    # A 10000x10000 header over 8x8 pixels of data: decoding it would fail as corrupt,
+    # so only a check made on the header alone can raise TooManyPixelsError.
+    bomb = _with_png_size(png_bytes(scene(8, 8)[..., 0]), 10_000, 10_000)
+    assert len(bomb) < 1_000
+
+    with pytest.raises(TooManyPixelsError, match="100000000 pixels exceeds the limit of 1000000"):
+        decode_image(bomb, MAX_PIXELS)
+    with pytest.raises(CorruptImageError):
+        decode_image(bomb, 10**9)
+
+
+def test_pixel_limit_is_inclusive():
+    data = png_bytes(scene(10, 10))
+
+    assert decode_image(data, 100).width == 10
+    with pytest.raises(TooManyPixelsError):
+        decode_image(data, 99)
+
+
+def test_float_tiff_is_unsupported():
+    image = Image.fromarray(np.linspace(0, 1, 48, dtype=np.float32).reshape(6, 8))
+    assert image.mode == "F"
+
+    with pytest.raises(UnsupportedModeError, match="'F'"):
+        decode_image(saved(image, "TIFF"), MAX_PIXELS)
+
+
+# --- output format ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, expected", [("PNG", ("png", ".png")), ("JPEG", ("jpeg", ".jpg")),
+                                           ("WEBP", ("webp", ".webp")), ("TIFF", ("tiff", ".tif"))])
+def test_keep_uses_the_input_format(fmt, expected):
+    decoded = decode_image(saved(Image.fromarray(scene(8, 8)), fmt), MAX_PIXELS)
+
+    assert output_format(decoded, "keep") == (*expected, None)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP"])
+def test_keep_with_unwritable_input_writes_png(fmt):
+    decoded = decode_image(saved(Image.fromarray(scene(8, 8)), fmt), MAX_PIXELS)
+
+    out, extension, note = output_format(decoded, "keep")
+
+    assert (out, extension) == ("png", ".png")
+    assert fmt in note and "PNG" in note
+
+
+def test_requested_format_is_used():
+    decoded = decode_image(png_bytes(scene(8, 8)), MAX_PIXELS)
+
+    assert output_format(decoded, "jpeg") == ("jpeg", ".jpg", None)
+    assert output_format(decoded, "webp") == ("webp", ".webp", None)
+
+
+def test_alpha_with_jpeg_requested_writes_png():
+    decoded = decode_image(png_bytes(np.dstack([scene(8, 8), alpha_ramp(8, 8)])), MAX_PIXELS)
+
+    out, extension, note = output_format(decoded, "jpeg")
+
+    assert (out, extension) == ("png", ".png")
+    assert "alpha" in note and "jpeg" in note
+    # Formats that keep alpha are left alone.
+    assert output_format(decoded, "webp") == ("webp", ".webp", None)
+
+
+def test_sixteen_bit_with_jpeg_requested_writes_png():
+    decoded = decode_image(saved(Image.fromarray(np.full((4, 4), 1000, np.uint16)), "PNG"), MAX_PIXELS)
+
+    out, _, note = output_format(decoded, "jpeg")
+
+    assert out == "png" and "16-bit" in note
+
+
+# --- encoding --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, lossless", [("png", True), ("tiff", True), ("jpeg", False), ("webp", False)])
+def test_encode_round_trip(fmt, lossless):
+    rgb = scene(21, 34, seed=5)
+
+    data = encode_image(rgb, None, fmt)
+    back = decode_image(data, MAX_PIXELS)
+
+    assert back.format == fmt.upper()
+    assert back.pixels.shape == (21, 34, 3)
+    if lossless:
+        np.testing.assert_array_equal(back.pixels, rgb)
+    else:
+        assert np.abs(back.pixels.astype(int) - rgb).mean() < 6
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff", "webp"])
+def test_encode_keeps_alpha(fmt):
+    rgb, alpha = scene(10, 16), alpha_ramp(10, 16)
+
+    back = decode_image(encode_image(rgb, alpha, fmt, quality=100), MAX_PIXELS)
+
+    assert back.alpha is not None
+    assert np.abs(back.alpha.astype(int) - alpha).max() <= 2
+
+
+def test_encode_grey_with_alpha_png():
+    grey, alpha = scene(10, 16)[..., :1], alpha_ramp(10, 16)
+
+    back = decode_image(encode_image(grey, alpha, "png"), MAX_PIXELS)
+
+    assert back.mode == "LA"
+    np.testing.assert_array_equal(back.pixels, grey)
+    np.testing.assert_array_equal(back.alpha, alpha)
+
+
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_encode_sixteen_bit_grey(fmt):
+    values = (np.arange(9 * 11).reshape(9, 11, 1) * 601).astype(np.uint16)
+
+    back = decode_image(encode_image(values, None, fmt), MAX_PIXELS)
+
+    assert back.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(back.pixels, values)
+
+
+def test_icc_profile_carried_to_png():
+    icc = srgb_icc()
+    source = saved(Image.fromarray(scene(8, 12)), "PNG", icc_profile=icc)
+    decoded = decode_image(source, MAX_PIXELS)
+    assert decoded.icc_profile == icc
+
+    data = encode_image(decoded.pixels, decoded.alpha, "png", icc_profile=decoded.icc_profile)
+
+    assert Image.open(io.BytesIO(data)).info.get("icc_profile") == icc
+
+
+def test_exif_carried_to_jpeg():
+    exif = Image.Exif()
+    exif[MAKE] = "TestCam"
+    source = saved(Image.fromarray(scene(8, 12)), "JPEG", exif=exif.tobytes())
+    decoded = decode_image(source, MAX_PIXELS)
+
+    data = encode_image(decoded.pixels, None, "jpeg", exif=decoded.exif)
+
+    assert Image.open(io.BytesIO(data)).getexif().get(MAKE) == "TestCam"

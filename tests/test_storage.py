@@ -1,0 +1,240 @@
+"""The I/O door: path containment, atomic writes, and retries of transient errors only."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+
+import fsspec
+import pytest
+
+from sr_batch import storage
+from sr_batch.errors import MissingFileError, PathEscapeError, WriteError
+
+
+@pytest.fixture
+def memory_root():
+    """A fresh folder on fsspec's process-wide memory filesystem, removed afterwards."""
+    root = f"memory://storage-test-{uuid.uuid4().hex[:8]}"
+    yield root
+    fs = fsspec.filesystem("memory")
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+class Flaky:
+    """A callable that raises the given errors in turn, then returns 'done'."""
+
+    def __init__(self, *errors: BaseException):
+        self.errors = list(errors)
+        self.calls = 0
+
+    def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "done"
+
+
+# --- resolve_inside / check_inside -----------------------------------------------------
+
+
+def test_resolve_inside_joins_a_plain_relative_path():
+    assert storage.resolve_inside("s3://bucket/out", "a/b.png") == "s3://bucket/out/a/b.png"
+    assert storage.resolve_inside("file:///out/", "a/./b.png") == "file:///out/a/b.png"
+
+
+@pytest.mark.parametrize("relative", ["../x", "a/../../x", "a/..", "/abs", "a\\b", "..\\x",
+                                      "s3://x", ""])
+def test_resolve_inside_rejects_escapes(relative):
+    with pytest.raises(PathEscapeError) as info:
+        storage.resolve_inside("file:///out", relative)
+    assert info.value.error_type == "path_escape"
+
+
+def test_check_inside_accepts_a_file_under_the_root(tmp_path):
+    root = tmp_path / "out"
+    uri = f"file://{root}/images/a.png"
+
+    assert storage.check_inside(str(root), uri) == uri
+    assert storage.check_inside(f"file://{root}/", uri) == uri
+
+
+@pytest.mark.parametrize("uri", [
+    "/elsewhere/a.png",         # outside
+    "/out2/x",                  # sibling whose name starts with the root's
+    "/out",                     # the root itself is not a file under it
+    "/out/../etc/passwd",       # climbs out
+    "memory:///out/x.png",      # another filesystem
+])
+def test_check_inside_rejects(uri):
+    with pytest.raises(PathEscapeError):
+        storage.check_inside("/out", uri)
+
+
+def test_check_inside_on_object_store_paths():
+    assert storage.check_inside("memory://out", "memory://out/a/b.png") == "memory://out/a/b.png"
+    with pytest.raises(PathEscapeError):
+        storage.check_inside("memory://out", "memory://outside/b.png")
+    with pytest.raises(PathEscapeError):
+        storage.check_inside("memory://out", "file:///out/b.png")
+
+
+# --- write_bytes_atomic ----------------------------------------------------------------
+
+
+def test_write_bytes_atomic_writes_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "deep" / "er" / "a.bin"
+
+    storage.write_bytes_atomic(str(target), b"payload")
+    storage.write_bytes_atomic(str(target), b"second")  # overwrite in place
+
+    assert target.read_bytes() == b"second"
+    assert os.listdir(target.parent) == ["a.bin"]
+
+
+def test_failed_write_leaves_nothing_at_the_final_name(tmp_path, monkeypatch):
+    target = tmp_path / "a.bin"
+    calls = []
+
+    def failing_replace(src, dst):
+        calls.append((src, dst))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+
+    with pytest.raises(WriteError, match="No space left"):
+        storage.write_bytes_atomic(str(target), b"payload")
+
+    assert len(calls) == 1  # ENOSPC is not transient: no retry
+    assert calls[0][1] == str(target)
+    assert os.path.basename(calls[0][0]).startswith(".a.bin.tmp-")
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_overwrite_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old and whole")
+
+    def failing_replace(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+
+    with pytest.raises(WriteError):
+        storage.write_bytes_atomic(str(target), b"new")
+
+    assert target.read_bytes() == b"old and whole"
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_transient_write_failure_is_retried_without_leftovers(tmp_path, monkeypatch):
+    target = tmp_path / "a.bin"
+    real_replace = os.replace
+    failures = [OSError(errno.EIO, "Input/output error")]
+
+    def flaky_replace(src, dst):
+        if failures:
+            raise failures.pop()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+
+    storage.write_bytes_atomic(str(target), b"payload", retries=1)
+
+    assert not failures
+    assert target.read_bytes() == b"payload"
+    assert os.listdir(tmp_path) == ["a.bin"]
+
+
+def test_write_bytes_atomic_to_memory(memory_root):
+    uri = f"{memory_root}/a/b.bin"
+
+    storage.write_bytes_atomic(uri, b"in memory")
+
+    fs = fsspec.filesystem("memory")
+    assert fs.cat_file(uri) == b"in memory"
+    assert [path.rsplit("/", 1)[-1] for path in fs.find(memory_root)] == ["b.bin"]
+
+
+# --- read_bytes ------------------------------------------------------------------------
+
+
+def test_read_bytes(tmp_path, memory_root):
+    (tmp_path / "a.bin").write_bytes(b"local")
+    with fsspec.open(f"{memory_root}/b.bin", "wb") as handle:
+        handle.write(b"remote")
+
+    assert storage.read_bytes(storage.to_uri(str(tmp_path / "a.bin"))) == b"local"
+    assert storage.read_bytes(f"{memory_root}/b.bin") == b"remote"
+
+
+def test_read_bytes_missing_file(tmp_path, memory_root):
+    with pytest.raises(MissingFileError, match="no such file"):
+        storage.read_bytes(storage.to_uri(str(tmp_path / "absent.png")))
+    with pytest.raises(MissingFileError):
+        storage.read_bytes(f"{memory_root}/absent.png")
+
+
+def test_read_bytes_of_a_directory_is_missing_file(tmp_path):
+    with pytest.raises(MissingFileError, match="directory"):
+        storage.read_bytes(storage.to_uri(str(tmp_path)))
+
+
+# --- retry / is_transient --------------------------------------------------------------
+
+
+def test_retry_succeeds_after_transient_errors():
+    call = Flaky(ConnectionError("reset"), ConnectionError("reset"))
+
+    assert storage.retry(call, retries=3, what="x", base_delay_s=0) == "done"
+    assert call.calls == 3
+
+
+def test_retry_does_not_retry_permanent_errors():
+    call = Flaky(PermissionError("denied"))
+
+    with pytest.raises(PermissionError):
+        storage.retry(call, retries=3, what="x", base_delay_s=0)
+    assert call.calls == 1
+
+
+def test_retry_gives_up_after_its_retries():
+    call = Flaky(*[TimeoutError(f"attempt {i}") for i in range(5)])
+
+    with pytest.raises(TimeoutError, match="attempt 2"):
+        storage.retry(call, retries=2, what="x", base_delay_s=0)
+    assert call.calls == 3
+
+
+def test_retry_with_zero_retries_calls_once():
+    call = Flaky(ConnectionError("reset"))
+
+    with pytest.raises(ConnectionError):
+        storage.retry(call, retries=0, what="x", base_delay_s=0)
+    assert call.calls == 1
+
+
+@pytest.mark.parametrize("exc", [
+    OSError("An error occurred (SlowDown) when calling the PutObject operation: Please reduce your request rate."),
+    OSError("503 Service Unavailable"),
+    OSError(errno.ECONNRESET, "Connection reset by peer"),
+    OSError(errno.ETIMEDOUT, "whatever"),
+    ConnectionError("boom"),
+    TimeoutError(),
+])
+def test_transient(exc):
+    assert storage.is_transient(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    FileNotFoundError(errno.ENOENT, "No such file"),
+    FileNotFoundError("503 in the name does not make a missing file transient"),
+    PermissionError(errno.EACCES, "Permission denied"),
+    IsADirectoryError(errno.EISDIR, "Is a directory"),
+    OSError(errno.ENOSPC, "No space left on device"),
+    ValueError("bad value"),
+])
+def test_not_transient(exc):
+    assert not storage.is_transient(exc)
