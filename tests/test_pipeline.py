@@ -195,3 +195,42 @@ def test_cli_config_errors_are_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "sr-batch: error: --tile-size 16 leaves no core with --tile-overlap 8; "
         "need tile_size > 2 * tile_overlap"]
+
+
+@pytest.fixture(scope="module")
+def user_model_file(tmp_path_factory):
+    """A user's own .keras file (random weights): loaded by path, probed for scale and radius."""
+    import keras
+
+    from sr_batch.models.architectures import build_model
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("model") / "mine_x2.keras"
+    build_model("subpixel", 2).save(path)
+    return path
+
+
+def test_model_from_a_path(ray_local, image_dir, tmp_path, user_model_file):
+    import hashlib
+
+    from sr_batch.models.architectures import receptive_radius
+
+    result = run_job(JobConfig(sources=(str(image_dir),), output=str(tmp_path / "out"),
+                               model=str(user_model_file), tile_size=32), echo=quiet)
+    assert result.counts == {"ok": 5}
+    rows = stats.read_stats(str(tmp_path / "out")).to_pylist()
+    assert {r["model_sha256"] for r in rows} == {hashlib.sha256(user_model_file.read_bytes()).hexdigest()}
+    assert {r["model"] for r in rows} == {"mine_x2.keras"}
+    # The overlap was measured from the model, and covers its declared radius.
+    assert rows[0]["tile_overlap"] >= 1
+    assert rows[0]["tile_overlap"] <= receptive_radius("subpixel", 2)
+
+
+def test_scale_mismatch_stops_before_any_image(ray_local, image_dir, tmp_path, user_model_file):
+    from sr_batch.errors import ModelScaleError
+
+    with pytest.raises(ModelScaleError, match="x2"):
+        run_job(JobConfig(sources=(str(image_dir),), output=str(tmp_path / "out"),
+                          model=str(user_model_file), scale=3), echo=quiet)
+    assert not (tmp_path / "out" / "images").exists()
+    assert not (tmp_path / "out" / "stats").exists()
