@@ -1,0 +1,205 @@
+"""The model zoo index: names -> shipped weights, and loading them safely.
+
+TensorFlow-free at import: the Ray driver resolves models here, and only
+`load_keras_model` (run inside the actors) imports Keras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sr_batch import storage
+from sr_batch.errors import (ImageError, ModelChecksumError, ModelError, ModelNotFoundError,
+                             ModelScaleError)
+
+MODELS_DIR = Path(__file__).resolve().parent
+INDEX_PATH = MODELS_DIR / "index.json"
+WEIGHTS_DIR = MODELS_DIR / "weights"
+BICUBIC = "bicubic"
+# Side of the zeros probe that measures a loaded model's scale: small enough to
+# cost nothing, larger than any kernel so 'same' padding cannot change the size.
+_SCALE_PROBE = 8
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the pipeline needs to know about a model before (and after) loading it."""
+
+    name: str
+    """Zoo name (`subpixel`), `bicubic`, or the file name of a user-supplied model."""
+    arch: str
+    """Architecture: basic, residual, subpixel, bicubic, or `keras` for a user file."""
+    scale: int | None
+    """Upscaling factor; None for a user file until it is loaded."""
+    channels: int | None
+    """Input and output channels; None where any count works (bicubic) or not yet known."""
+    uri: str | None
+    """fsspec URI of the .keras file; None for bicubic."""
+    sha256: str | None
+    """Expected SHA-256 of the file (zoo models); None skips the check."""
+    params: int | None
+    """Parameter count; 0 for bicubic, None for a user file until it is loaded."""
+    receptive_radius: int | None
+    """Input pixels that can reach an output pixel; None for a user file (measure it)."""
+
+    @property
+    def is_bicubic(self) -> bool:
+        return self.arch == BICUBIC
+
+    @property
+    def identity(self) -> str:
+        """What the stats record as `model_sha256`: the file's SHA-256, or `bicubic`."""
+        return self.sha256 or self.name
+
+
+def read_index(index_path: Path | str = INDEX_PATH) -> dict:
+    """The zoo index as a dict; an absent file is an empty zoo."""
+    try:
+        with open(index_path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return {"models": [], "default": {}}
+
+
+def _spec_from_entry(entry: dict) -> ModelSpec:
+    return ModelSpec(
+        name=entry["name"], arch=entry["arch"], scale=int(entry["scale"]),
+        channels=int(entry["channels"]), uri=storage.to_uri(str(WEIGHTS_DIR / entry["file"])),
+        sha256=entry["sha256"], params=int(entry["params"]),
+        receptive_radius=int(entry["receptive_radius"]),
+    )
+
+
+def list_models(index_path: Path | str = INDEX_PATH) -> list[ModelSpec]:
+    """Every shipped model, one spec per (name, scale), sorted by name then scale."""
+    entries = read_index(index_path)["models"]
+    return sorted((_spec_from_entry(e) for e in entries), key=lambda s: (s.name, s.scale))
+
+
+def bicubic_spec(scale: int) -> ModelSpec:
+    """The no-network baseline: Pillow bicubic, which reads 2 input pixels either side."""
+    return ModelSpec(name=BICUBIC, arch=BICUBIC, scale=scale, channels=None, uri=None,
+                     sha256=None, params=0, receptive_radius=2)
+
+
+def is_model_uri(name_or_uri: str) -> bool:
+    """True when `--model` names a file rather than a zoo entry."""
+    return "/" in name_or_uri or "://" in name_or_uri or name_or_uri.endswith(".keras")
+
+
+def resolve_model(name_or_uri: str | None, scale: int, index_path: Path | str = INDEX_PATH) -> ModelSpec:
+    """Turn `--model` into a spec: None -> the default for `scale`, a zoo name, bicubic, or a file.
+
+    A file's scale, parameters and radius stay None until `load_keras_model`.
+    """
+    index = read_index(index_path)
+    if name_or_uri is None:
+        name_or_uri = index.get("default", {}).get(str(scale))
+        if name_or_uri is None:
+            defaults = ", ".join(f"x{s}" for s in sorted(index.get("default", {}), key=int)) or "none"
+            raise ModelNotFoundError(
+                f"no default model for x{scale} (defaults exist for: {defaults}); "
+                f"pass --model bicubic or a .keras file")
+    if name_or_uri == BICUBIC:
+        return bicubic_spec(scale)
+    if is_model_uri(name_or_uri):
+        uri = storage.to_uri(name_or_uri)
+        return ModelSpec(name=posixpath.basename(uri.rstrip("/")), arch="keras", scale=None,
+                         channels=None, uri=uri, sha256=None, params=None, receptive_radius=None)
+    entries = [e for e in index["models"] if e["name"] == name_or_uri]
+    if not entries:
+        names = sorted({e["name"] for e in index["models"]} | {BICUBIC})
+        raise ModelNotFoundError(
+            f"unknown model {name_or_uri!r}; choose one of {', '.join(names)} or a path to a .keras file")
+    for entry in entries:
+        if int(entry["scale"]) == scale:
+            return _spec_from_entry(entry)
+    scales = ", ".join(f"x{s}" for s in sorted(int(e["scale"]) for e in entries))
+    raise ModelNotFoundError(f"model {name_or_uri!r} has no x{scale} weights; available scales: {scales}")
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_keras_model(spec: ModelSpec, scale: int | None = None):
+    """Fetch, verify and load a spec's .keras file with safe_mode=True.
+
+    The file is copied to a local temporary file first (Keras reads local paths
+    only). Raises ModelChecksumError when the bytes do not match `spec.sha256`,
+    and ModelScaleError when the model does not upscale by `scale` (default:
+    `spec.scale`; None accepts any).
+    """
+    if spec.uri is None:
+        raise ModelError(f"model {spec.name!r} has no weights file to load")
+    try:
+        data = storage.read_bytes(spec.uri)
+    except ImageError as exc:  # storage reports missing/unreadable files as image errors
+        raise ModelNotFoundError(f"cannot read model {spec.uri}: {exc}") from None
+    if spec.sha256 is not None and sha256_of(data) != spec.sha256:
+        raise ModelChecksumError(
+            f"model {spec.uri} has SHA-256 {sha256_of(data)}, the index expects {spec.sha256}; "
+            f"the file is corrupt or was replaced")
+
+    import keras
+
+    import sr_batch.models.layers  # noqa: F401 - registers DepthToSpace for deserialisation
+
+    handle, path = tempfile.mkstemp(suffix=".keras")
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            tmp.write(data)
+        try:
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not a loadable model"
+            raise ModelError(f"cannot load {spec.uri} as a Keras model: {exc}") from exc
+    finally:
+        os.unlink(path)
+
+    expected = spec.scale if scale is None else scale
+    measured = measure_scale(model)
+    if expected is not None and measured != expected:
+        raise ModelScaleError(f"model {spec.name!r} upscales by x{measured}, but x{expected} was requested")
+    return model
+
+
+def measure_scale(model) -> int:
+    """The model's upscaling factor, from one run on a small zeros batch."""
+    channels = model.input_shape[-1] or 3
+    probe = np.zeros((1, _SCALE_PROBE, _SCALE_PROBE, channels), dtype=np.float32)
+    shape = tuple(model(probe, training=False).shape)
+    height, width = shape[1], shape[2]
+    if height != width or height % _SCALE_PROBE:
+        raise ModelScaleError(
+            f"model maps {_SCALE_PROBE}x{_SCALE_PROBE} input to {width}x{height}: not an integer upscale")
+    return height // _SCALE_PROBE
+
+
+def complete_spec(spec: ModelSpec, model) -> ModelSpec:
+    """The spec with what loading revealed: scale, channels and parameter count."""
+    return dataclasses.replace(spec, scale=measure_scale(model), channels=model.input_shape[-1],
+                               params=int(model.count_params()))
+
+
+def write_index_entry(entry: dict, make_default: bool = False,
+                      index_path: Path | str = INDEX_PATH) -> None:
+    """Add or replace the (name, scale) entry in the index; optionally make it the scale's default."""
+    index = read_index(index_path)
+    key = (entry["name"], int(entry["scale"]))
+    models = [e for e in index["models"] if (e["name"], int(e["scale"])) != key]
+    models.append(entry)
+    index["models"] = sorted(models, key=lambda e: (e["name"], int(e["scale"])))
+    index.setdefault("default", {})
+    if make_default:
+        index["default"][str(entry["scale"])] = entry["name"]
+    text = json.dumps(index, indent=2, sort_keys=False) + "\n"
+    storage.write_bytes_atomic(storage.to_uri(str(index_path)), text.encode("utf-8"))

@@ -1,0 +1,361 @@
+"""Train a zoo architecture on HR image folders; LR is made the way evaluation makes it.
+
+Batches are numpy: random HR patches (flips, 90 degree rotations) and their
+Pillow-bicubic downscale, drawn from a generator seeded by (seed, step) so a
+resumed run sees exactly the batches an uninterrupted one would. Each epoch
+logs Y-PSNR on the validation folder next to bicubic on the same pixels, and
+checkpoints the compiled model (weights + optimizer) so the run can resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import tempfile
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+import sr_batch.models.layers  # noqa: F401 - registers DepthToSpace for checkpoint loading
+from sr_batch import quality, resample, storage
+from sr_batch.errors import ConfigError
+from sr_batch.models import registry
+from sr_batch.models.architectures import ARCHITECTURES, build_model, receptive_radius
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+LOSSES = {"l1": "mean_absolute_error", "l2": "mean_squared_error"}
+# The cosine schedule ends at this fraction of the initial learning rate.
+FINAL_LR_FRACTION = 0.01
+CHECKPOINT_NAME = "last.keras"
+STATE_NAME = "state.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; the resolved copy is written next to the output as JSON."""
+
+    arch: str
+    """Architecture: basic, residual or subpixel."""
+    scale: int
+    """Upscaling factor."""
+    train: tuple[str, ...]
+    """Folders (fsspec URIs) of HR training images."""
+    out: str
+    """Where the trained .keras file goes (fsspec URI); a .json sidecar lands next to it."""
+    val: str | None = None
+    """Folder of HR validation images; Y-PSNR on it is logged every epoch."""
+    eval: tuple[str, ...] = ()
+    """Extra HR folders measured once after training (e.g. Set14)."""
+    steps: int = 6000
+    """Optimizer steps in total."""
+    epoch_steps: int = 500
+    """Steps between validation and checkpoints; `steps` must be a multiple."""
+    batch_size: int = 16
+    """HR patches per step (global, across GPUs)."""
+    patch_size: int = 64
+    """HR patch side in pixels; a multiple of scale."""
+    lr: float = 1e-3
+    """Initial Adam learning rate; cosine decay to 1% of it over `steps`."""
+    seed: int = 0
+    """Seeds the weights and the batch stream."""
+    loss: str = "l1"
+    """l1 or l2 on RGB in [0, 1]."""
+    checkpoint_dir: str | None = None
+    """Folder for the resumable checkpoint; None trains without one."""
+    name: str | None = None
+    """Zoo name to register under in the package index; None does not register."""
+    make_default: bool = False
+    """Make the registered model the default for its scale."""
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got {self.arch!r}")
+        if self.scale < 1:
+            raise ConfigError(f"--scale must be >= 1, got {self.scale}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.patch_size % self.scale or self.patch_size < 4 * self.scale:
+            raise ConfigError(f"--patch-size must be a multiple of the scale and >= 4x it, got {self.patch_size}")
+        if self.steps < 1 or self.batch_size < 1 or self.epoch_steps < 1:
+            raise ConfigError("--steps, --batch-size and --epoch-steps must be >= 1")
+        if self.steps % min(self.epoch_steps, self.steps):
+            raise ConfigError(f"--steps ({self.steps}) must be a multiple of --epoch-steps ({self.epoch_steps})")
+        if not self.train:
+            raise ConfigError("--train needs at least one folder")
+        if self.name is not None and not self.out.endswith(".keras"):
+            raise ConfigError("--out must end in .keras")
+
+
+def list_images(folder: str) -> list[str]:
+    """Image URIs directly in `folder`, sorted, by suffix (png, jpg, bmp; any case)."""
+    uri = storage.to_uri(folder)
+    fs, path = storage.get_fs(uri)
+    protocol = uri.split("://", 1)[0]
+    found = [p for p in fs.ls(path, detail=False) if p.lower().endswith(IMAGE_SUFFIXES)]
+    if not found:
+        raise ConfigError(f"no .png/.jpg/.bmp images in {folder}")
+    return sorted(f"{protocol}://{p}" if protocol != "file" else "file://" + p for p in found)
+
+
+def load_images(folders: tuple[str, ...] | list[str]) -> list[np.ndarray]:
+    """Every image of the folders, decoded to uint8 RGB HxWx3 in memory."""
+    images = []
+    for folder in folders:
+        for uri in list_images(folder):
+            with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
+                images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return images
+
+
+def sample_batch(images: list[np.ndarray], seed: int, step: int, batch_size: int,
+                 patch_size: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batch `step` of the stream: (LR, HR) float32 in [0, 1], a pure function of (seed, step).
+
+    Images are drawn in proportion to their area, so every HR pixel is about
+    equally likely to be seen; images smaller than a patch are never drawn.
+    """
+    rng = np.random.default_rng([seed, step])
+    areas = np.array([im.shape[0] * im.shape[1] if min(im.shape[:2]) >= patch_size else 0
+                      for im in images], dtype=np.float64)
+    if not areas.any():
+        raise ConfigError(f"no training image is at least {patch_size}x{patch_size}")
+    picks = rng.choice(len(images), size=batch_size, p=areas / areas.sum())
+    lr_side = patch_size // scale
+    hr = np.empty((batch_size, patch_size, patch_size, 3), np.uint8)
+    lr = np.empty((batch_size, lr_side, lr_side, 3), np.uint8)
+    for i, pick in enumerate(picks):
+        image = images[pick]
+        top = rng.integers(0, image.shape[0] - patch_size + 1)
+        left = rng.integers(0, image.shape[1] - patch_size + 1)
+        patch = image[top:top + patch_size, left:left + patch_size]
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        patch = np.rot90(patch, k=int(rng.integers(0, 4)))
+        hr[i] = patch
+        lr[i] = resample.downscale_bicubic(np.ascontiguousarray(patch), scale)
+    return lr.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0
+
+
+def evaluate(model, images: list[np.ndarray], scale: int) -> dict:
+    """Mean Y-PSNR (BT.601, border = scale) of model and bicubic on the same pixels.
+
+    HR is cropped to a multiple of scale, LR made by Pillow bicubic; the model
+    output is clipped and rounded to uint8, as the pipeline would write it.
+    """
+    ours, baseline = [], []
+    for image in images:
+        hr = quality.crop_to_multiple(image, scale)
+        lr = resample.downscale_bicubic(np.ascontiguousarray(hr), scale)
+        output = np.asarray(model(lr[None].astype(np.float32) / 255.0, training=False))[0]
+        sr = np.clip(np.rint(output * 255.0), 0, 255).astype(np.uint8)
+        ours.append(quality.psnr_y(sr, hr, border=scale))
+        baseline.append(quality.psnr_y(resample.upscale_bicubic(lr, scale), hr, border=scale))
+    return {"psnr_y": round(float(np.mean(ours)), 3),
+            "psnr_y_bicubic": round(float(np.mean(baseline)), 3), "images": len(images)}
+
+
+def dataset_name(folder: str) -> str:
+    """`.../Set5/HR` -> `Set5`: the last path part that is not HR."""
+    parts = [p for p in storage.to_uri(folder).split("://", 1)[1].split("/") if p]
+    return next((p for p in reversed(parts) if p.upper() != "HR"), folder)
+
+
+def _strategy() -> tf.distribute.Strategy:
+    # MirroredStrategy costs a copy per step; worth it only with several GPUs.
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _save_keras(model, uri: str) -> bytes:
+    """Save a model to any URI by way of a local temporary file; return the bytes written."""
+    handle, path = tempfile.mkstemp(suffix=".keras")
+    os.close(handle)
+    try:
+        model.save(path)
+        with open(path, "rb") as saved:
+            data = saved.read()
+    finally:
+        os.unlink(path)
+    storage.write_bytes_atomic(uri, data)
+    return data
+
+
+def _load_keras(uri: str, **kwargs):
+    handle, path = tempfile.mkstemp(suffix=".keras")
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            tmp.write(storage.read_bytes(uri))
+        return keras.saving.load_model(path, safe_mode=True, **kwargs)
+    finally:
+        os.unlink(path)
+
+
+def _build_compiled(config: TrainConfig) -> keras.Model:
+    model = build_model(config.arch, config.scale)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.lr, decay_steps=config.steps, alpha=FINAL_LR_FRACTION)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=LOSSES[config.loss])
+    return model
+
+
+def _checkpoint_exists(checkpoint_dir: str) -> bool:
+    fs, path = storage.get_fs(storage.to_uri(storage.join(checkpoint_dir, CHECKPOINT_NAME)))
+    return fs.exists(path)
+
+
+def train(config: TrainConfig) -> dict:
+    """Run the training; write the .keras file and its JSON sidecar; return the sidecar."""
+    if config.name is not None:
+        _check_registrable(config.out)
+    began = time.perf_counter()
+    train_images = load_images(config.train)
+    val_images = load_images([config.val]) if config.val else []
+    log.info("loaded %d training images (%.1f MP) and %d validation images in %.1fs",
+             len(train_images), sum(im.shape[0] * im.shape[1] for im in train_images) / 1e6,
+             len(val_images), time.perf_counter() - began)
+
+    keras.utils.set_random_seed(config.seed)
+    strategy = _strategy()
+    with strategy.scope():
+        if config.checkpoint_dir and _checkpoint_exists(config.checkpoint_dir):
+            directory = storage.to_uri(config.checkpoint_dir)
+            model = _load_keras(storage.join(directory, CHECKPOINT_NAME))
+            history = json.loads(storage.read_bytes(storage.join(directory, STATE_NAME)))["history"]
+            log.info("resumed from %s at step %d", config.checkpoint_dir, int(model.optimizer.iterations))
+        else:
+            model = _build_compiled(config)
+            history = []
+    start_step = int(model.optimizer.iterations)
+    epoch_steps = min(config.epoch_steps, config.steps)
+    scale, lr_side = config.scale, config.patch_size // config.scale
+
+    def batches():
+        for step in range(start_step, config.steps):
+            yield sample_batch(train_images, config.seed, step, config.batch_size,
+                               config.patch_size, scale)
+
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec((config.batch_size, lr_side, lr_side, 3), tf.float32),
+        tf.TensorSpec((config.batch_size, config.patch_size, config.patch_size, 3), tf.float32),
+    )).prefetch(4)
+
+    progress = _Progress(config, val_images, history, began)
+    if start_step < config.steps:
+        model.fit(dataset, epochs=config.steps // epoch_steps, initial_epoch=start_step // epoch_steps,
+                  steps_per_epoch=epoch_steps, callbacks=[progress], shuffle=False, verbose=0)
+    train_s = time.perf_counter() - began
+
+    # Ship the weights in a fresh, uncompiled model: no optimizer state in the file.
+    export = build_model(config.arch, config.scale)
+    export.set_weights(model.get_weights())
+    data = _save_keras(export, storage.to_uri(config.out))
+    sidecar = {
+        "name": config.name or config.arch,
+        "arch": config.arch,
+        "scale": config.scale,
+        "channels": 3,
+        "file": posixpath.basename(config.out),
+        "sha256": registry.sha256_of(data),
+        "bytes": len(data),
+        "params": int(export.count_params()),
+        "receptive_radius": receptive_radius(config.arch, config.scale),
+        "trained_on": [{"dataset": dataset_name(f), "uri": storage.to_uri(f), "images": len(list_images(f))}
+                       for f in config.train],
+        "steps": config.steps,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "patch_size": config.patch_size,
+        "lr": config.lr,
+        "loss": config.loss,
+        "degradation": "Pillow BICUBIC downscale of the HR patch",
+        "train_s": round(train_s, 1),
+        "metric": "Y (BT.601) PSNR, border = scale, HR cropped to a multiple of scale, output rounded to uint8",
+        "eval": {},
+        "history": history,
+    }
+    for folder in ([config.val] if config.val else []) + list(config.eval):
+        images = val_images if folder == config.val else load_images([folder])
+        sidecar["eval"][dataset_name(folder)] = evaluate(export, images, config.scale)
+    if "Set5" in sidecar["eval"]:
+        sidecar["set5_psnr_y"] = sidecar["eval"]["Set5"]["psnr_y"]
+        sidecar["set5_psnr_y_bicubic"] = sidecar["eval"]["Set5"]["psnr_y_bicubic"]
+    for name, result in sidecar["eval"].items():
+        log.info("final %s x%d: Y-PSNR %.2f dB, bicubic %.2f dB on the same pixels",
+                 name, config.scale, result["psnr_y"], result["psnr_y_bicubic"])
+
+    sidecar_uri = storage.to_uri(config.out.removesuffix(".keras") + ".json")
+    storage.write_bytes_atomic(sidecar_uri, (json.dumps(
+        {**sidecar, "config": dataclasses.asdict(config)}, indent=2) + "\n").encode("utf-8"))
+    if config.name is not None:
+        _register(config, sidecar)
+    return sidecar
+
+
+def _check_registrable(out: str) -> None:
+    """Zoo entries name files in the package's weights folder, so --out must be there."""
+    uri = storage.to_uri(out)
+    if not uri.startswith("file://") or os.path.dirname(uri[len("file://"):]) != str(registry.WEIGHTS_DIR):
+        raise ConfigError(f"--name registers into the zoo, so --out must be in {registry.WEIGHTS_DIR}")
+
+
+def _register(config: TrainConfig, sidecar: dict) -> None:
+    """Put the trained model into the package index."""
+    entry = {key: value for key, value in sidecar.items() if key != "history"}
+    registry.write_index_entry(entry, make_default=config.make_default)
+    log.info("registered %s x%d in %s", entry["name"], config.scale, registry.INDEX_PATH)
+
+
+class _Progress(keras.callbacks.Callback):
+    """Log loss and speed every 100 steps; validate and checkpoint at the end of each epoch."""
+
+    LOG_EVERY = 100
+
+    def __init__(self, config: TrainConfig, val_images: list[np.ndarray], history: list[dict],
+                 began: float):
+        super().__init__()
+        self.config = config
+        self.val_images = val_images
+        self.history = history
+        self.began = began
+        self.window_began = time.perf_counter()
+        self.window_steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.window_steps += 1
+        step = int(self.model.optimizer.iterations)
+        if step % self.LOG_EVERY == 0:
+            now = time.perf_counter()
+            rate = self.window_steps / max(now - self.window_began, 1e-9)
+            log.info("step %d/%d  loss %.5f  lr %.2e  %.1f steps/s  %.0fs",
+                     step, self.config.steps, float((logs or {}).get("loss", math.nan)),
+                     float(self.model.optimizer.learning_rate), rate, now - self.began)
+            self.window_began, self.window_steps = now, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations)
+        record = {"step": step, "loss": round(float((logs or {}).get("loss", math.nan)), 6),
+                  "elapsed_s": round(time.perf_counter() - self.began, 1)}
+        if self.val_images:
+            result = evaluate(self.model, self.val_images, self.config.scale)
+            record.update(val_psnr_y=result["psnr_y"], val_psnr_y_bicubic=result["psnr_y_bicubic"])
+            log.info("epoch %d (step %d): val Y-PSNR %.3f dB, bicubic %.3f dB (%+.3f)",
+                     epoch + 1, step, result["psnr_y"], result["psnr_y_bicubic"],
+                     result["psnr_y"] - result["psnr_y_bicubic"])
+        self.history.append(record)
+        if self.config.checkpoint_dir:
+            directory = storage.to_uri(self.config.checkpoint_dir)
+            _save_keras(self.model, storage.join(directory, CHECKPOINT_NAME))
+            storage.write_bytes_atomic(storage.join(directory, STATE_NAME),
+                                       json.dumps({"step": step, "history": self.history}).encode())

@@ -1,0 +1,301 @@
+"""Model zoo: architectures, the custom layer, the registry, shipped weights, training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from sr_batch import quality, resample, tiling  # noqa: E402
+from sr_batch.errors import ModelChecksumError, ModelNotFoundError, ModelScaleError  # noqa: E402
+from sr_batch.models import registry  # noqa: E402
+from sr_batch.models.architectures import ARCHITECTURES, build_model, receptive_radius  # noqa: E402
+from sr_batch.models.layers import DepthToSpace  # noqa: E402
+
+SCALES = (2, 3, 4)
+
+
+def randomise(model: keras.Model, seed: int = 0, std: float = 0.2) -> keras.Model:
+    """Give every weight (zero-initialised ones too) a random value, so every path carries signal."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(0.0, std, w.shape).astype(np.float32) for w in model.get_weights()])
+    return model
+
+
+def run_eager(model: keras.Model):
+    return lambda batch: np.asarray(model(batch, training=False))
+
+
+def synthetic_image(size: int = 96) -> np.ndarray:
+    """Smooth gradients with a few hard-edged disks and stripes: what SR should beat bicubic on."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    image = np.stack([0.2 + 0.6 * x, 0.3 + 0.4 * y, 0.5 + 0.3 * np.sin(3 * x + 2 * y)], axis=-1)
+    for cy, cx, r, colour in ((0.3, 0.3, 0.15, (0.9, 0.1, 0.1)), (0.7, 0.6, 0.2, (0.1, 0.2, 0.8)),
+                              (0.25, 0.75, 0.1, (1.0, 1.0, 0.9))):
+        image[(y - cy) ** 2 + (x - cx) ** 2 < r**2] = colour
+    stripes = (np.floor(x * size / 6) % 2 == 0) & (y > 0.8)
+    image[stripes] = 0.05
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
+# --- the custom layer ---------------------------------------------------------------
+
+
+def test_depth_to_space_matches_tensorflow_and_round_trips_config():
+    x = np.random.default_rng(0).random((2, 3, 5, 3 * 9), dtype=np.float32)
+    layer = DepthToSpace(3)
+    np.testing.assert_array_equal(np.asarray(layer(x)), tf.nn.depth_to_space(x, 3).numpy())
+    clone = DepthToSpace.from_config(layer.get_config())
+    assert clone.block_size == 3
+    assert keras.saving.get_registered_name(DepthToSpace) == "sr_batch>DepthToSpace"
+
+
+# --- architectures --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_architecture_saves_reloads_safely_and_upscales(tmp_path, arch, scale):
+    model = randomise(build_model(arch, scale))
+    path = tmp_path / f"{arch}_x{scale}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    x = np.random.default_rng(1).random((2, 7, 9, 3), dtype=np.float32)
+    out = np.asarray(loaded(x))
+    assert out.shape == (2, 7 * scale, 9 * scale, 3)
+    np.testing.assert_allclose(out, np.asarray(model(x)), atol=1e-6)
+    assert not any(layer.__class__.__name__ == "Lambda" for layer in loaded.layers)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_declared_receptive_radius_bounds_the_impulse_response(arch, scale):
+    model = randomise(build_model(arch, scale), seed=scale)
+    measured = tiling.receptive_radius_from_impulse(run_eager(model), scale, size=32)
+    declared = receptive_radius(arch, scale)
+    assert measured <= declared
+    # Conservative, but derived from the kernels rather than padded by guesswork.
+    assert declared <= measured + 1
+
+
+def test_untrained_residual_is_exactly_a_bicubic_upscale():
+    # The zero-initialised detail branch makes training start from the baseline.
+    model = build_model("residual", 2)
+    x = np.random.default_rng(2).random((1, 12, 12, 3), dtype=np.float32)
+    skip = keras.layers.UpSampling2D(2, interpolation="bicubic")(x)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(skip), atol=1e-6)
+
+
+def test_unknown_architecture_is_rejected():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("srgan", 2)
+
+
+# --- registry -------------------------------------------------------------------------
+
+
+def test_registry_import_stays_tensorflow_free():
+    code = ("import sys, sr_batch.models.registry as r; r.resolve_model(None, 2); "
+            "bad = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_default_x2_resolves_to_a_shipped_model():
+    index = registry.read_index()
+    spec = registry.resolve_model(None, 2)
+    assert spec.name == index["default"]["2"]
+    assert spec.arch in ARCHITECTURES and spec.scale == 2 and spec.channels == 3
+    assert Path(spec.uri.removeprefix("file://")).is_file()
+    assert registry.resolve_model(spec.name, 2) == spec
+
+
+def test_every_listed_model_matches_its_file():
+    specs = registry.list_models()
+    assert {s.arch for s in specs if s.scale == 2} == set(ARCHITECTURES)
+    for spec in specs:
+        path = Path(spec.uri.removeprefix("file://"))
+        assert registry.sha256_of(path.read_bytes()) == spec.sha256
+        assert path.stat().st_size < 512 * 1024, f"{path.name} is too big to ship in the package"
+        model = registry.load_keras_model(spec)
+        assert model.count_params() == spec.params
+        assert spec.receptive_radius == receptive_radius(spec.arch, spec.scale)
+        assert registry.resolve_model(spec.name, spec.scale) == spec
+
+
+def test_bicubic_resolves_without_a_file():
+    spec = registry.resolve_model("bicubic", 3)
+    assert (spec.arch, spec.scale, spec.uri, spec.params, spec.receptive_radius) == ("bicubic", 3, None, 0, 2)
+
+
+def test_unknown_name_and_missing_scale_are_rejected():
+    with pytest.raises(ModelNotFoundError, match="bicubic"):
+        registry.resolve_model("no-such-model", 2)
+    with pytest.raises(ModelNotFoundError, match="available scales: x2"):
+        registry.resolve_model("basic", 3)
+
+
+def test_path_resolves_to_a_spec_measured_on_load(tmp_path):
+    shipped = registry.resolve_model(None, 2)
+    copy = tmp_path / "mine.keras"
+    shutil.copyfile(shipped.uri.removeprefix("file://"), copy)
+    spec = registry.resolve_model(str(copy), 2)
+    assert (spec.name, spec.arch, spec.scale, spec.params, spec.sha256) == ("mine.keras", "keras", None, None, None)
+    model = registry.load_keras_model(spec, scale=2)
+    complete = registry.complete_spec(spec, model)
+    assert (complete.scale, complete.channels, complete.params) == (2, 3, shipped.params)
+
+
+def test_checksum_mismatch_is_detected(tmp_path):
+    shipped = registry.resolve_model(None, 2)
+    data = bytearray(Path(shipped.uri.removeprefix("file://")).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(bytes(data))
+    spec = dataclasses.replace(shipped, uri=corrupt.as_uri())
+    with pytest.raises(ModelChecksumError) as caught:
+        registry.load_keras_model(spec)
+    assert caught.value.error_type == "model_checksum"
+
+
+def test_scale_mismatch_is_detected(tmp_path):
+    shipped = registry.resolve_model(None, 2)
+    with pytest.raises(ModelScaleError, match="x2"):
+        registry.load_keras_model(shipped, scale=3)
+    path = tmp_path / "x3.keras"
+    build_model("subpixel", 3).save(path)
+    with pytest.raises(ModelScaleError, match="upscales by x3, but x4"):
+        registry.load_keras_model(registry.resolve_model(str(path), 4), scale=4)
+
+
+def test_missing_file_is_model_not_found(tmp_path):
+    spec = registry.resolve_model(str(tmp_path / "absent.keras"), 2)
+    with pytest.raises(ModelNotFoundError):
+        registry.load_keras_model(spec)
+
+
+def test_write_index_entry_adds_replaces_and_sets_default(tmp_path):
+    index = tmp_path / "index.json"
+    entry = {"name": "m", "arch": "subpixel", "scale": 2, "channels": 3, "file": "m.keras",
+             "sha256": "0" * 64, "params": 1, "receptive_radius": 4}
+    registry.write_index_entry(entry, index_path=index)
+    registry.write_index_entry({**entry, "params": 2}, make_default=True, index_path=index)
+    written = json.loads(index.read_text())
+    assert [e["params"] for e in written["models"]] == [2]
+    assert written["default"] == {"2": "m"}
+    assert registry.resolve_model(None, 2, index_path=index).params == 2
+
+
+# --- shipped weights -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [s for s in registry.list_models() if s.scale == 2], ids=lambda s: s.name)
+def test_shipped_x2_models_beat_bicubic_on_a_synthetic_image(spec):
+    hr = synthetic_image()
+    lr = resample.downscale_bicubic(hr, 2)
+    model = registry.load_keras_model(spec)
+    output = np.asarray(model(lr[None].astype(np.float32) / 255.0))[0]
+    sr = np.clip(np.rint(output * 255), 0, 255).astype(np.uint8)
+    ours = quality.psnr_y(sr, hr, border=2)
+    bicubic = quality.psnr_y(resample.upscale_bicubic(lr, 2), hr, border=2)
+    assert ours > bicubic + 0.3, f"{spec.name}: {ours:.2f} dB vs bicubic {bicubic:.2f} dB"
+
+
+# --- training ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hr_folder(tmp_path) -> Path:
+    folder = tmp_path / "synthetic" / "HR"
+    folder.mkdir(parents=True)
+    for i, size in enumerate((80, 96, 72)):
+        image = np.roll(synthetic_image(size), shift=7 * i, axis=1)
+        Image.fromarray(image).save(folder / f"img{i}.png")
+    Image.fromarray(synthetic_image(64)).save(folder / "extra.BMP")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_batches_are_seeded_and_degraded_like_evaluation(hr_folder):
+    from sr_batch.train import list_images, load_images, sample_batch
+
+    assert [Path(u).name for u in list_images(str(hr_folder))] == ["extra.BMP", "img0.png", "img1.png", "img2.png"]
+    images = load_images([str(hr_folder)])
+    lr, hr = sample_batch(images, seed=3, step=5, batch_size=4, patch_size=24, scale=2)
+    again, _ = sample_batch(images, seed=3, step=5, batch_size=4, patch_size=24, scale=2)
+    other, _ = sample_batch(images, seed=3, step=6, batch_size=4, patch_size=24, scale=2)
+    assert lr.shape == (4, 12, 12, 3) and hr.shape == (4, 24, 24, 3) and lr.dtype == np.float32
+    np.testing.assert_array_equal(lr, again)
+    assert not np.array_equal(lr, other)
+    hr_u8 = np.rint(hr[0] * 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.rint(lr[0] * 255).astype(np.uint8), resample.downscale_bicubic(hr_u8, 2))
+
+
+def test_evaluate_reports_bicubic_on_the_same_pixels(hr_folder):
+    from sr_batch.train import evaluate, load_images
+
+    images = load_images([str(hr_folder)])
+
+    def bicubic(batch, training=False):
+        return resample.upscale_bicubic(batch[0], 2)[None]
+
+    result = evaluate(bicubic, images, 2)
+    assert result["images"] == 4
+    assert result["psnr_y"] == pytest.approx(result["psnr_y_bicubic"], abs=0.05)
+
+
+def test_training_config_is_checked_before_any_work(tmp_path, hr_folder):
+    from sr_batch.errors import ConfigError
+    from sr_batch.train import TrainConfig, train
+
+    with pytest.raises(ConfigError, match="patch-size"):
+        TrainConfig(arch="subpixel", scale=3, train=(str(hr_folder),), out=str(tmp_path / "m.keras"), patch_size=32)
+    with pytest.raises(ConfigError, match="multiple of --epoch-steps"):
+        TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), out=str(tmp_path / "m.keras"),
+                    steps=25, epoch_steps=10)
+    outside_zoo = TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),),
+                              out=str(tmp_path / "m.keras"), steps=10, name="mine")
+    with pytest.raises(ConfigError, match="weights"):
+        train(outside_zoo)
+    assert not (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.slow
+def test_tiny_training_run_lowers_the_loss_and_resumes(tmp_path, hr_folder):
+    from sr_batch.train import TrainConfig, load_images, sample_batch, train
+
+    config = TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), val=str(hr_folder),
+                         out=str(tmp_path / "out" / "tiny.keras"), steps=30, epoch_steps=10,
+                         batch_size=8, patch_size=32, lr=3e-3, seed=0,
+                         checkpoint_dir=str(tmp_path / "ckpt"))
+    sidecar = train(config)
+
+    images = load_images([str(hr_folder)])
+    lr, hr = sample_batch(images, seed=99, step=0, batch_size=16, patch_size=32, scale=2)
+    keras.utils.set_random_seed(config.seed)
+    untrained = build_model("subpixel", 2)
+    trained = keras.saving.load_model(tmp_path / "out" / "tiny.keras", safe_mode=True, compile=False)
+    before = float(np.mean(np.abs(np.asarray(untrained(lr)) - hr)))
+    after = float(np.mean(np.abs(np.asarray(trained(lr)) - hr)))
+    assert after < 0.7 * before, (before, after)
+
+    written = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert written["sha256"] == registry.sha256_of((tmp_path / "out" / "tiny.keras").read_bytes())
+    assert written["params"] == trained.count_params() == sidecar["params"]
+    assert [h["step"] for h in written["history"]] == [10, 20, 30]
+    assert set(written["eval"]["synthetic"]) == {"psnr_y", "psnr_y_bicubic", "images"}
+
+    # Rerunning with more steps resumes from the checkpoint instead of starting over.
+    longer = dataclasses.replace(config, steps=40)
+    resumed = train(longer)
+    assert [h["step"] for h in resumed["history"]] == [10, 20, 30, 40]
