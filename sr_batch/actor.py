@@ -7,6 +7,7 @@ one-line `error_message`, and the other images of the batch go on.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import os
 import socket
@@ -16,12 +17,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from sr_batch import images, quality, stats, storage
-from sr_batch.errors import ImageError, ReferenceImageError
+from sr_batch import images, quality, resample, stats, storage, streaming
+from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError
 from sr_batch.models.registry import ModelSpec
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, to_integer
 
 log = logging.getLogger(__name__)
+
+# Files up to this size are read whole; a bigger one is opened for ranged reads and
+# its header checked first, so an image that must be streamed is never read whole.
+WHOLE_READ_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class ActorSettings:
     max_pixels: int
     retries: int
     intra_op_threads: int
+    alpha: str = "model"
+    """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
 
 
 @dataclass
@@ -49,6 +56,8 @@ class _Work:
     stats: dict
     began: float
     decoded: images.DecodedImage | None = None
+    stream: streaming.TiffLayout | None = None
+    """Set instead of `decoded` for an image above max_pixels that is streamed."""
     timings: dict = field(default_factory=dict)
 
 
@@ -100,10 +109,13 @@ class UpscaleActor:
         work = [self._start(row) for row in batch.to_pylist()]
         ready = [w for w in work if w.decoded is not None]
         for w in work:
-            if w.decoded is None:
+            if w.decoded is None and w.stream is None:
                 self._finish_timing(w, 0.0)
         if ready:
             self._upscale_and_finish(ready)
+        for w in work:
+            if w.stream is not None:
+                self._stream_and_finish(w)
         return stats.make_table([w.stats for w in work])
 
     # --- stages ---------------------------------------------------------------------
@@ -115,8 +127,9 @@ class UpscaleActor:
         item = _Work(row=row, began=began, stats={
             "image_id": row["image_id"], "source_uri": row["uri"],
             "reference_uri": row.get("reference_uri"), "status": stats.STATUS_FAILED,
-            "scale": s.scale, "model": s.model.name, "model_sha256": s.model.sha256,
+            "scale": s.scale, "model": s.model.name, "model_sha256": s.model.identity,
             "tile_size": s.tile_size, "tile_overlap": s.tile_overlap,
+            "requested_format": s.format,
             "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),
             "source_etag": row.get("etag"), "worker": self.worker,
         })
@@ -124,12 +137,15 @@ class UpscaleActor:
             if row.get("plan_error_type"):
                 self._fail(item, row["plan_error_type"], row["plan_error_message"])
                 return item
-            data = storage.read_bytes(row["uri"], s.retries)
-            item.stats["bytes_in"] = len(data)
-            decoded = images.decode_image(data, s.max_pixels)
-            item.decoded = decoded
-            item.stats.update(width=decoded.width, height=decoded.height,
-                              channels=decoded.channels, bit_depth=decoded.bit_depth)
+            decoded = self._read_and_decode(item)
+            if decoded is not None:
+                item.decoded = decoded
+                item.stats.update(width=decoded.width, height=decoded.height,
+                                  channels=decoded.channels, bit_depth=decoded.bit_depth)
+            else:
+                layout = item.stream
+                item.stats.update(width=layout.width, height=layout.height,
+                                  channels=layout.channels, bit_depth=layout.bit_depth)
         except ImageError as exc:
             self._fail(item, exc.error_type, str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug must not stop a million-image run
@@ -138,40 +154,72 @@ class UpscaleActor:
         item.timings["decode_s"] = time.perf_counter() - began
         return item
 
+    def _read_and_decode(self, item: _Work) -> images.DecodedImage | None:
+        """Decode the image, or set `item.stream` and return None to stream it.
+
+        Above max_pixels, a TIFF that can be streamed is streamed; anything else
+        raises too_many_pixels saying why it cannot be.
+        """
+        s, uri = self.settings, item.row["uri"]
+        size = item.row.get("bytes")
+        if size is None:
+            size = storage.file_size(uri, s.retries)
+        if size > WHOLE_READ_BYTES:
+            with storage.open_input(uri, s.retries) as handle:
+                pixels = streaming.count_pixels(handle)
+                if pixels is not None and pixels > s.max_pixels:
+                    item.stats["bytes_in"] = size
+                    item.stream = streaming.check_streamable(handle, _too_many(pixels, s.max_pixels))
+                    return None
+        data = storage.read_bytes(uri, s.retries)
+        item.stats["bytes_in"] = len(data)
+        try:
+            return images.decode_image(data, s.max_pixels)
+        except TooManyPixelsError as exc:
+            item.stream = streaming.check_streamable(io.BytesIO(data), exc)
+            return None
+
     def _upscale_and_finish(self, ready: list[_Work]) -> None:
+        # Alpha planes ride in the same packed batches as grey images (R=G=B in, mean out).
         inputs = [w.decoded.pixels for w in ready]
+        with_alpha = [i for i, w in enumerate(ready)
+                      if w.decoded.alpha is not None and self.settings.alpha == "model"]
+        inputs += [ready[i].decoded.alpha[..., None] for i in with_alpha]
         try:
             results = self.upscaler.upscale(inputs)
         except Exception:  # noqa: BLE001 - isolate the image that broke the packed batch
             log.exception("packed upscale failed; retrying image by image")
             results = []
-            for w, image in zip(ready, inputs):
+            for image in inputs:
                 try:
                     results.extend(self.upscaler.upscale([image]))
                 except Exception as exc:  # noqa: BLE001
                     results.append(exc)
-        for w, result in zip(ready, results):
-            if isinstance(result, Exception):
-                self._fail(w, "model_error", f"{type(result).__name__}: {result}")
+        alpha_results = dict(zip(with_alpha, results[len(ready):]))
+        for i, (w, result) in enumerate(zip(ready, results)):
+            alpha_result = alpha_results.get(i)
+            failed = next((r for r in (result, alpha_result) if isinstance(r, Exception)), None)
+            if failed is not None:
+                self._fail(w, "model_error", f"{type(failed).__name__}: {failed}")
                 self._finish_timing(w, 0.0)
                 continue
             try:
-                self._write_and_measure(w, result)
+                self._write_and_measure(w, result, alpha_result)
             except ImageError as exc:
                 self._fail(w, exc.error_type, str(exc))
             except Exception as exc:  # noqa: BLE001
                 log.exception("unexpected error writing %s", w.row["uri"])
                 self._fail(w, "internal_error", f"{type(exc).__name__}: {exc}")
-            self._finish_timing(w, result.infer_s)
+            self._finish_timing(w, result.infer_s + (alpha_result.infer_s if alpha_result else 0.0))
 
-    def _write_and_measure(self, w: _Work, result) -> None:
+    def _write_and_measure(self, w: _Work, result, alpha_result=None) -> None:
         s, decoded = self.settings, w.decoded
         began = time.perf_counter()
         out_pixels = to_integer(result.pixels, decoded.pixels.dtype)
         alpha = None
-        if decoded.alpha is not None:
-            from sr_batch import resample
-
+        if alpha_result is not None:
+            alpha = to_integer(alpha_result.pixels, decoded.alpha.dtype)[..., 0]
+        elif decoded.alpha is not None:
             alpha = resample.upscale_bicubic(decoded.alpha, s.scale)
         fmt, extension, note = images.output_format(decoded, s.format)
         notes = list(decoded.notes) + ([note] if note else [])
@@ -184,7 +232,8 @@ class UpscaleActor:
         w.stats.update(
             status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
             out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
-            n_tiles=result.n_tiles,
+            n_tiles=result.n_tiles + (alpha_result.n_tiles if alpha_result else 0),
+            alpha_mode=s.alpha if decoded.alpha is not None else None,
             psnr_y_consistency=_finite(quality.psnr_y_consistency(out_pixels, decoded.pixels, s.scale)),
             sharpness_ratio=_finite(quality.sharpness_ratio(out_pixels, decoded.pixels, s.scale)),
         )
@@ -195,6 +244,39 @@ class UpscaleActor:
             except ImageError as exc:
                 notes.append(f"reference not scored ({exc.error_type}): {exc}")
         w.stats["notes"] = "; ".join(notes) or None
+
+    def _stream_and_finish(self, w: _Work) -> None:
+        """Upscale an oversize TIFF block by block into a tiled BigTIFF; metrics are skipped."""
+        s, layout = self.settings, w.stream
+        began = time.perf_counter()
+        output_uri = w.row["output_uri"] or (w.row["output_stem"] + ".tif")
+        notes = ["streamed in bounded memory: tiled BigTIFF output, metrics skipped"]
+        if s.format not in ("keep", "tiff"):
+            notes.append(f"streamed: {s.format} cannot be written block by block, wrote TIFF")
+        result = None
+        try:
+            with storage.open_input(w.row["uri"], s.retries) as handle:
+                def write(path: str) -> None:
+                    nonlocal result
+                    result = streaming.upscale_tiff(handle, path, self.upscaler, alpha_mode=s.alpha,
+                                                    zlib_level=s.png_compress_level)
+                bytes_out = storage.write_file_atomic(output_uri, write, s.retries)
+            notes += result.notes
+            if w.row.get("reference_uri"):
+                notes.append("reference not scored (streamed)")
+            w.stats.update(status=stats.STATUS_OK, output_uri=output_uri, format="tiff",
+                           bytes_out=bytes_out, out_width=result.out_width,
+                           out_height=result.out_height, n_tiles=result.n_tiles,
+                           psnr_y_consistency=None, sharpness_ratio=None,
+                           notes="; ".join(notes))
+        except ImageError as exc:
+            self._fail(w, exc.error_type, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop a million-image run
+            log.exception("unexpected error streaming %s", w.row["uri"])
+            self._fail(w, "internal_error", f"{type(exc).__name__}: {exc}")
+        infer_s = result.infer_s if result else 0.0
+        w.timings["encode_s"] = time.perf_counter() - began - infer_s
+        self._finish_timing(w, infer_s)
 
     def _reference_metrics(self, uri: str, output: np.ndarray, lr: np.ndarray) -> dict:
         s = self.settings
@@ -209,7 +291,7 @@ class UpscaleActor:
 
     @staticmethod
     def _fail(w: _Work, error_type: str, message: str) -> None:
-        w.decoded = None
+        w.decoded = w.stream = None
         w.stats.update(status=stats.STATUS_FAILED, error_type=error_type,
                        error_message=" ".join(str(message).split())[:500], output_uri=None)
 
@@ -219,6 +301,10 @@ class UpscaleActor:
                        encode_s=w.timings.get("encode_s"),
                        total_s=sum(w.timings.values()) + infer_s,
                        finished_at=dt.datetime.now(dt.timezone.utc))
+
+
+def _too_many(pixels: int, max_pixels: int) -> TooManyPixelsError:
+    return TooManyPixelsError(f"{pixels} pixels exceeds the limit of {max_pixels} (--max-pixels)")
 
 
 def _finite(value: float | None) -> float | None:

@@ -42,11 +42,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="TensorFlow threads per actor (default: local Ray splits the cores "
                         "between actors; a cluster uses the actor's CPU share)")
     p.add_argument("--max-pixels", type=int, default=c.DEFAULT_MAX_PIXELS,
-                   help="input pixel limit; larger images fail as too_many_pixels")
+                   help="input pixel limit; larger tiled/stripped TIFFs are streamed in bounded "
+                        "memory to a tiled BigTIFF, larger images of other formats fail as "
+                        "too_many_pixels")
+    p.add_argument("--alpha", default="model", choices=c.ALPHA_MODES,
+                   help="upscale an alpha channel with the model (as a grey image) or bicubic")
     p.add_argument("--retries", type=int, default=3, help="retries of transient storage errors")
     p.add_argument("--run-id", default=None, help="name of the run (default: UTC time + random)")
     p.add_argument("--address", default=None,
                    help="Ray address ('auto', ray://HOST:10001); default: local Ray")
+    p.add_argument("--force", action="store_true",
+                   help="reprocess every image, even those finished earlier with the same settings")
+    p.add_argument("--stats-flush-s", type=float, default=30.0, metavar="S",
+                   help="seconds between stats flushes (bounds what a killed driver must redo)")
 
 
 def _job_config(args: argparse.Namespace):
@@ -59,7 +67,9 @@ def _job_config(args: argparse.Namespace):
         png_compress_level=args.png_compress_level, actors=args.actors,
         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
         tf_threads=args.tf_threads, address=args.address, max_pixels=args.max_pixels,
-        retries=args.retries, run_id=args.run_id)
+        alpha=args.alpha,
+        retries=args.retries, run_id=args.run_id, force=args.force,
+        stats_flush_s=args.stats_flush_s)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -115,6 +125,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train.main(args.train_args)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from sr_batch import report
+    from sr_batch.errors import ReportError
+
+    try:
+        if args.sql and (args.run or args.compare or args.compare_models):
+            raise ReportError("--sql reads every run: filter with WHERE run_id = '...' instead of "
+                              "--run/--compare")
+        db = report.open_stats(args.output)
+        if args.sql:
+            report.write_sql(db, args.sql, args.format, args.out)
+        else:
+            made = report.build_report(
+                db, run=args.run, metric=args.metric, worst=args.worst,
+                compare_runs=tuple(args.compare) if args.compare else None,
+                compare_models=tuple(args.compare_models) if args.compare_models else None,
+                plots=args.format == "html", gallery=args.gallery)
+            report.write_report(made, args.format, args.out)
+    except ReportError as exc:
+        # A bad question (SQL, run, metric) is bad usage: one line, exit 2.
+        print(f"sr-batch: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sr-batch", description="Upscale image archives with neural super-resolution on Ray.",
@@ -157,6 +194,38 @@ def build_parser() -> argparse.ArgumentParser:
                            add_help=False)
     train.add_argument("train_args", nargs=argparse.REMAINDER)
     train.set_defaults(func=cmd_train)
+
+    rep = sub.add_parser(
+        "report", help="query the stats: per-run summary, worst images, failures, comparisons, SQL",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  sr-batch report out/                                  # the latest run\n"
+               "  sr-batch report out/ --format html -o report.html     # plots and crops\n"
+               "  sr-batch report out/ --compare previous latest --metric psnr_y\n"
+               "  sr-batch report out/ --compare-models residual subpixel\n"
+               "  sr-batch report s3://b/out --sql \"SELECT error_type, count(*) FROM stats "
+               "GROUP BY 1\"")
+    rep.add_argument("output", metavar="OUT", help="output root of runs (fsspec URI)")
+    rep.add_argument("--run", default=None, metavar="RUN_ID|latest|previous|all",
+                     help="which runs (default: latest; all with --compare-models)")
+    rep.add_argument("--format", default="table", choices=("table", "json", "csv", "html"))
+    rep.add_argument("--sql", default=None,
+                     help="SQL over the views `stats` (every run, with run_id) and `runs`")
+    rep.add_argument("-o", "--out", default=None, metavar="FILE",
+                     help="write to FILE (path or URI) instead of stdout")
+    rep.add_argument("--metric", default=None,
+                     help="metric that ranks and compares images (default: psnr_y where references "
+                          "exist, else psnr_y_consistency; also psnr_y_gain, ssim_y_gain)")
+    rep.add_argument("--worst", type=int, default=10, metavar="N",
+                     help="worst images listed, and images listed as worse in a comparison")
+    cmp_group = rep.add_mutually_exclusive_group()
+    cmp_group.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                           help="compare run B with run A on the same image_ids (latest/previous ok)")
+    cmp_group.add_argument("--compare-models", nargs=2, metavar=("MODEL_A", "MODEL_B"),
+                           help="compare model B with model A on the same image_ids")
+    rep.add_argument("--gallery", type=int, default=8, metavar="N",
+                     help="HTML: worst and best N images with side-by-side crops (at most 24)")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from sr_batch.errors import ConfigError
 
 FORMATS = ("keep", "png", "webp", "jpeg", "tiff")
+# How an alpha channel is upscaled: by the model (as a grey image) or by bicubic.
+ALPHA_MODES = ("model", "bicubic")
 SCALES = (2, 3, 4)
 
 # 128 px input tiles (256 px out at x2): big enough that an 8 px context margin
@@ -87,13 +89,20 @@ class JobConfig:
     address: str | None = None
     """Ray address (`auto`, ray://HOST:10001); None starts or joins a local Ray."""
     max_pixels: int = DEFAULT_MAX_PIXELS
-    """Input images above this many pixels fail as too_many_pixels (decompression bombs)."""
+    """Input pixel limit: larger tiled/stripped TIFFs are streamed in bounded memory to a
+    tiled BigTIFF; larger images of other formats fail as too_many_pixels."""
+    alpha: str = "model"
+    """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
     retries: int = 3
     """Retries, with exponential backoff, of transient storage errors."""
     run_id: str | None = None
     """Run identifier; None makes one from the UTC time."""
     progress_s: float = 10.0
     """Seconds between progress lines."""
+    force: bool = False
+    """Reprocess every image, even those an earlier run finished with the same settings."""
+    stats_flush_s: float = 30.0
+    """Seconds between stats flushes; a killed driver loses at most this much bookkeeping."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -102,6 +111,8 @@ class JobConfig:
             raise ConfigError(f"--scale must be one of {SCALES}, got {self.scale}")
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.alpha not in ALPHA_MODES:
+            raise ConfigError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
         if self.tile_size < 8:
             raise ConfigError(f"--tile-size must be at least 8, got {self.tile_size}")
         if self.tile_overlap is not None:

@@ -58,11 +58,23 @@ class ReferenceImageError(ImageError):
     error_type = "reference_error"
 
 
+class ModelRunError(ImageError):
+    """The model failed on this image's tiles (raised where the error cannot be a row directly)."""
+
+    error_type = "model_error"
+
+
 # --- job-level errors: the run stops with one clear line ------------------------------
 
 
 class ConfigError(SrBatchError):
     error_type = "config_error"
+
+
+class StorageError(SrBatchError):
+    """The output cannot be written at all (no such bucket, access denied)."""
+
+    error_type = "storage_error"
 
 
 class ManifestError(SrBatchError):
@@ -83,3 +95,9 @@ class ModelChecksumError(ModelError):
 
 class ModelScaleError(ModelError):
     error_type = "model_scale"
+
+
+class ReportError(SrBatchError):
+    """A report cannot be made: no stats, an unknown run or metric, bad SQL."""
+
+    error_type = "report_error"

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import posixpath
 import sys
 import time
@@ -23,20 +24,20 @@ from typing import Callable
 import pyarrow as pa
 
 import sr_batch
-from sr_batch import manifest, stats, storage
+from sr_batch import incremental, manifest, stats, storage
 from sr_batch.actor import ActorSettings, UpscaleActor
 from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
-from sr_batch.errors import ConfigError, ImageError
+from sr_batch.errors import ConfigError, ImageError, StorageError
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 
-# Flush stats to a new Parquet part at least this often, so a killed driver
-# loses at most this much bookkeeping (the images themselves are already written).
+# Flush stats to a new Parquet part at least every FLUSH_ROWS rows (and every
+# --stats-flush-s seconds), so a killed driver loses little bookkeeping; the
+# images themselves are already written and a rerun redoes only the unrecorded.
 FLUSH_ROWS = 5000
-FLUSH_S = 30.0
 # Failed images listed one line each before the rest are only counted.
 MAX_FAILURE_LINES = 20
 
@@ -160,6 +161,11 @@ def init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+    # No address: a fresh local Ray ("local"), never a guess at whatever cluster
+    # `ray start` last recorded on this machine (which may be stale and hang).
+    # Inside a Ray job, RAY_ADDRESS names the job's cluster and wins.
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        address = "local"
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": env}, configure_logging=True)
     # Ray Data logs every dataset start/finish at INFO; our progress lines say the same.
@@ -202,23 +208,35 @@ def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
     table = manifest.load_sources(config.sources)
     init_ray(config.address)
     spec, overlap = resolve_model(config)
+    _write_run_record(output, run_id, config, spec, overlap, None, None, started_at)  # preflight
     planned = plan_outputs(table, config)
+    settings_key = incremental.Settings(
+        model_sha256=spec.identity, scale=config.scale, tile_size=config.tile_size,
+        tile_overlap=overlap, requested_format=config.format, alpha_mode=config.alpha)
+    if config.force:
+        todo, skipped = planned, stats.make_table([])
+    else:
+        todo, skipped = incremental.split_manifest(
+            planned, incremental.find_done(output, planned, settings_key), settings_key)
     pool = actor_pool_size(config)
     settings = ActorSettings(
         model=spec, scale=config.scale, tile_size=config.tile_size, tile_overlap=overlap,
         batch_size=config.batch_size, format=config.format, quality=config.quality,
         png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
-        retries=config.retries, intra_op_threads=_tf_threads(config, pool))
-    echo(f"run {run_id}: {planned.num_rows} images, model {spec.name} x{config.scale} "
-         f"(tile {config.tile_size}, overlap {overlap}), {pool[0]}-{pool[1]} actors "
-         f"x {config.cpus_per_actor:g} CPU / {config.gpus_per_actor:g} GPU")
+        retries=config.retries, intra_op_threads=_tf_threads(config, pool), alpha=config.alpha)
+    echo(f"run {run_id}: {planned.num_rows} images ({skipped.num_rows} unchanged, skipped), "
+         f"model {spec.name} x{config.scale} (tile {config.tile_size}, overlap {overlap}), "
+         f"{pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
+         f"{config.gpus_per_actor:g} GPU")
 
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    writer = _StatsWriter(output, run_id, planned.num_rows, config.progress_s, config.retries, echo)
-    if planned.num_rows:
-        ds = ray.data.from_arrow(_blocks(planned, config.images_per_batch, pool[1]))
+    writer = _StatsWriter(output, run_id, planned.num_rows, config, echo)
+    if skipped.num_rows:
+        writer.add(skipped)
+    if todo.num_rows:
+        ds = ray.data.from_arrow(_blocks(todo, config.images_per_batch, pool[1]))
         ds = ds.map_batches(
             UpscaleActor, fn_constructor_kwargs={"settings": settings},
             batch_size=config.images_per_batch, batch_format="pyarrow",
@@ -231,10 +249,10 @@ def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
     wall_s = time.perf_counter() - began
     result = RunResult(
         run_id=run_id, counts=writer.counts, wall_s=wall_s,
-        images_per_s=writer.rows / wall_s if wall_s else 0.0,
+        images_per_s=(writer.rows - skipped.num_rows) / wall_s if wall_s else 0.0,
         output_megapixels_per_s=writer.out_pixels / 1e6 / wall_s if wall_s else 0.0,
         stats_uri=stats.run_dir(output, run_id), failures=writer.failures)
-    _write_run_record(output, config, spec, overlap, pool, result, started_at)
+    _write_run_record(output, run_id, config, spec, overlap, pool, result, started_at)
     return result
 
 
@@ -248,10 +266,11 @@ def _blocks(table: pa.Table, images_per_batch: int, max_actors: int) -> list[pa.
 class _StatsWriter:
     """Collects stats batches, flushes Parquet parts, prints progress and failures."""
 
-    def __init__(self, output: str, run_id: str, total: int, progress_s: float, retries: int,
+    def __init__(self, output: str, run_id: str, total: int, config: JobConfig,
                  echo: Echo) -> None:
         self.output, self.run_id, self.total = output, run_id, total
-        self.progress_s, self.retries, self.echo = progress_s, retries, echo
+        self.progress_s, self.flush_s = config.progress_s, config.stats_flush_s
+        self.retries, self.echo = config.retries, echo
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
         self.rows = 0
@@ -273,7 +292,7 @@ class _StatsWriter:
             elif row["status"] == stats.STATUS_FAILED:
                 self._report_failure(row)
         now = time.perf_counter()
-        if self.pending_rows >= FLUSH_ROWS or now - self.last_flush >= FLUSH_S:
+        if self.pending_rows >= FLUSH_ROWS or now - self.last_flush >= self.flush_s:
             self.flush()
         if now - self.last_progress >= self.progress_s:
             self.last_progress = now
@@ -315,22 +334,29 @@ def _version(*names: str) -> str | None:
     return None
 
 
-def _write_run_record(output: str, config: JobConfig, spec: ModelSpec, overlap: int,
-                      pool: tuple[int, int], result: RunResult, started_at: dt.datetime) -> None:
+def _write_run_record(output: str, run_id: str, config: JobConfig, spec: ModelSpec, overlap: int,
+                      pool: tuple[int, int] | None, result: RunResult | None,
+                      started_at: dt.datetime) -> None:
+    """OUT/runs/<run_id>.json: written first as `running` (which also proves OUT is
+    writable before any image is touched), then again with the results."""
     record = {
-        "run_id": result.run_id,
-        "config": {**config.to_dict(), "tile_overlap": overlap, "actors": list(pool)},
+        "run_id": run_id,
+        "status": "finished" if result else "running",
+        "config": {**config.to_dict(), "tile_overlap": overlap, "actors": pool and list(pool)},
         "model": asdict(spec),
-        "counts": result.counts,
+        "counts": result and result.counts,
         "started_at": started_at.isoformat(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "wall_s": result.wall_s,
-        "images_per_s": result.images_per_s,
-        "output_megapixels_per_s": result.output_megapixels_per_s,
+        "finished_at": result and dt.datetime.now(dt.timezone.utc).isoformat(),
+        "wall_s": result and result.wall_s,
+        "images_per_s": result and result.images_per_s,
+        "output_megapixels_per_s": result and result.output_megapixels_per_s,
         "versions": {"sr_batch": sr_batch.__version__, "ray": _version("ray"),
                      "tensorflow": _version("tensorflow", "tensorflow-cpu"),
                      "keras": _version("keras"), "python": sys.version.split()[0]},
     }
-    uri = storage.join(output, "runs", f"{result.run_id}.json")
-    storage.write_bytes_atomic(uri, json.dumps(record, indent=2, default=str).encode(),
-                               config.retries)
+    uri = storage.join(output, "runs", f"{run_id}.json")
+    try:
+        storage.write_bytes_atomic(uri, json.dumps(record, indent=2, default=str).encode(),
+                                   config.retries)
+    except ImageError as exc:  # WriteError: nothing of this run could be recorded
+        raise StorageError(f"cannot write to the output {output}: {exc}") from None

@@ -37,7 +37,9 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING",
+        # "local": a fresh cluster of our own, never one that `ray start` left on this machine.
+        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
+                 logging_level="WARNING",
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     yield ray
     ray.shutdown()

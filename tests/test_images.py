@@ -361,3 +361,133 @@ def test_exif_carried_to_jpeg():
     data = encode_image(decoded.pixels, None, "jpeg", exif=decoded.exif)
 
     assert Image.open(io.BytesIO(data)).getexif().get(MAKE) == "TestCam"
+
+
+# --- 16 bits per channel, read from the header -------------------------------------------
+
+
+def deep_planes(height: int, width: int, channels: int) -> np.ndarray:
+    """uint16 planes using all 16 bits (low bytes differ from high bytes)."""
+    return (np.arange(height * width * channels).reshape(height, width, channels) * 2749 % 65536
+            ).astype(np.uint16)
+
+
+@pytest.mark.parametrize("channels, mode", [(1, "I;16"), (2, "LA;16"), (3, "RGB;16"), (4, "RGBA;16")])
+@pytest.mark.parametrize("fmt", ["png", "tiff"])
+def test_sixteen_bit_round_trip_keeps_every_bit(fmt, channels, mode):
+    planes = deep_planes(7, 9, channels)
+    colour = 1 if channels <= 2 else 3
+    pixels, alpha = planes[..., :colour], (planes[..., colour] if channels in (2, 4) else None)
+
+    back = decode_image(encode_image(pixels, alpha, fmt), MAX_PIXELS)
+
+    assert back.format == fmt.upper() and back.mode == mode and back.bit_depth == 16
+    np.testing.assert_array_equal(back.pixels, pixels)
+    if alpha is None:
+        assert back.alpha is None
+    else:
+        np.testing.assert_array_equal(back.alpha, alpha)
+
+
+def test_bit_depth_comes_from_the_header_not_the_values():
+    import imagecodecs
+
+    dark = np.full((4, 6, 3), 200, np.uint16)  # 16-bit file whose values all fit in 8 bits
+
+    decoded = decode_image(imagecodecs.png_encode(dark), MAX_PIXELS)
+
+    assert decoded.bit_depth == 16 and decoded.pixels.dtype == np.uint16
+    np.testing.assert_array_equal(decoded.pixels, dark)
+
+
+def test_sixteen_bit_to_an_eight_bit_format_rounds():
+    from sr_batch.images import _image_from_uint16
+
+    pixels = np.array([0, 128, 129, 32896, 65407, 65535], np.uint16).reshape(1, 2, 3)
+    alpha = np.array([[300, 65000]], np.uint16)
+
+    image = _image_from_uint16(pixels, alpha, "webp")
+
+    assert image.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(image)[..., :3], [[[0, 0, 1], [128, 255, 255]]])
+    np.testing.assert_array_equal(np.asarray(image)[..., 3], [[1, 253]])
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_sixteen_bit_orientation_matches_pillow(orientation):
+    import imagecodecs
+    from PIL import ImageOps
+
+    eight = scene(5, 8, seed=orientation)
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    exif[MAKE] = "TestCam"
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(
+        saved(Image.fromarray(eight), "PNG", exif=exif.tobytes())))))
+    data = imagecodecs.png_encode(eight.astype(np.uint16) * 257)
+    chunk = exif.tobytes()[6:]  # eXIf holds the TIFF structure without the "Exif\0\0" prefix
+    data = data[:33] + struct.pack(">I", len(chunk)) + b"eXIf" + chunk + struct.pack(
+        ">I", zlib.crc32(b"eXIf" + chunk)) + data[33:]
+
+    decoded = decode_image(data, MAX_PIXELS)
+
+    np.testing.assert_array_equal(decoded.pixels // 257, upright)
+    carried = Image.Exif()
+    carried.load(decoded.exif)
+    assert carried.get(MAKE) == "TestCam" and carried.get(ORIENTATION, 1) == 1
+
+
+def test_tiff_storage_tags_are_not_carried_as_exif():
+    # Pillow reports a TIFF's ImageWidth, Photometric, ... as EXIF; carried to an output of
+    # another size they would make the output claim the input's size.
+    exif = Image.Exif()
+    exif[MAKE] = "TestCam"
+    decoded = decode_image(saved(Image.fromarray(scene(6, 10)), "TIFF", exif=exif.tobytes()), MAX_PIXELS)
+    big = np.repeat(np.repeat(decoded.pixels, 2, axis=0), 2, axis=1)
+
+    back = decode_image(encode_image(big, None, "tiff", exif=decoded.exif), MAX_PIXELS)
+
+    assert (back.width, back.height) == (20, 12)
+    carried = Image.Exif()
+    carried.load(back.exif)
+    assert carried.get(MAKE) == "TestCam" and 256 not in carried
+
+
+def test_sixteen_bit_png_carries_icc_and_exif():
+    icc = srgb_icc()
+    exif = Image.Exif()
+    exif[MAKE] = "TestCam"
+
+    data = encode_image(deep_planes(5, 6, 3), None, "png", icc_profile=icc, exif=exif.tobytes())
+
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.info["icc_profile"] == icc and image.getexif().get(MAKE) == "TestCam"
+    assert decode_image(data, MAX_PIXELS).icc_profile == icc
+
+
+def test_sixteen_bit_pixel_limit_is_checked():
+    with pytest.raises(TooManyPixelsError):
+        decode_image(encode_image(deep_planes(10, 10, 3), None, "tiff"), 99)
+    with pytest.raises(TooManyPixelsError):
+        decode_image(encode_image(deep_planes(10, 10, 3), None, "png"), 99)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animated_inputs_decode_their_first_frame(fmt):
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    data = saved(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, **options)
+
+    decoded = decode_image(data, MAX_PIXELS)
+
+    assert "animated (3 frames): first frame only" in decoded.notes
+    assert tuple(decoded.pixels[4, 4]) == (255, 0, 0)
+
+
+def test_multi_page_tiff_notes_first_page_only():
+    pages = [Image.fromarray(scene(6, 6, seed=s)) for s in range(2)]
+
+    decoded = decode_image(saved(pages[0], "TIFF", save_all=True, append_images=pages[1:]), MAX_PIXELS)
+
+    assert "multi-page (2 pages): first page only" in decoded.notes
+    np.testing.assert_array_equal(decoded.pixels, scene(6, 6, seed=0))

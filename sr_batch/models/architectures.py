@@ -1,8 +1,14 @@
-"""The three trainable architectures, and their receptive-field radius.
+"""The zoo's trainable architectures, and their receptive-field radius.
 
 Every model maps NHWC float32 RGB in [0, 1] of any size to the same at
-`scale` times the size. `basic` ends in a sigmoid; `residual` and `subpixel`
-are linear and the caller clips to [0, 1].
+`scale` times the size. `basic` ends in a sigmoid; the others are linear and
+the caller clips to [0, 1].
+
+`srcnn`, `espcn` and `fsrcnn` are the classic Y-only networks: they see BT.601
+luma and predict luma; chroma (Cb, Cr) is the bicubic upscale. That is built
+from stock layers: fixed 1x1 convs take RGB to Y, and add the predicted Y
+change to R, G and B equally, which moves Y and leaves Cb and Cr unchanged.
+`quality` (EDSR-baseline-lite) is RGB, post-upsampling, with a bicubic skip.
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import layers
 
 from sr_batch.models.layers import DepthToSpace
 
-ARCHITECTURES = ("basic", "residual", "subpixel")
+ARCHITECTURES = ("basic", "residual", "subpixel", "srcnn", "espcn", "fsrcnn", "quality")
+# Architectures that run their network on luma only; the card says "Y" for them.
+Y_ONLY = ("srcnn", "espcn", "fsrcnn")
 
 # Width of the low-resolution feature convs in `basic` and `residual`:
 # 64 as in the issue; the models stay under 80k parameters (~300 KB files).
@@ -24,6 +33,20 @@ FEATURES = 64
 UP_FEATURES = 32
 # ESPCN (Shi et al., 2016): 5x5 conv 64 -> 3x3 conv 32 -> 3x3 conv C*r^2.
 ESPCN_FEATURES = (64, 32)
+# SRCNN 9-1-5 (Dong et al., 2014): 9x9 conv 64 -> 1x1 conv 32 -> 5x5 conv 1, on the bicubic upscale.
+SRCNN_KERNELS = (9, 1, 5)
+SRCNN_FEATURES = (64, 32)
+# FSRCNN (Dong et al., 2016), the paper's (d, s, m) = (56, 12, 4) and its 9x9 deconvolution.
+FSRCNN_D, FSRCNN_S, FSRCNN_M, FSRCNN_DECONV = 56, 12, 4, 9
+# The quality model: EDSR-baseline-lite (Lim et al., 2017) -- 48 features and 6 residual
+# blocks keep it under 0.3 M parameters, trainable on 2 CPU cores in a working session.
+QUALITY_FEATURES = 48
+QUALITY_BLOCKS = 6
+# EDSR's residual scaling keeps the early updates of a block-stack without batch norm stable.
+QUALITY_RES_SCALE = 0.1
+# BT.601 luma weights on [0, 1] RGB (Y's 0-255 studio range divided by 255); adding d to
+# R, G and B moves Y by d * sum(weights) and leaves Cb and Cr (weights summing to 0) alone.
+_LUMA = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
 
 
 def _up_kernel(scale: int) -> int:
@@ -40,6 +63,12 @@ def build_model(arch: str, scale: int, channels: int = 3) -> keras.Model:
         raise ValueError(f"scale must be >= 1, got {scale}")
     scale = int(scale)
     inputs = keras.Input(shape=(None, None, channels), name="lr")
+    if arch in Y_ONLY:
+        if channels != 3:
+            raise ValueError(f"{arch} converts RGB to luma and needs 3 channels, got {channels}")
+        return _build_y_only(arch, scale, inputs)
+    if arch == "quality":
+        return _build_quality(scale, channels, inputs)
     # Centre the input on 0 so the first ReLUs start half open.
     x = layers.Rescaling(1.0, offset=-0.5, name="centre")(inputs)
     if arch == "subpixel":
@@ -67,6 +96,69 @@ def build_model(arch: str, scale: int, channels: int = 3) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"residual_x{scale}")
 
 
+def _fixed_conv(weights, name: str) -> layers.Conv2D:
+    """A frozen 1x1 conv with the given (in, out) matrix: a colour transform from stock layers."""
+    matrix = np.asarray(weights, dtype=np.float32)
+    return layers.Conv2D(matrix.shape[1], 1, use_bias=False, trainable=False, name=name,
+                         kernel_initializer=keras.initializers.Constant(matrix[None, None]))
+
+
+def _build_y_only(arch: str, scale: int, inputs) -> keras.Model:
+    """SRCNN / ESPCN / FSRCNN on luma; RGB out = bicubic RGB + (predicted Y - bicubic Y) on each channel."""
+    to_luma = _fixed_conv(np.array(_LUMA)[:, None], "to_luma")
+    luma = layers.Rescaling(1.0, offset=-0.5, name="centre")(to_luma(inputs))
+    if arch == "srcnn":
+        x = layers.UpSampling2D(scale, interpolation="bicubic", name="pre_upsample")(luma)
+        (k1, k2, k3), (f1, f2) = SRCNN_KERNELS, SRCNN_FEATURES
+        x = layers.Conv2D(f1, k1, padding="same", activation="relu", name="conv1")(x)
+        x = layers.Conv2D(f2, k2, padding="same", activation="relu", name="conv2")(x)
+        y = layers.Conv2D(1, k3, padding="same", name="conv3")(x)
+    elif arch == "espcn":
+        x = layers.Conv2D(ESPCN_FEATURES[0], 5, padding="same", activation="tanh", name="conv1")(luma)
+        x = layers.Conv2D(ESPCN_FEATURES[1], 3, padding="same", activation="tanh", name="conv2")(x)
+        x = layers.Conv2D(scale * scale, 3, padding="same", name="conv3")(x)
+        y = DepthToSpace(scale, name="pixel_shuffle")(x)
+    else:  # fsrcnn
+        x = layers.Conv2D(FSRCNN_D, 5, padding="same", name="feature")(luma)
+        x = layers.PReLU(shared_axes=[1, 2], name="feature_prelu")(x)
+        x = layers.Conv2D(FSRCNN_S, 1, padding="same", name="shrink")(x)
+        x = layers.PReLU(shared_axes=[1, 2], name="shrink_prelu")(x)
+        for i in range(FSRCNN_M):
+            x = layers.Conv2D(FSRCNN_S, 3, padding="same", name=f"map{i + 1}")(x)
+            x = layers.PReLU(shared_axes=[1, 2], name=f"map{i + 1}_prelu")(x)
+        x = layers.Conv2D(FSRCNN_D, 1, padding="same", name="expand")(x)
+        x = layers.PReLU(shared_axes=[1, 2], name="expand_prelu")(x)
+        y = layers.Conv2DTranspose(1, FSRCNN_DECONV, strides=scale, padding="same", name="deconv")(x)
+    # The nets predict centred luma; undo the centring, then swap it for the bicubic luma.
+    y = layers.Rescaling(1.0, offset=0.5, name="uncentre")(y)
+    rgb_up = layers.UpSampling2D(scale, interpolation="bicubic", name="skip")(inputs)
+    change = layers.Subtract(name="luma_change")([y, to_luma(rgb_up)])
+    spread = _fixed_conv(np.full((1, 3), 1.0 / sum(_LUMA)), "to_rgb")(change)
+    outputs = layers.Add(name="add")([rgb_up, spread])
+    return keras.Model(inputs, outputs, name=f"{arch}_x{scale}")
+
+
+def _build_quality(scale: int, channels: int, inputs) -> keras.Model:
+    """EDSR-baseline-lite: head conv, residual blocks, body conv + long skip, conv -> pixel shuffle, + bicubic."""
+    x = layers.Rescaling(1.0, offset=-0.5, name="centre")(inputs)
+    head = layers.Conv2D(QUALITY_FEATURES, 3, padding="same", name="head")(x)
+    x = head
+    for i in range(QUALITY_BLOCKS):
+        y = layers.Conv2D(QUALITY_FEATURES, 3, padding="same", activation="relu", name=f"block{i + 1}_conv1")(x)
+        y = layers.Conv2D(QUALITY_FEATURES, 3, padding="same", name=f"block{i + 1}_conv2")(y)
+        y = layers.Rescaling(QUALITY_RES_SCALE, name=f"block{i + 1}_scale")(y)
+        x = layers.Add(name=f"block{i + 1}_add")([x, y])
+    x = layers.Conv2D(QUALITY_FEATURES, 3, padding="same", name="body_end")(x)
+    x = layers.Add(name="long_skip")([head, x])
+    # Zero-initialised, so the untrained model is exactly the bicubic upscale.
+    x = layers.Conv2D(channels * scale * scale, 3, padding="same", kernel_initializer="zeros",
+                      name="to_subpixels")(x)
+    detail = DepthToSpace(scale, name="pixel_shuffle")(x)
+    skip = layers.UpSampling2D(scale, interpolation="bicubic", name="skip")(inputs)
+    outputs = layers.Add(name="add")([skip, detail])
+    return keras.Model(inputs, outputs, name=f"quality_x{scale}")
+
+
 def _transpose_radius(kernel: int, stride: int) -> int:
     """Input radius of a 'same' Conv2DTranspose around input pixel floor(o / stride)."""
     # TF's 'same' transposed conv is the gradient of a strided 'same' conv,
@@ -80,6 +172,17 @@ def _transpose_radius(kernel: int, stride: int) -> int:
     return radius
 
 
+def _pre_upsampled_radius(output_radius: int, scale: int) -> int:
+    """Input radius of convs reaching `output_radius` pixels into a bicubic (4-tap) upscale."""
+    radius = 0
+    for phase in range(scale):  # output pixel `phase` belongs to input pixel 0
+        for p in range(phase - output_radius, phase + output_radius + 1):
+            # Half-pixel centres: output pixel p samples input position (p + 0.5) / scale - 0.5.
+            first = math.floor((p + 0.5) / scale - 0.5) - 1
+            radius = max(radius, -first, first + 3)
+    return radius
+
+
 def receptive_radius(arch: str, scale: int) -> int:
     """Input pixels around floor(output / scale) that can change an output pixel.
 
@@ -90,6 +193,16 @@ def receptive_radius(arch: str, scale: int) -> int:
         return 2  # Keys cubic: 4 taps, centre within half a pixel of floor(o / scale)
     if arch == "subpixel":
         return (5 // 2) + (3 // 2) + (3 // 2)
+    if arch == "quality":
+        # head, two convs per block, body end and the sub-pixel conv: all 3x3 at input resolution.
+        return 1 + 2 * QUALITY_BLOCKS + 1 + 1
+    if arch == "espcn":
+        return (5 // 2) + (3 // 2) + (3 // 2)
+    if arch == "fsrcnn":
+        mapping = (5 // 2) + FSRCNN_M * (3 // 2)
+        return max(mapping + _transpose_radius(FSRCNN_DECONV, scale), receptive_radius("bicubic", scale))
+    if arch == "srcnn":
+        return _pre_upsampled_radius(sum(k // 2 for k in SRCNN_KERNELS), scale)
     if arch in ("basic", "residual"):
         body = (3 // 2) + (3 // 2) + _transpose_radius(_up_kernel(scale), scale) + math.ceil(1 / scale)
         return body if arch == "basic" else max(body, receptive_radius("bicubic", scale))

@@ -1,0 +1,111 @@
+"""Incremental runs: find the manifest rows an earlier run already finished, in one join.
+
+An image is done when some earlier run has an `ok` row for it with the same
+source fingerprint (URI, and size / mtime / ETag where the manifest knows them)
+and the same settings (model_sha256, scale, tile_size, tile_overlap, the
+requested format and, for images with alpha, the alpha mode). The join runs in DuckDB over the Parquet stats, so it costs
+one scan of a few columns however many runs and images there are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sr_batch import stats, storage
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings that make an earlier output reusable."""
+
+    model_sha256: str
+    scale: int
+    tile_size: int
+    tile_overlap: int
+    requested_format: str
+    alpha_mode: str
+
+
+_DONE_SQL = """
+WITH previous AS (
+    SELECT image_id, source_uri, bytes_in, source_mtime, source_etag, output_uri, run_id,
+           width, height, channels, bit_depth, out_width, out_height, format, model
+    FROM stats
+    WHERE status = 'ok' AND model_sha256 = $model_sha256 AND scale = $scale
+      AND tile_size = $tile_size AND tile_overlap = $tile_overlap
+      AND requested_format = $requested_format
+      AND (alpha_mode IS NULL OR alpha_mode = $alpha_mode)
+    QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY finished_at DESC) = 1
+)
+SELECT p.*
+FROM manifest AS m JOIN previous AS p ON m.image_id = p.image_id
+WHERE m.uri = p.source_uri
+  AND (m.bytes IS NULL OR m.bytes = p.bytes_in)
+  AND (m.mtime IS NULL OR m.mtime = p.source_mtime)
+  AND (m.etag IS NULL OR m.etag = p.source_etag)
+"""
+
+
+def find_done(output: str, manifest: pa.Table, settings: Settings) -> pa.Table:
+    """Earlier `ok` rows (latest per image) that this manifest and these settings can reuse."""
+    import duckdb
+    import pyarrow.dataset as ds
+
+    fs, path = storage.get_fs(storage.join(output, "stats"))
+    if not fs.exists(path) or manifest.num_rows == 0:
+        return pa.table({"image_id": pa.array([], pa.string())})
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=_stats_schema(),
+                         partitioning=ds.partitioning(pa.schema([("run_id", pa.string())]),
+                                                      flavor="hive"),
+                         ignore_prefixes=[".", "_"])
+    con = duckdb.connect()
+    try:
+        con.register("stats", dataset)
+        con.register("manifest", manifest.select(["image_id", "uri", "bytes", "mtime", "etag"]))
+        return con.sql(_DONE_SQL, params={
+            "model_sha256": settings.model_sha256, "scale": settings.scale,
+            "tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap,
+            "requested_format": settings.requested_format, "alpha_mode": settings.alpha_mode,
+        }).to_arrow_table()
+    finally:
+        con.close()
+
+
+def _stats_schema() -> pa.Schema:
+    return pa.schema([*stats.SCHEMA, pa.field("run_id", pa.string())])
+
+
+def split_manifest(manifest: pa.Table, done: pa.Table,
+                   settings: Settings) -> tuple[pa.Table, pa.Table]:
+    """(rows still to process, stats rows marking the rest `skipped`)."""
+    is_done = pc.is_in(manifest.column("image_id"), value_set=done.column("image_id"))
+    todo = manifest.filter(pc.invert(is_done))
+    return todo, skipped_rows(done, manifest.filter(is_done), settings)
+
+
+def skipped_rows(done: pa.Table, manifest_rows: pa.Table, settings: Settings) -> pa.Table:
+    """One `skipped` stats row per reused image, pointing at the output that stands."""
+    if done.num_rows == 0:
+        return stats.make_table([])
+    now = dt.datetime.now(dt.timezone.utc)
+    by_id = {row["image_id"]: row for row in manifest_rows.select(
+        ["image_id", "reference_uri"]).to_pylist()}
+    rows = []
+    for previous in done.to_pylist():
+        rows.append({
+            **{k: previous[k] for k in ("image_id", "source_uri", "output_uri", "width", "height",
+                                        "channels", "bit_depth", "out_width", "out_height",
+                                        "format", "model", "bytes_in", "source_mtime",
+                                        "source_etag")},
+            "reference_uri": by_id.get(previous["image_id"], {}).get("reference_uri"),
+            **dataclasses.asdict(settings),
+            "status": stats.STATUS_SKIPPED,
+            "notes": f"unchanged since run {previous['run_id']}",
+            "finished_at": now,
+        })
+    return stats.make_table(rows)

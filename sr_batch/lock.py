@@ -1,0 +1,92 @@
+"""A lock on an output root, with a stale timeout, that works on local disks and object stores.
+
+Object stores have no atomic create-if-absent that every fsspec backend
+exposes, so the lock is write-then-verify: write a file holding a random
+token, wait for the store to settle, read it back. Of two racing writers the
+last write wins, and only its owner reads back its own token; the other backs
+off. A lock older than `stale_s` (its holder died without releasing it) is
+taken over. The holder refreshes it while it works, so a long run is never
+taken for a dead one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import time
+import uuid
+
+from sr_batch import storage
+from sr_batch.errors import SrBatchError
+
+# Object stores answer reads-after-writes consistently (S3 since 2020, GCS
+# always); this pause only lets a racing writer's PUT land before we look.
+SETTLE_S = 0.5
+
+
+class LockHeldError(SrBatchError):
+    error_type = "lock_held"
+
+
+class OutputLock:
+    """Context manager holding `uri` for one process; `refresh()` keeps it fresh."""
+
+    def __init__(self, uri: str, stale_s: float, purpose: str, settle_s: float = SETTLE_S) -> None:
+        self.uri, self.stale_s, self.purpose, self.settle_s = uri, stale_s, purpose, settle_s
+        self.token = uuid.uuid4().hex
+        self.held = False
+
+    def _record(self) -> bytes:
+        return json.dumps({
+            "token": self.token, "purpose": self.purpose, "host": socket.gethostname(),
+            "pid": os.getpid(), "refreshed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }).encode()
+
+    def _read(self) -> dict | None:
+        fs, path = storage.get_fs(self.uri)
+        try:
+            return json.loads(fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError):
+            return {"token": None, "refreshed_at": "1970-01-01T00:00:00+00:00"}  # junk: stale
+
+    def acquire(self) -> "OutputLock":
+        current = self._read()
+        if current is not None:
+            age = (dt.datetime.now(dt.timezone.utc)
+                   - dt.datetime.fromisoformat(current["refreshed_at"])).total_seconds()
+            if age < self.stale_s:
+                raise LockHeldError(
+                    f"{self.uri} is held by {current.get('purpose')} on {current.get('host')} "
+                    f"(pid {current.get('pid')}, refreshed {age:.0f} s ago); it goes stale after "
+                    f"{self.stale_s:.0f} s, or delete the file if that run is dead")
+        storage.write_bytes_atomic(self.uri, self._record())
+        time.sleep(self.settle_s)
+        if (self._read() or {}).get("token") != self.token:
+            raise LockHeldError(f"{self.uri} was taken by another run at the same moment")
+        self.held = True
+        return self
+
+    def refresh(self) -> None:
+        """Rewrite the timestamp; call more often than stale_s while the work goes on."""
+        if self.held:
+            if (self._read() or {}).get("token") != self.token:
+                raise LockHeldError(f"lost {self.uri} to another run (it thought ours was stale)")
+            storage.write_bytes_atomic(self.uri, self._record())
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        if (self._read() or {}).get("token") == self.token:
+            fs, path = storage.get_fs(self.uri)
+            fs.rm_file(path)
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
