@@ -20,7 +20,7 @@ import pyarrow as pa
 from sr_batch import images, quality, resample, stats, storage, streaming
 from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError
 from sr_batch.models.registry import ModelSpec
-from sr_batch.upscaler import Upscaler, make_tf_batch_fn, to_integer
+from sr_batch.upscaler import Upscaler, make_tf_batch_fn, self_ensemble, to_integer
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ class ActorSettings:
     intra_op_threads: int
     alpha: str = "model"
     """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
+    self_ensemble: bool = False
+    """Average the model over the 8 flips/rotations of each tile batch."""
 
 
 @dataclass
@@ -93,6 +95,8 @@ def build_upscaler(settings: ActorSettings) -> tuple[Upscaler, callable]:
 
     model = load_keras_model(settings.model)
     run, traces = make_tf_batch_fn(model, settings.tile_size)
+    if settings.self_ensemble:
+        run = self_ensemble(run)
     return (Upscaler(run, settings.scale, settings.tile_size, settings.tile_overlap,
                      settings.batch_size), traces)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import posixpath
 from typing import Iterable
@@ -210,18 +211,16 @@ def load_sources(sources: Iterable[str]) -> pa.Table:
 
 
 def write_manifest(table: pa.Table, uri: str) -> None:
-    """Write a manifest as Parquet, CSV or JSON Lines, chosen by extension."""
-    fs, path = storage.get_fs(storage.to_uri(uri))
-    lower = path.lower()
+    """Write a manifest (atomically) as Parquet, CSV or JSON Lines, chosen by extension."""
+    lower = uri.lower()
+    buffer = io.BytesIO()
     if lower.endswith(".parquet"):
-        with fs.open(path, "wb") as handle:
-            pq.write_table(table, handle)
+        pq.write_table(table, buffer)
     elif lower.endswith(".csv"):
-        with fs.open(path, "wb") as handle:
-            pa_csv.write_csv(table, handle)
+        pa_csv.write_csv(table, buffer)
     elif lower.endswith((".jsonl", ".ndjson")):
-        with fs.open(path, "w") as handle:
-            for row in table.to_pylist():
-                handle.write(json.dumps(row, default=str) + "\n")
+        for row in table.to_pylist():
+            buffer.write((json.dumps(row, default=str) + "\n").encode("utf-8"))
     else:
         raise ManifestError(f"manifest output must end in {', '.join(MANIFEST_EXTENSIONS)}: {uri}")
+    storage.write_bytes_atomic(storage.to_uri(uri), buffer.getvalue())

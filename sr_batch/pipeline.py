@@ -223,7 +223,8 @@ def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
         model=spec, scale=config.scale, tile_size=config.tile_size, tile_overlap=overlap,
         batch_size=config.batch_size, format=config.format, quality=config.quality,
         png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
-        retries=config.retries, intra_op_threads=_tf_threads(config, pool), alpha=config.alpha)
+        retries=config.retries, intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
+        self_ensemble=config.self_ensemble)
     echo(f"run {run_id}: {planned.num_rows} images ({skipped.num_rows} unchanged, skipped), "
          f"model {spec.name} x{config.scale} (tile {config.tile_size}, overlap {overlap}), "
          f"{pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "

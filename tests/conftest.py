@@ -55,3 +55,70 @@ def image_dir(tmp_path):
         folder = root / "sub" if i >= 3 else root
         Image.fromarray(scene(h, w, seed=i)).save(folder / f"im{i}.png")
     return root
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process(proc, first_signal, timeout_s: float = 30.0) -> None:
+    """Stop a process the test started, by its own id: a polite signal, then SIGKILL of its group."""
+    import signal
+
+    if proc.poll() is None:
+        proc.send_signal(first_signal)
+        try:
+            proc.wait(timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real `ray start --head` with the dashboard on 127.0.0.1 and token authentication on.
+
+    Yields (gcs_address, dashboard_url, env) where env carries a HOME whose
+    ~/.ray/auth_token holds the cluster's token (and no RAY_AUTH_MODE: the
+    client must find the token by itself, as a user's would).
+    """
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    (home / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    gcs, dashboard, client = free_port(), free_port(), free_port()
+    base_env = {k: v for k, v in os.environ.items()
+                if not k.startswith("RAY_") or k == "RAY_DISABLE_IMPORT_WARNING"}
+    env = {**base_env, "HOME": str(home)}
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    proc = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
+         f"--ray-client-server-port={client}", "--num-cpus=2", "--disable-usage-stats"],
+        env={**env, "RAY_AUTH_MODE": "token"}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            check = subprocess.run(
+                [sys.executable, "-c", "from ray.job_submission import JobSubmissionClient as C; "
+                 f"C('{url}').list_jobs()"],
+                env={**env, "RAY_AUTH_MODE": "token"}, capture_output=True, timeout=60)
+            if check.returncode == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not come up: {check.stderr[-500:]!r}")
+            time.sleep(2)
+        yield f"127.0.0.1:{gcs}", url, env
+    finally:
+        stop_process(proc, signal.SIGINT)  # `ray start --block` stops its children on SIGINT

@@ -1,0 +1,195 @@
+"""Nightly incremental runs: list, diff against the stats, submit to a Ray cluster, stream, exit.
+
+    sr-batch nightly SOURCE --output OUT --address http://HEAD:8265
+
+1. takes a lock on OUT (two overlapping nightlies never both run);
+2. builds the incremental manifest: images new or changed since they last came
+   out ok with these settings, written to OUT/manifests/<run_id>.parquet;
+3. submits `python jobs/upscale.py <manifest> --output OUT --run-id <run_id> ...`
+   through the Ray Jobs API (JobSubmissionClient, a working_dir runtime_env,
+   submission_id = the run id);
+4. streams the job's logs, refreshing the lock;
+5. exits with the job's result.
+
+Authentication: the Jobs API client sends the cluster's token, which Ray reads
+from RAY_AUTH_TOKEN or ~/.ray/auth_token. The token is never logged, never put
+in the runtime_env and never written to OUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sr_batch import incremental, manifest, storage
+from sr_batch.config import JobConfig
+from sr_batch.errors import SrBatchError
+from sr_batch.lock import OutputLock
+from sr_batch.models import registry
+from sr_batch.pipeline import Echo, echo_stderr, new_run_id, plan_outputs
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# A nightly run that has not refreshed its lock for 6 hours is taken for dead.
+DEFAULT_STALE_S = 6 * 3600.0
+# Refresh the lock this often while the job runs (far below any sane stale_s).
+REFRESH_S = 60.0
+
+
+class JobSubmitError(SrBatchError):
+    error_type = "job_submit_error"
+
+
+@dataclass(frozen=True)
+class NightlyResult:
+    run_id: str
+    listed: int
+    todo: int
+    job_status: str | None
+    exit_code: int
+
+
+def incremental_manifest(config: JobConfig) -> tuple:
+    """(full listing, rows new or changed since they last came out ok with these settings)."""
+    table = manifest.load_sources(config.sources)
+    spec = registry.resolve_model(config.model, config.scale)
+    identity = spec.identity
+    if spec.uri is not None and spec.sha256 is None:  # a user's file: hash its bytes
+        identity = registry.sha256_of(storage.read_bytes(spec.uri))
+    overlap = config.tile_overlap if config.tile_overlap is not None else spec.receptive_radius
+    settings = incremental.Settings(
+        model_sha256=identity, scale=config.scale, tile_size=config.tile_size,
+        tile_overlap=overlap, requested_format=config.format, alpha_mode=config.alpha)
+    done = incremental.find_done(storage.to_uri(config.output), plan_outputs(table, config),
+                                 settings)
+    todo, _ = incremental.split_manifest(table, done, settings)
+    return table, todo
+
+
+def job_entrypoint(manifest_uri: str, config: JobConfig, run_id: str, options: list[str]) -> str:
+    """The command the cluster runs: the thin job entry point with the user's options."""
+    args = ["python", "jobs/upscale.py", manifest_uri, "--output", storage.to_uri(config.output),
+            "--run-id", run_id, *options]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def working_dir() -> tuple[str, str | None]:
+    """(directory to upload as the job's working_dir, temp dir to delete afterwards or None).
+
+    Only the library and the entry point travel: never a virtualenv, outputs or tokens.
+    """
+    tmp = tempfile.mkdtemp(prefix="sr-batch-job-")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(PROJECT_ROOT / "sr_batch", Path(tmp) / "sr_batch", ignore=ignore)
+    (Path(tmp) / "jobs").mkdir()
+    entry = PROJECT_ROOT / "jobs" / "upscale.py"
+    if entry.exists():
+        shutil.copy(entry, Path(tmp) / "jobs" / "upscale.py")
+    else:  # installed from a wheel: write the same thin entry point
+        (Path(tmp) / "jobs" / "upscale.py").write_text(
+            "import sys\nsys.path.insert(0, '.')\nfrom sr_batch.cli import main\n"
+            "sys.exit(main(['run', *sys.argv[1:]]))\n")
+    return tmp, tmp
+
+
+def run_nightly(config: JobConfig, address: str, options: list[str], *,
+                stale_s: float = DEFAULT_STALE_S, echo: Echo = echo_stderr) -> NightlyResult:
+    """Build the incremental manifest and run it as a Ray job; see the module docstring."""
+    output = storage.to_uri(config.output)
+    run_id = config.run_id or new_run_id()
+    with OutputLock(storage.join(output, "nightly.lock"), stale_s,
+                    purpose=f"sr-batch nightly {run_id}") as lock:
+        table, todo = incremental_manifest(config)
+        echo(f"nightly {run_id}: {table.num_rows} images listed, {todo.num_rows} new or changed")
+        if todo.num_rows == 0:
+            echo(f"nightly {run_id}: nothing to do; no job submitted")
+            return NightlyResult(run_id, table.num_rows, 0, None, 0)
+        manifest_uri = storage.join(output, "manifests", f"{run_id}.parquet")
+        manifest.write_manifest(todo, manifest_uri)
+        status = _submit_and_follow(address, job_entrypoint(manifest_uri, config, run_id, options),
+                                    run_id, lock, echo)
+    exit_code = {"SUCCEEDED": 0, "FAILED": 1}.get(status, 3)
+    echo(f"nightly {run_id}: job {status}; {todo.num_rows} images submitted")
+    return NightlyResult(run_id, table.num_rows, todo.num_rows, status, exit_code)
+
+
+def enable_token_auth() -> None:
+    """Turn on Ray's token mode for this client when a token is at hand.
+
+    Ray's clients send the cluster token only with RAY_AUTH_MODE=token; a user
+    who has the token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)
+    should not also have to know that switch. An explicit RAY_AUTH_MODE wins.
+    """
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def _client(address: str):
+    enable_token_auth()
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as exc:  # noqa: BLE001 - connection and auth errors come in many types
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ""
+        if "401" in text or "403" in text or "auth" in text.lower() or "token" in text.lower():
+            hint = " (set RAY_AUTH_TOKEN or ~/.ray/auth_token to the cluster's token)"
+        raise JobSubmitError(f"cannot reach the Ray Jobs API at {address}: {text}{hint}") from None
+
+
+def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputLock,
+                       echo: Echo) -> str:
+    client = _client(address)
+    workdir, cleanup = working_dir()
+    submission_id = f"sr-batch-{run_id}"
+    try:
+        client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                          runtime_env={"working_dir": workdir},
+                          metadata={"sr_batch_run_id": run_id})
+    except Exception as exc:  # noqa: BLE001
+        raise JobSubmitError(f"job submission to {address} failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        if cleanup:
+            shutil.rmtree(cleanup, ignore_errors=True)
+    echo(f"nightly {run_id}: submitted job {submission_id} to {address}")
+    try:
+        asyncio.run(_stream_logs(client, submission_id, lock, echo))
+        return _wait(client, submission_id, lock)
+    except KeyboardInterrupt:
+        client.stop_job(submission_id)
+        echo(f"nightly {run_id}: interrupted; asked the cluster to stop {submission_id}")
+        raise
+
+
+async def _stream_logs(client, submission_id: str, lock: OutputLock, echo: Echo) -> None:
+    last_refresh = time.monotonic()
+    async for chunk in client.tail_job_logs(submission_id):
+        for line in chunk.splitlines():
+            echo(f"  | {line}")
+        if time.monotonic() - last_refresh > REFRESH_S:
+            lock.refresh()
+            last_refresh = time.monotonic()
+
+
+def _wait(client, submission_id: str, lock: OutputLock) -> str:
+    """Final status; tail_job_logs ends with the job, but the status can lag a moment."""
+    from ray.job_submission import JobStatus
+
+    last_refresh = time.monotonic()
+    while True:
+        status = client.get_job_status(submission_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            return str(status.value)
+        if time.monotonic() - last_refresh > REFRESH_S:
+            lock.refresh()
+            last_refresh = time.monotonic()
+        time.sleep(1.0)

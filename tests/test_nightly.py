@@ -1,0 +1,136 @@
+"""Nightly runs on a real `ray start --head` (127.0.0.1, token auth on) and a driver killed with -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sr_batch import stats
+
+from conftest import png_bytes, scene, stop_process
+
+pytestmark = pytest.mark.slow
+
+
+def sr_batch_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sr_batch.cli", *args]
+
+
+def run_cli(args, env, timeout=300):
+    return subprocess.run(sr_batch_cmd(*args), env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+
+
+def make_folder(root: Path, count: int, start: int = 0, size: int = 24) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + count):
+        (root / f"img{i:03d}.png").write_bytes(png_bytes(scene(size, size + i % 5, seed=i)))
+
+
+def ok_rows_by_image(out: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in stats.read_stats(str(out)).to_pylist():
+        if row["status"] == "ok":
+            counts[row["source_uri"]] = counts.get(row["source_uri"], 0) + 1
+    return counts
+
+
+def test_nightly_twice_then_one_new_image(ray_head, tmp_path):
+    _, url, env = ray_head
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_folder(src, 3)
+    args = ["nightly", str(src), "--output", str(out), "--address", url, "--model", "bicubic"]
+
+    first = run_cli(args, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "3 new or changed" in first.stderr and "job SUCCEEDED" in first.stderr
+    assert "  | run " in first.stderr  # the job's own log lines were streamed
+    run_ids = {r["run_id"] for r in stats.read_stats(str(out)).to_pylist()}
+    assert len(run_ids) == 1
+    assert ok_rows_by_image(out) == {f"file://{src}/img{i:03d}.png": 1 for i in range(3)}
+
+    second = run_cli(args, env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "0 new or changed" in second.stderr and "no job submitted" in second.stderr
+    assert {r["run_id"] for r in stats.read_stats(str(out)).to_pylist()} == run_ids
+
+    make_folder(src, 1, start=3)
+    third = run_cli(args, env)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "1 new or changed" in third.stderr
+    rows = stats.read_stats(str(out)).to_pylist()
+    new_run = {r["run_id"] for r in rows} - run_ids
+    assert len(new_run) == 1
+    new_rows = [r for r in rows if r["run_id"] in new_run]
+    assert [(Path(r["source_uri"]).name, r["status"]) for r in new_rows] == [("img003.png", "ok")]
+    assert set(ok_rows_by_image(out).values()) == {1} and len(ok_rows_by_image(out)) == 4
+    assert not (out / "nightly.lock").exists()  # released
+
+
+def test_nightly_without_the_token_fails_in_one_line(ray_head, tmp_path):
+    _, url, env = ray_head
+    make_folder(tmp_path / "in", 1)
+    bad_env = {**env, "HOME": str(tmp_path), "RAY_AUTH_TOKEN": "not-the-cluster-token"}
+    proc = run_cli(["nightly", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                    "--address", url, "--model", "bicubic"], bad_env, timeout=120)
+    assert proc.returncode == 3
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("sr-batch: error:") and "token" in last.lower()
+    assert "Traceback" not in proc.stderr
+    assert "not-the-cluster-token" not in proc.stderr  # a token is never echoed
+    assert not (tmp_path / "out" / "nightly.lock").exists()
+
+
+def test_overlapping_nightly_is_refused_by_the_lock(ray_head, tmp_path):
+    from sr_batch.lock import OutputLock
+
+    _, url, env = ray_head
+    make_folder(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    with OutputLock(f"file://{out}/nightly.lock", stale_s=3600, purpose="another nightly"):
+        proc = run_cli(["nightly", str(tmp_path / "in"), "--output", str(out), "--address", url,
+                        "--model", "bicubic"], env, timeout=120)
+    assert proc.returncode == 3
+    assert "held by another nightly" in proc.stderr.strip().splitlines()[-1]
+    assert not (out / "stats").exists()
+
+
+def test_driver_killed_with_sigkill_then_rerun(ray_head, tmp_path):
+    """kill -9 of the driver mid-run, then the same command: exactly one ok row per image."""
+    gcs, _, env = ray_head
+    src, out = tmp_path / "in", tmp_path / "out"
+    make_folder(src, 40, size=48)
+    args = ["run", str(src), "--output", str(out), "--address", gcs, "--images-per-batch", "1",
+            "--stats-flush-s", "0", "--tile-size", "32"]
+    env = {**env, "RAY_AUTH_MODE": "token"}
+    proc = subprocess.Popen(sr_batch_cmd(*args), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("stats/*/part-*.parquet")):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no stats were flushed in time"
+            time.sleep(0.1)
+    finally:
+        stop_process(proc, signal.SIGKILL, timeout_s=10)
+    done_before = sum(ok_rows_by_image(out).values())
+    assert 0 < done_before < 40, done_before  # killed mid-run
+
+    rerun = run_cli(args, env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    counts = ok_rows_by_image(out)
+    assert len(counts) == 40 and set(counts.values()) == {1}
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.is_file()]
+    for path in (out / "images").rglob("*.png"):
+        with Image.open(path) as image:
+            image.load()
+    skipped = [r for r in stats.read_stats(str(out)).to_pylist() if r["status"] == "skipped"]
+    assert len(skipped) == done_before
