@@ -57,6 +57,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="Ray address ('auto', ray://HOST:10001); default: local Ray")
     p.add_argument("--force", action="store_true",
                    help="reprocess every image, even those finished earlier with the same settings")
+    p.add_argument("--lock", action="store_true",
+                   help="hold OUT/nightly.lock during the run (scheduled runs: never two at once)")
     p.add_argument("--stats-flush-s", type=float, default=30.0, metavar="S",
                    help="seconds between stats flushes (bounds what a killed driver must redo)")
 
@@ -73,7 +75,7 @@ def _job_config(args: argparse.Namespace):
 
 
 # Fields that name where a run happens rather than how; a submitted job gets its own.
-_NOT_FORWARDED = {"sources", "output", "address", "run_id", "progress_s"}
+_NOT_FORWARDED = {"sources", "output", "address", "run_id", "progress_s", "lock"}
 
 
 def config_to_options(config) -> list[str]:

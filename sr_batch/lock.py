@@ -24,6 +24,8 @@ from sr_batch.errors import SrBatchError
 # Object stores answer reads-after-writes consistently (S3 since 2020, GCS
 # always); this pause only lets a racing writer's PUT land before we look.
 SETTLE_S = 0.5
+# A run that has not refreshed its lock for 6 hours is taken for dead.
+DEFAULT_STALE_S = 6 * 3600.0
 
 
 class LockHeldError(SrBatchError):

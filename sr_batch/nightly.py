@@ -30,13 +30,11 @@ from pathlib import Path
 from sr_batch import incremental, manifest, storage
 from sr_batch.config import JobConfig
 from sr_batch.errors import SrBatchError
-from sr_batch.lock import OutputLock
+from sr_batch.lock import DEFAULT_STALE_S, OutputLock
 from sr_batch.models import registry
 from sr_batch.pipeline import Echo, echo_stderr, new_run_id, plan_outputs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# A nightly run that has not refreshed its lock for 6 hours is taken for dead.
-DEFAULT_STALE_S = 6 * 3600.0
 # Refresh the lock this often while the job runs (far below any sane stale_s).
 REFRESH_S = 60.0
 

@@ -199,6 +199,17 @@ def actor_pool_size(config: JobConfig) -> tuple[int, int]:
 
 def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
     """Upscale every image of the sources; return counts. Raises only job-level errors."""
+    if not config.lock:
+        return _run_job(config, echo, None)
+    from sr_batch.lock import DEFAULT_STALE_S, OutputLock
+
+    run_id = config.run_id or new_run_id()
+    uri = storage.join(storage.to_uri(config.output), "nightly.lock")
+    with OutputLock(uri, DEFAULT_STALE_S, purpose=f"sr-batch run {run_id}") as lock:
+        return _run_job(config.replace(run_id=run_id), echo, lock)
+
+
+def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     import ray
 
     run_id = config.run_id or new_run_id()
@@ -233,7 +244,7 @@ def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().enable_progress_bars = False
-    writer = _StatsWriter(output, run_id, planned.num_rows, config, echo)
+    writer = _StatsWriter(output, run_id, planned.num_rows, config, echo, lock)
     if skipped.num_rows:
         writer.add(skipped)
     if todo.num_rows:
@@ -268,7 +279,8 @@ class _StatsWriter:
     """Collects stats batches, flushes Parquet parts, prints progress and failures."""
 
     def __init__(self, output: str, run_id: str, total: int, config: JobConfig,
-                 echo: Echo) -> None:
+                 echo: Echo, lock=None) -> None:
+        self.lock = lock
         self.output, self.run_id, self.total = output, run_id, total
         self.progress_s, self.flush_s = config.progress_s, config.stats_flush_s
         self.retries, self.echo = config.retries, echo
@@ -298,6 +310,8 @@ class _StatsWriter:
         if now - self.last_progress >= self.progress_s:
             self.last_progress = now
             self.echo(self.progress_line(now))
+            if self.lock is not None:
+                self.lock.refresh()
 
     def _report_failure(self, row: dict) -> None:
         if len(self.failures) < MAX_FAILURE_LINES:

@@ -98,6 +98,41 @@ class Upscaler:
         return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
 
 
+# The eight symmetries of the square (Lim et al. 2017's "x8" geometric self-ensemble):
+# k quarter turns, each with and without a left-right flip.
+SYMMETRIES = tuple((k, flip) for k in range(4) for flip in (False, True))
+
+
+def _transform(tiles: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Rotate (N, T, T, C) tiles by k quarter turns, then flip left-right if asked."""
+    out = np.rot90(tiles, k, axes=(1, 2))
+    return out[:, :, ::-1] if flip else out
+
+
+def _untransform(tiles: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """The inverse of `_transform`: unflip, then turn back."""
+    out = tiles[:, :, ::-1] if flip else tiles
+    return np.rot90(out, -k, axes=(1, 2))
+
+
+def self_ensemble(run_batch: RunBatch) -> RunBatch:
+    """Average `run_batch` over the 8 flips/rotations of each tile batch (8x the model time).
+
+    Tiles are square, so every transformed batch has the tile shape and a traced
+    function keeps its single trace. Per tile, exactly as the untransformed call:
+    the tile overlap (receptive radius) is the same in every direction.
+    """
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        total = None
+        for k, flip in SYMMETRIES:
+            out = _untransform(run_batch(np.ascontiguousarray(_transform(batch, k, flip))), k, flip)
+            total = out.astype(np.float32) if total is None else total + out
+        return total * np.float32(1.0 / len(SYMMETRIES))
+
+    return run
+
+
 def make_tf_batch_fn(model, tile_size: int):
     """A tf.function over (None, T, T, 3) float32: one trace serves every batch.
 

@@ -105,8 +105,8 @@ def _fixed_conv(weights, name: str) -> layers.Conv2D:
 
 def _build_y_only(arch: str, scale: int, inputs) -> keras.Model:
     """SRCNN / ESPCN / FSRCNN on luma; RGB out = bicubic RGB + (predicted Y - bicubic Y) on each channel."""
-    to_luma = _fixed_conv(np.array(_LUMA)[:, None], "to_luma")
-    luma = layers.Rescaling(1.0, offset=-0.5, name="centre")(to_luma(inputs))
+    luma = _fixed_conv(np.array(_LUMA)[:, None], "to_luma")(inputs)
+    luma = layers.Rescaling(1.0, offset=-0.5, name="centre")(luma)
     if arch == "srcnn":
         x = layers.UpSampling2D(scale, interpolation="bicubic", name="pre_upsample")(luma)
         (k1, k2, k3), (f1, f2) = SRCNN_KERNELS, SRCNN_FEATURES
@@ -132,7 +132,8 @@ def _build_y_only(arch: str, scale: int, inputs) -> keras.Model:
     # The nets predict centred luma; undo the centring, then swap it for the bicubic luma.
     y = layers.Rescaling(1.0, offset=0.5, name="uncentre")(y)
     rgb_up = layers.UpSampling2D(scale, interpolation="bicubic", name="skip")(inputs)
-    change = layers.Subtract(name="luma_change")([y, to_luma(rgb_up)])
+    luma_up = _fixed_conv(np.array(_LUMA)[:, None], "to_luma_up")(rgb_up)
+    change = layers.Subtract(name="luma_change")([y, luma_up])
     spread = _fixed_conv(np.full((1, 3), 1.0 / sum(_LUMA)), "to_rgb")(change)
     outputs = layers.Add(name="add")([rgb_up, spread])
     return keras.Model(inputs, outputs, name=f"{arch}_x{scale}")
@@ -207,3 +208,31 @@ def receptive_radius(arch: str, scale: int) -> int:
         body = (3 // 2) + (3 // 2) + _transpose_radius(_up_kernel(scale), scale) + math.ceil(1 / scale)
         return body if arch == "basic" else max(body, receptive_radius("bicubic", scale))
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def conv_macs_per_output_pixel(model: keras.Model) -> int:
+    """Multiply-adds of every conv per output pixel, counted from kernel shapes (FLOPs = 2 x MACs).
+
+    A conv's MACs per pixel of its own output are kh * kw * c_in * c_out (a transposed
+    conv's, divided by stride^2); each is weighed by its pixel count relative to the
+    model output, read off one run on an 8x8 probe. Resampling and activations are
+    not counted (a few per pixel, next to thousands).
+    """
+    convs = [layer for layer in model.layers
+             if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose))]
+    if not convs:
+        return 0
+    probe_side = 8
+    probe = keras.Model(model.input, [model.output] + [layer.output for layer in convs])
+    shapes = [tuple(out.shape) for out in probe(np.zeros((1, probe_side, probe_side, model.input_shape[-1]),
+                                                        np.float32))]
+    out_pixels = shapes[0][1] * shapes[0][2]
+    total = 0.0
+    for layer, shape in zip(convs, shapes[1:]):
+        kh, kw, a, b = layer.kernel.shape
+        # Conv2D kernels are (kh, kw, in, out); Conv2DTranspose kernels are (kh, kw, out, in).
+        per_pixel = kh * kw * a * b
+        if isinstance(layer, layers.Conv2DTranspose):
+            per_pixel /= layer.strides[0] * layer.strides[1]
+        total += per_pixel * shape[1] * shape[2] / out_pixels
+    return int(round(total))
