@@ -25,7 +25,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="zoo name, 'bicubic', or a path/URI to a .keras file (default: zoo default)")
     p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
-    p.add_argument("--tile-size", type=int, default=c.DEFAULT_TILE_SIZE, metavar="PX")
+    p.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                   help=f"tile side in input px (default: {c.DEFAULT_TILE_CORE} + 2 x overlap)")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="context per tile side (default: the model's receptive-field radius)")
     p.add_argument("--batch-size", type=int, default=c.DEFAULT_BATCH_SIZE, metavar="N",

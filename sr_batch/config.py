@@ -13,10 +13,11 @@ FORMATS = ("keep", "png", "webp", "jpeg", "tiff")
 ALPHA_MODES = ("model", "bicubic")
 SCALES = (2, 3, 4)
 
-# 128 px input tiles (256 px out at x2): big enough that an 8 px context margin
-# wastes under 25% of the work, small enough that a batch of 16 tiles of a
-# 64-channel model stays well under 1 GB of activations on CPU or GPU.
-DEFAULT_TILE_SIZE = 128
+# Default tile: a 128 px core plus the model's context on each side (136 px for
+# a radius-4 model). A 128-multiple core cuts common sizes (128, 512, 4096) into
+# whole tiles with no padding waste; a batch of 16 such tiles of a 64-channel
+# model stays well under 1 GB of activations on CPU or GPU.
+DEFAULT_TILE_CORE = 128
 # Tiles per model call. 16 keeps the CPU busy without growing the activations
 # past what a 2-core laptop has in cache-friendly memory.
 DEFAULT_BATCH_SIZE = 16
@@ -63,8 +64,8 @@ class JobConfig:
     """Zoo name, `bicubic`, or a path/URI to a .keras file; None picks the zoo default."""
     scale: int = 2
     """Upscaling factor; must match the model's."""
-    tile_size: int = DEFAULT_TILE_SIZE
-    """Input-pixel side of the fixed square tile the model sees."""
+    tile_size: int | None = None
+    """Input-pixel side of the fixed square tile the model sees; None: 128 + 2 * overlap."""
     tile_overlap: int | None = None
     """Context margin per tile side in input pixels; None uses the model's receptive-field radius."""
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -117,16 +118,16 @@ class JobConfig:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.alpha not in ALPHA_MODES:
             raise ConfigError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
-        if self.tile_size < 8:
+        if self.tile_size is not None and self.tile_size < 8:
             raise ConfigError(f"--tile-size must be at least 8, got {self.tile_size}")
-        if self.tile_overlap is not None:
-            if self.tile_overlap < 0:
-                raise ConfigError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
+        if self.tile_overlap is not None and self.tile_size is not None:
             if self.tile_size - 2 * self.tile_overlap < 1:
                 raise ConfigError(
                     f"--tile-size {self.tile_size} leaves no core with --tile-overlap "
                     f"{self.tile_overlap}; need tile_size > 2 * tile_overlap"
                 )
+        if self.tile_overlap is not None and self.tile_overlap < 0:
+            raise ConfigError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
         for name in ("batch_size", "images_per_batch", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")

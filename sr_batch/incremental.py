@@ -25,8 +25,9 @@ class Settings:
 
     model_sha256: str
     scale: int
-    tile_size: int
-    tile_overlap: int
+    tile_size: int | None
+    """None matches any (a user model whose radius the client cannot know without TF)."""
+    tile_overlap: int | None
     requested_format: str
     alpha_mode: str
 
@@ -37,7 +38,8 @@ WITH previous AS (
            width, height, channels, bit_depth, out_width, out_height, format, model
     FROM stats
     WHERE status = 'ok' AND model_sha256 = $model_sha256 AND scale = $scale
-      AND tile_size = $tile_size AND tile_overlap = $tile_overlap
+      AND ($tile_size IS NULL OR tile_size = $tile_size)
+      AND ($tile_overlap IS NULL OR tile_overlap = $tile_overlap)
       AND requested_format = $requested_format
       AND (alpha_mode IS NULL OR alpha_mode = $alpha_mode)
     QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY finished_at DESC) = 1

@@ -32,7 +32,7 @@ from sr_batch.config import JobConfig
 from sr_batch.errors import SrBatchError
 from sr_batch.lock import DEFAULT_STALE_S, OutputLock
 from sr_batch.models import registry
-from sr_batch.pipeline import Echo, echo_stderr, new_run_id, plan_outputs
+from sr_batch.pipeline import Echo, echo_stderr, new_run_id, plan_outputs, resolve_tiling
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Refresh the lock this often while the job runs (far below any sane stale_s).
@@ -59,10 +59,11 @@ def incremental_manifest(config: JobConfig) -> tuple:
     identity = spec.identity
     if spec.uri is not None and spec.sha256 is None:  # a user's file: hash its bytes
         identity = registry.sha256_of(storage.read_bytes(spec.uri))
-    overlap = config.tile_overlap if config.tile_overlap is not None else spec.receptive_radius
+    if spec.receptive_radius is not None or config.tile_overlap is not None:
+        config = resolve_tiling(config, spec.receptive_radius or 0)
     settings = incremental.Settings(
         model_sha256=identity, scale=config.scale, tile_size=config.tile_size,
-        tile_overlap=overlap, requested_format=config.format, alpha_mode=config.alpha)
+        tile_overlap=config.tile_overlap, requested_format=config.format, alpha_mode=config.alpha)
     done = incremental.find_done(storage.to_uri(config.output), plan_outputs(table, config),
                                  settings)
     todo, _ = incremental.split_manifest(table, done, settings)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import sr_batch
 from sr_batch import incremental, manifest, stats, storage
 from sr_batch.actor import ActorSettings, UpscaleActor
-from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
+from sr_batch.config import DEFAULT_TILE_CORE, JobConfig, default_actor_count, local_cpu_count
 from sr_batch.errors import ConfigError, ImageError, StorageError
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
@@ -116,17 +116,27 @@ class _Collision(Exception):
     pass
 
 
-def resolve_model(config: JobConfig) -> tuple[ModelSpec, int]:
-    """Model spec with scale and receptive radius known, and the tile overlap to use."""
+def resolve_model(config: JobConfig) -> tuple[ModelSpec, JobConfig]:
+    """Model spec with scale and radius known, and the config with its tiling resolved.
+
+    The overlap defaults to the model's receptive-field radius (the least that
+    keeps tiled output equal to whole-image output); the tile to a 128 px core
+    plus that overlap on each side.
+    """
     spec = registry.resolve_model(config.model, config.scale)
     if spec.receptive_radius is None:
         spec = _probe_model(spec, config.scale)
-    overlap = spec.receptive_radius if config.tile_overlap is None else config.tile_overlap
-    if config.tile_size - 2 * overlap < 1:
+    return spec, resolve_tiling(config, spec.receptive_radius)
+
+
+def resolve_tiling(config: JobConfig, radius: int) -> JobConfig:
+    overlap = radius if config.tile_overlap is None else config.tile_overlap
+    tile = config.tile_size or DEFAULT_TILE_CORE + 2 * overlap
+    if tile - 2 * overlap < 1:
         raise ConfigError(
-            f"--tile-size {config.tile_size} is too small for a tile overlap of {overlap} px "
+            f"--tile-size {tile} is too small for a tile overlap of {overlap} px "
             f"(the model's receptive-field radius); use --tile-size > {2 * overlap}")
-    return spec, overlap
+    return config.replace(tile_size=tile, tile_overlap=overlap)
 
 
 def _probe_model(spec: ModelSpec, scale: int) -> ModelSpec:
@@ -218,7 +228,8 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     output = storage.to_uri(config.output)
     table = manifest.load_sources(config.sources)
     init_ray(config.address)
-    spec, overlap = resolve_model(config)
+    spec, config = resolve_model(config)
+    overlap = config.tile_overlap
     _write_run_record(output, run_id, config, spec, overlap, None, None, started_at)  # preflight
     planned = plan_outputs(table, config)
     settings_key = incremental.Settings(

@@ -81,7 +81,9 @@ def test_architecture_saves_reloads_safely_and_upscales(tmp_path, arch, scale):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_declared_receptive_radius_bounds_the_impulse_response(arch, scale):
     model = randomise(build_model(arch, scale), seed=scale)
-    measured = tiling.receptive_radius_from_impulse(run_eager(model), scale, size=32)
+    # The probe must be wider than the reach (the quality model's is 15 input px).
+    size = max(32, 2 * receptive_radius(arch, scale) + 8)
+    measured = tiling.receptive_radius_from_impulse(run_eager(model), scale, size=size)
     declared = receptive_radius(arch, scale)
     assert measured <= declared
     # Conservative, but derived from the kernels rather than padded by guesswork.
@@ -209,6 +211,120 @@ def test_shipped_x2_models_beat_bicubic_on_a_synthetic_image(spec):
     ours = quality.psnr_y(sr, hr, border=2)
     bicubic = quality.psnr_y(resample.upscale_bicubic(lr, 2), hr, border=2)
     assert ours > bicubic + 0.3, f"{spec.name}: {ours:.2f} dB vs bicubic {bicubic:.2f} dB"
+
+
+@pytest.mark.parametrize("scale", [int(s) for s in registry.read_index()["default"] if int(s) != 2])
+def test_shipped_defaults_at_larger_scales_beat_bicubic(scale):
+    hr = synthetic_image(96)
+    lr = resample.downscale_bicubic(hr, scale)
+    spec = registry.resolve_model(None, scale)
+    output = np.asarray(registry.load_keras_model(spec)(lr[None].astype(np.float32) / 255.0))[0]
+    sr = np.clip(np.rint(output * 255), 0, 255).astype(np.uint8)
+    ours = quality.psnr_y(sr, hr, border=scale)
+    bicubic = quality.psnr_y(resample.upscale_bicubic(lr, scale), hr, border=scale)
+    assert ours > bicubic + 0.2, f"{spec.name} x{scale}: {ours:.2f} dB vs bicubic {bicubic:.2f} dB"
+
+
+def test_default_per_scale_is_the_best_model_meeting_the_speed_floor():
+    from sr_batch.evaluation import DEFAULT_MIN_MP_PER_S
+
+    index = registry.read_index()
+    for scale, name in index["default"].items():
+        entries = [e for e in index["models"] if str(e["scale"]) == scale and "mp_per_s" in e]
+        eligible = [e for e in entries if e["mp_per_s"] >= DEFAULT_MIN_MP_PER_S]
+        chosen = next(e for e in entries if e["name"] == name)
+        assert chosen in eligible
+        assert chosen["set5_psnr_y"] == max(e["set5_psnr_y"] for e in eligible)
+
+
+def test_conv_flops_are_counted_from_the_kernels():
+    from sr_batch.models.architectures import conv_macs_per_output_pixel
+
+    # SRCNN 9-1-5 on the upscaled image, plus its three 1x1 colour convs (one at LR).
+    assert conv_macs_per_output_pixel(build_model("srcnn", 2)) == round(
+        9 * 9 * 64 + 64 * 32 + 5 * 5 * 32 + 3 / 4 + 3 + 3)
+    # ESPCN runs every conv at LR: 1/scale^2 of the output pixels.
+    espcn = (5 * 5 * 1 * 64 + 3 * 3 * 64 * 32 + 3 * 3 * 32 * 16 + 3) / 16 + 3 + 3
+    assert conv_macs_per_output_pixel(build_model("espcn", 4)) == round(espcn)
+
+
+def test_y_only_models_leave_chroma_bicubic():
+    # A Y-only net may change luma only: Cb and Cr of the output are those of the bicubic skip.
+    model = randomise(build_model("espcn", 2), seed=3)
+    fixed = {"to_luma", "to_luma_up", "to_rgb"}
+    weights = {layer.name: layer.get_weights() for layer in build_model("espcn", 2).layers if layer.name in fixed}
+    for name, w in weights.items():
+        model.get_layer(name).set_weights(w)
+    x = np.random.default_rng(4).random((1, 10, 10, 3), dtype=np.float32)
+    out = np.asarray(model(x))[0].astype(np.float64)
+    up = np.asarray(keras.layers.UpSampling2D(2, interpolation="bicubic")(x))[0].astype(np.float64)
+    cb = np.array([-37.797, -74.203, 112.0])
+    cr = np.array([112.0, -93.786, -18.214])
+    np.testing.assert_allclose(out @ cb, up @ cb, atol=1e-3)
+    np.testing.assert_allclose(out @ cr, up @ cr, atol=1e-3)
+    assert np.abs(out - up).max() > 0.01  # and luma did change
+
+
+# --- self-ensemble ---------------------------------------------------------------------
+
+
+def test_self_ensemble_is_the_mean_of_the_eight_transformed_predictions():
+    from sr_batch.upscaler import self_ensemble
+
+    model = randomise(build_model("subpixel", 2), seed=5, std=0.1)
+    run = run_eager(model)
+    tiles = np.random.default_rng(6).random((3, 12, 12, 3), dtype=np.float32)
+    expected = np.zeros((3, 24, 24, 3), np.float64)
+    for k in range(4):
+        for flip in (False, True):
+            t = np.rot90(tiles, k, axes=(1, 2))
+            t = t[:, :, ::-1] if flip else t
+            out = run(np.ascontiguousarray(t))
+            out = out[:, :, ::-1] if flip else out
+            expected += np.rot90(out, -k, axes=(1, 2)) / 8
+    np.testing.assert_allclose(self_ensemble(run)(tiles), expected, atol=1e-5)
+    assert not np.allclose(run(tiles), expected, atol=1e-3)  # a generic net is not equivariant
+
+
+def test_self_ensemble_of_an_equivariant_model_is_a_no_op():
+    from sr_batch.upscaler import make_tf_batch_fn, self_ensemble
+
+    # The untrained residual model is exactly bicubic, which commutes with flips and quarter turns.
+    run, traces = make_tf_batch_fn(build_model("residual", 3), 10)
+    tiles = np.random.default_rng(7).random((2, 10, 10, 3), dtype=np.float32)
+    np.testing.assert_allclose(self_ensemble(run)(tiles), run(tiles), atol=1e-5)
+    assert traces() == 1  # square tiles: every transformed batch reuses the one trace
+
+
+# --- evaluation -------------------------------------------------------------------------
+
+
+def test_evaluate_prints_bicubic_and_models_in_the_standard_convention(tmp_path, hr_folder, capsys):
+    from sr_batch import evaluation
+    from sr_batch.train import load_images
+
+    model_path = tmp_path / "untrained.keras"
+    build_model("residual", 2).save(model_path)
+    out_json = tmp_path / "rows.json"
+    assert evaluation.main([str(hr_folder), "--scale", "2", "--model", str(model_path),
+                            "--no-speed", "--threads", "1", "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "bicubic" in printed and "untrained.keras" in printed and "border = scale" in printed
+    rows = {r["name"]: r for r in json.loads(out_json.read_text())}
+    # The bicubic row, by hand: HR cropped to a multiple of 2, Pillow LR, Y, border 2.
+    psnrs, ssims = [], []
+    for hr in load_images([str(hr_folder)]):
+        hr = hr[: hr.shape[0] // 2 * 2, : hr.shape[1] // 2 * 2]
+        up = resample.upscale_bicubic(resample.downscale_bicubic(hr, 2), 2)
+        psnrs.append(quality.psnr_y(up, hr, border=2))
+        ssims.append(quality.ssim_y(up, hr, border=2))
+    scores = rows["bicubic"]["scores"]["synthetic"]
+    assert scores["psnr_y"] == pytest.approx(np.mean(psnrs), abs=1e-3)
+    assert scores["ssim_y"] == pytest.approx(np.mean(ssims), abs=1e-4)
+    # The untrained residual model is TF's bicubic: within a rounding step of Pillow's.
+    model_row = rows["untrained.keras"]
+    assert model_row["params"] == build_model("residual", 2).count_params()
+    assert abs(model_row["scores"]["synthetic"]["psnr_y"] - scores["psnr_y"]) < 1.0
 
 
 # --- training ------------------------------------------------------------------------
