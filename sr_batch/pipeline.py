@@ -178,8 +178,6 @@ def init_ray(address: str | None) -> None:
         address = "local"
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": env}, configure_logging=True)
-    # Ray Data logs every dataset start/finish at INFO; our progress lines say the same.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _tf_threads(config: JobConfig, pool: tuple[int, int]) -> int:
@@ -255,6 +253,9 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().enable_progress_bars = False
+    # Ray Data logs every dataset start/finish at INFO (set up when ray.data is first
+    # imported, so only now can it be lowered); our progress lines say the same.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     writer = _StatsWriter(output, run_id, planned.num_rows, config, echo, lock)
     if skipped.num_rows:
         writer.add(skipped)
