@@ -176,6 +176,10 @@ def init_ray(address: str | None) -> None:
     # Inside a Ray job, RAY_ADDRESS names the job's cluster and wins.
     if address is None and not os.environ.get("RAY_ADDRESS"):
         address = "local"
+    if address == "local":
+        # A one-machine Ray needs no network: Ray's single-node mode puts the node
+        # (GCS, raylet, dashboard) on 127.0.0.1 instead of every interface.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": env}, configure_logging=True)
 

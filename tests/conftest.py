@@ -11,6 +11,9 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Every Ray the tests start (in-process, CLI subprocesses, `ray start`) listens on
+# 127.0.0.1 only: Ray's single-node mode puts the node on the loopback address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -98,7 +101,9 @@ def ray_head(tmp_path_factory):
     gcs, dashboard, client = free_port(), free_port(), free_port()
     base_env = {k: v for k, v in os.environ.items()
                 if not k.startswith("RAY_") or k == "RAY_DISABLE_IMPORT_WARNING"}
-    env = {**base_env, "HOME": str(home)}
+    # Single-node mode: the node's address is the loopback one (as Ray does on macOS),
+    # so the dashboard, the client server and the node's address stay on 127.0.0.1.
+    env = {**base_env, "HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
