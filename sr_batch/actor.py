@@ -12,12 +12,13 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from sr_batch import images, quality, resample, stats, storage, streaming
+from sr_batch import images, quality, resample, stats, storage, streaming, tiling
 from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError
 from sr_batch.models.registry import ModelSpec
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, self_ensemble, to_integer
@@ -133,7 +134,7 @@ class UpscaleActor:
             "reference_uri": row.get("reference_uri"), "status": stats.STATUS_FAILED,
             "scale": s.scale, "model": s.model.name, "model_sha256": s.model.identity,
             "tile_size": s.tile_size, "tile_overlap": s.tile_overlap,
-            "requested_format": s.format,
+            "requested_format": s.format, "self_ensemble": s.self_ensemble,
             "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),
             "source_etag": row.get("etag"), "worker": self.worker,
         })
@@ -184,6 +185,33 @@ class UpscaleActor:
             return None
 
     def _upscale_and_finish(self, ready: list[_Work]) -> None:
+        """Upscale in chunks of about one model batch of tiles; a second thread writes and
+        measures chunk k while chunk k + 1 is in the model, so that CPU work overlaps inference
+        (for a few large images too) and only two chunks' float buffers are alive at once."""
+        with ThreadPoolExecutor(1, thread_name_prefix="finish") as finisher:
+            pending = None
+            for chunk in self._chunks(ready):
+                results = self._upscale_chunk(chunk)
+                if pending is not None:
+                    pending.result()
+                pending = finisher.submit(self._finish_chunk, chunk, *results)
+            pending.result()
+
+    def _chunks(self, ready: list[_Work]):
+        s = self.settings
+        chunk, tiles = [], 0
+        for w in ready:
+            chunk.append(w)
+            tiles += tiling.plan_tiles(w.decoded.height, w.decoded.width, s.tile_size,
+                                       s.tile_overlap).n_tiles
+            if tiles >= s.batch_size:
+                yield chunk
+                chunk, tiles = [], 0
+        if chunk:
+            yield chunk
+
+    def _upscale_chunk(self, ready: list[_Work]) -> tuple[list, dict]:
+        """Results per image (an exception for one that failed), and alpha results by index."""
         # Alpha planes ride in the same packed batches as grey images (R=G=B in, mean out).
         inputs = [w.decoded.pixels for w in ready]
         with_alpha = [i for i, w in enumerate(ready)
@@ -200,6 +228,9 @@ class UpscaleActor:
                 except Exception as exc:  # noqa: BLE001
                     results.append(exc)
         alpha_results = dict(zip(with_alpha, results[len(ready):]))
+        return results, alpha_results
+
+    def _finish_chunk(self, ready: list[_Work], results: list, alpha_results: dict) -> None:
         for i, (w, result) in enumerate(zip(ready, results)):
             alpha_result = alpha_results.get(i)
             failed = next((r for r in (result, alpha_result) if isinstance(r, Exception)), None)

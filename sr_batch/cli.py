@@ -310,9 +310,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_forwarded(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`sr-batch [-v] train|evaluate ARGS...`: ARGS go untouched to that job's own parser.
+
+    (argparse's REMAINDER drops them when the first one starts with `-`.)
+    """
+    for i, word in enumerate(argv):
+        if word in ("-v", "--verbose"):
+            continue
+        if word in _FORWARDING:
+            return argv[:i + 1], argv[i + 1:]
+        break
+    return argv, None
+
+
+# Commands whose options belong to a job's parser (jobs/train.py, jobs/evaluate.py).
+_FORWARDING = {"train": "train_args", "evaluate": "eval_args"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    head, forwarded = _split_forwarded(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(head)
+    if forwarded is not None:
+        setattr(args, _FORWARDING[args.command], forwarded)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -178,7 +178,8 @@ def update_cards(rows: list[Row]) -> list[str]:
         base = bicubic[row.scale]
         evaluation = {ds: {**s, "psnr_y_bicubic": base.scores[ds]["psnr_y"],
                            "ssim_y_bicubic": base.scores[ds]["ssim_y"]} for ds, s in row.scores.items()}
-        card = {"flops_per_pixel": row.flops_per_pixel, "mp_per_s": row.mp_per_s,
+        card = {"net_channels": _net_channels(entry["arch"]),
+                "flops_per_pixel": row.flops_per_pixel, "mp_per_s": row.mp_per_s,
                 "metric": ("Y (BT.601) PSNR/SSIM, border = scale, HR cropped to a multiple of scale, "
                            "LR by Pillow BICUBIC, output rounded to uint8; jobs/evaluate.py"),
                 "eval": evaluation}
@@ -200,17 +201,27 @@ def update_cards(rows: list[Row]) -> list[str]:
     return updated
 
 
+def _net_channels(arch: str) -> str:
+    from sr_batch.models.architectures import Y_ONLY
+
+    return "Y (luma; chroma is the bicubic upscale)" if arch in Y_ONLY else "RGB"
+
+
 def pick_defaults(min_mp_per_s: float = DEFAULT_MIN_MP_PER_S) -> dict[str, str]:
-    """Per scale, the zoo model with the best Set5 Y-PSNR among those at or above the speed floor."""
+    """Per scale, the zoo model with the best Set5 Y-PSNR among those at or above the speed floor.
+
+    Where no model reaches the floor, the fastest one: a default must exist.
+    """
     index = registry.read_index()
-    best: dict[str, dict] = {}
-    for entry in index["models"]:
-        if entry.get("mp_per_s", 0) < min_mp_per_s or "set5_psnr_y" not in entry:
-            continue
-        scale = str(entry["scale"])
-        if scale not in best or entry["set5_psnr_y"] > best[scale]["set5_psnr_y"]:
-            best[scale] = entry
-    index["default"] = {scale: best[scale]["name"] for scale in sorted(best, key=int)}
+    measured = [e for e in index["models"] if "mp_per_s" in e and "set5_psnr_y" in e]
+    defaults = {}
+    for scale in sorted({str(e["scale"]) for e in measured}, key=int):
+        entries = [e for e in measured if str(e["scale"]) == scale]
+        eligible = [e for e in entries if e["mp_per_s"] >= min_mp_per_s]
+        chosen = (max(eligible, key=lambda e: e["set5_psnr_y"]) if eligible
+                  else max(entries, key=lambda e: e["mp_per_s"]))
+        defaults[scale] = chosen["name"]
+    index["default"] = defaults
     storage.write_bytes_atomic(storage.to_uri(str(registry.INDEX_PATH)),
                                (json.dumps(index, indent=2) + "\n").encode("utf-8"))
     return index["default"]

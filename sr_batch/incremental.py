@@ -3,7 +3,7 @@
 An image is done when some earlier run has an `ok` row for it with the same
 source fingerprint (URI, and size / mtime / ETag where the manifest knows them)
 and the same settings (model_sha256, scale, tile_size, tile_overlap, the
-requested format and, for images with alpha, the alpha mode). The join runs in DuckDB over the Parquet stats, so it costs
+requested format, self-ensemble and, for images with alpha, the alpha mode). The join runs in DuckDB over the Parquet stats, so it costs
 one scan of a few columns however many runs and images there are.
 """
 
@@ -30,6 +30,7 @@ class Settings:
     tile_overlap: int | None
     requested_format: str
     alpha_mode: str
+    self_ensemble: bool
 
 
 _DONE_SQL = """
@@ -42,6 +43,7 @@ WITH previous AS (
       AND ($tile_overlap IS NULL OR tile_overlap = $tile_overlap)
       AND requested_format = $requested_format
       AND (alpha_mode IS NULL OR alpha_mode = $alpha_mode)
+      AND coalesce(self_ensemble, false) = $self_ensemble
     QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY finished_at DESC) = 1
 )
 SELECT p.*
@@ -73,6 +75,7 @@ def find_done(output: str, manifest: pa.Table, settings: Settings) -> pa.Table:
             "model_sha256": settings.model_sha256, "scale": settings.scale,
             "tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap,
             "requested_format": settings.requested_format, "alpha_mode": settings.alpha_mode,
+            "self_ensemble": settings.self_ensemble,
         }).to_arrow_table()
     finally:
         con.close()

@@ -63,7 +63,8 @@ def incremental_manifest(config: JobConfig) -> tuple:
         config = resolve_tiling(config, spec.receptive_radius or 0)
     settings = incremental.Settings(
         model_sha256=identity, scale=config.scale, tile_size=config.tile_size,
-        tile_overlap=config.tile_overlap, requested_format=config.format, alpha_mode=config.alpha)
+        tile_overlap=config.tile_overlap, requested_format=config.format, alpha_mode=config.alpha,
+        self_ensemble=config.self_ensemble)
     done = incremental.find_done(storage.to_uri(config.output), plan_outputs(table, config),
                                  settings)
     todo, _ = incremental.split_manifest(table, done, settings)

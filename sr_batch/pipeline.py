@@ -40,6 +40,9 @@ Echo = Callable[[str], None]
 FLUSH_ROWS = 5000
 # Failed images listed one line each before the rest are only counted.
 MAX_FAILURE_LINES = 20
+# Actor calls running at once in each actor (threads): while one call's tiles are in the
+# model, another decodes, stitches, encodes and measures; the model itself is thread-safe.
+CALLS_PER_ACTOR = 2
 
 
 def echo_stderr(line: str) -> None:
@@ -236,7 +239,8 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     planned = plan_outputs(table, config)
     settings_key = incremental.Settings(
         model_sha256=spec.identity, scale=config.scale, tile_size=config.tile_size,
-        tile_overlap=overlap, requested_format=config.format, alpha_mode=config.alpha)
+        tile_overlap=overlap, requested_format=config.format, alpha_mode=config.alpha,
+        self_ensemble=config.self_ensemble)
     if config.force:
         todo, skipped = planned, stats.make_table([])
     else:
@@ -268,7 +272,12 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
         ds = ds.map_batches(
             UpscaleActor, fn_constructor_kwargs={"settings": settings},
             batch_size=config.images_per_batch, batch_format="pyarrow",
-            compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1]),
+            compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
+                                      max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                      enable_true_multi_threading=CALLS_PER_ACTOR > 1,
+                                      # no queue beyond the running calls: blocks spread
+                                      # over every actor as soon as it is up
+                                      max_tasks_in_flight_per_actor=CALLS_PER_ACTOR),
             num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
             udf_modifying_row_count=False)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

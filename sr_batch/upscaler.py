@@ -29,14 +29,18 @@ class Upscaled:
 
 def to_float(pixels: np.ndarray) -> np.ndarray:
     """uint8/uint16 planes to float32 in [0, 1] (one multiply, no float64)."""
-    scale = np.float32(1.0 / np.iinfo(pixels.dtype).max)
-    return pixels.astype(np.float32) * scale
+    out = pixels.astype(np.float32)
+    out *= np.float32(1.0 / np.iinfo(pixels.dtype).max)
+    return out
 
 
 def to_integer(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """float32 in [0, 1] to uint8/uint16 with rounding and clipping."""
     top = np.float32(np.iinfo(dtype).max)
-    out = np.clip(pixels * top + np.float32(0.5), 0, top)
+    # One float32 temporary, worked in place: a 8192^2 RGB output is 805 MB per copy.
+    out = pixels * top
+    out += np.float32(0.5)
+    np.clip(out, 0, top, out=out)
     return out.astype(dtype)
 
 
@@ -66,7 +70,7 @@ class Upscaler:
             stitched = tiling.stitch_tiles(out, plan, self.scale)
             if image.shape[2] == 1:
                 stitched = stitched.mean(axis=2, keepdims=True, dtype=np.float32)
-            results.append(Upscaled(np.clip(stitched, 0.0, 1.0), plan.n_tiles, seconds))
+            results.append(Upscaled(np.clip(stitched, 0.0, 1.0, out=stitched), plan.n_tiles, seconds))
         return results
 
     def _run_packed(self, tiles: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:

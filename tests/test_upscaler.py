@@ -38,6 +38,20 @@ def test_packed_batches_match_whole_image_inference(model):
     assert traces() == 1
 
 
+def test_one_trace_serves_many_calls_of_any_size(model):
+    """As in an actor: one Upscaler, call after call, images of every size, grey too."""
+    net, radius = model
+    run, traces = make_tf_batch_fn(net, 24)
+    upscaler = Upscaler(run, scale=2, tile_size=24, overlap=radius, batch_size=3)
+    sizes = [(5, 5), (50, 17), (24, 24), (1, 90), (33, 33)]
+    for i, (h, w) in enumerate(sizes):
+        (result,) = upscaler.upscale([scene(h, w, seed=i)])
+        assert result.pixels.shape == (2 * h, 2 * w, 3)
+    results = upscaler.upscale([scene(9, 9), scene(30, 12)[..., :1], scene(70, 3)])
+    assert [r.pixels.shape for r in results] == [(18, 18, 3), (60, 24, 1), (140, 6, 3)]
+    assert traces() == 1
+
+
 def test_grey_images_stay_single_channel(model):
     net, radius = model
     run, _ = make_tf_batch_fn(net, 16)

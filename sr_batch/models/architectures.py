@@ -5,9 +5,11 @@ Every model maps NHWC float32 RGB in [0, 1] of any size to the same at
 the caller clips to [0, 1].
 
 `srcnn`, `espcn` and `fsrcnn` are the classic Y-only networks: they see BT.601
-luma and predict luma; chroma (Cb, Cr) is the bicubic upscale. That is built
-from stock layers: fixed 1x1 convs take RGB to Y, and add the predicted Y
-change to R, G and B equally, which moves Y and leaves Cb and Cr unchanged.
+luma and change only luma; chroma (Cb, Cr) is the bicubic upscale. Built from
+stock layers: a fixed 1x1 conv takes RGB to Y, and another adds the predicted
+Y change to R, G and B equally, which moves Y and leaves Cb and Cr unchanged.
+They predict the luma residual over bicubic (their last layer starts at zero,
+so the untrained model is bicubic), which lets short CPU trainings converge.
 `quality` (EDSR-baseline-lite) is RGB, post-upsampling, with a bicubic skip.
 """
 
@@ -38,6 +40,9 @@ SRCNN_KERNELS = (9, 1, 5)
 SRCNN_FEATURES = (64, 32)
 # FSRCNN (Dong et al., 2016), the paper's (d, s, m) = (56, 12, 4) and its 9x9 deconvolution.
 FSRCNN_D, FSRCNN_S, FSRCNN_M, FSRCNN_DECONV = 56, 12, 4, 9
+# PReLU slopes start at 0.25 (He et al. 2015, whose PReLU FSRCNN uses); Keras' default of 0
+# starts them as ReLUs, and FSRCNN's 12-channel bottleneck then dies within a few steps.
+PRELU_INIT = keras.initializers.Constant(0.25)
 # The quality model: EDSR-baseline-lite (Lim et al., 2017) -- 48 features and 6 residual
 # blocks keep it under 0.3 M parameters, trainable on 2 CPU cores in a working session.
 QUALITY_FEATURES = 48
@@ -104,7 +109,7 @@ def _fixed_conv(weights, name: str) -> layers.Conv2D:
 
 
 def _build_y_only(arch: str, scale: int, inputs) -> keras.Model:
-    """SRCNN / ESPCN / FSRCNN on luma; RGB out = bicubic RGB + (predicted Y - bicubic Y) on each channel."""
+    """SRCNN / ESPCN / FSRCNN on luma; RGB out = bicubic RGB + the predicted Y change on each channel."""
     luma = _fixed_conv(np.array(_LUMA)[:, None], "to_luma")(inputs)
     luma = layers.Rescaling(1.0, offset=-0.5, name="centre")(luma)
     if arch == "srcnn":
@@ -112,29 +117,30 @@ def _build_y_only(arch: str, scale: int, inputs) -> keras.Model:
         (k1, k2, k3), (f1, f2) = SRCNN_KERNELS, SRCNN_FEATURES
         x = layers.Conv2D(f1, k1, padding="same", activation="relu", name="conv1")(x)
         x = layers.Conv2D(f2, k2, padding="same", activation="relu", name="conv2")(x)
-        y = layers.Conv2D(1, k3, padding="same", name="conv3")(x)
+        y = layers.Conv2D(1, k3, padding="same", kernel_initializer="zeros", name="conv3")(x)
     elif arch == "espcn":
         x = layers.Conv2D(ESPCN_FEATURES[0], 5, padding="same", activation="tanh", name="conv1")(luma)
         x = layers.Conv2D(ESPCN_FEATURES[1], 3, padding="same", activation="tanh", name="conv2")(x)
-        x = layers.Conv2D(scale * scale, 3, padding="same", name="conv3")(x)
+        x = layers.Conv2D(scale * scale, 3, padding="same", kernel_initializer="zeros", name="conv3")(x)
         y = DepthToSpace(scale, name="pixel_shuffle")(x)
     else:  # fsrcnn
         x = layers.Conv2D(FSRCNN_D, 5, padding="same", name="feature")(luma)
-        x = layers.PReLU(shared_axes=[1, 2], name="feature_prelu")(x)
+        x = layers.PReLU(alpha_initializer=PRELU_INIT, shared_axes=[1, 2], name="feature_prelu")(x)
         x = layers.Conv2D(FSRCNN_S, 1, padding="same", name="shrink")(x)
-        x = layers.PReLU(shared_axes=[1, 2], name="shrink_prelu")(x)
+        x = layers.PReLU(alpha_initializer=PRELU_INIT, shared_axes=[1, 2], name="shrink_prelu")(x)
         for i in range(FSRCNN_M):
             x = layers.Conv2D(FSRCNN_S, 3, padding="same", name=f"map{i + 1}")(x)
-            x = layers.PReLU(shared_axes=[1, 2], name=f"map{i + 1}_prelu")(x)
+            x = layers.PReLU(alpha_initializer=PRELU_INIT, shared_axes=[1, 2], name=f"map{i + 1}_prelu")(x)
         x = layers.Conv2D(FSRCNN_D, 1, padding="same", name="expand")(x)
-        x = layers.PReLU(shared_axes=[1, 2], name="expand_prelu")(x)
-        y = layers.Conv2DTranspose(1, FSRCNN_DECONV, strides=scale, padding="same", name="deconv")(x)
-    # The nets predict centred luma; undo the centring, then swap it for the bicubic luma.
-    y = layers.Rescaling(1.0, offset=0.5, name="uncentre")(y)
+        x = layers.PReLU(alpha_initializer=PRELU_INIT, shared_axes=[1, 2], name="expand_prelu")(x)
+        # Not zero-initialised: through FSRCNN's 12-channel bottleneck, gradients behind a
+        # zero deconvolution stay below Adam's epsilon and the body never starts learning.
+        y = layers.Conv2DTranspose(1, FSRCNN_DECONV, strides=scale, padding="same",
+                                   kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                   name="deconv")(x)
+    # y is the luma change over bicubic; spread it to R, G and B so Cb and Cr stay bicubic.
     rgb_up = layers.UpSampling2D(scale, interpolation="bicubic", name="skip")(inputs)
-    luma_up = _fixed_conv(np.array(_LUMA)[:, None], "to_luma_up")(rgb_up)
-    change = layers.Subtract(name="luma_change")([y, luma_up])
-    spread = _fixed_conv(np.full((1, 3), 1.0 / sum(_LUMA)), "to_rgb")(change)
+    spread = _fixed_conv(np.full((1, 3), 1.0 / sum(_LUMA)), "to_rgb")(y)
     outputs = layers.Add(name="add")([rgb_up, spread])
     return keras.Model(inputs, outputs, name=f"{arch}_x{scale}")
 
