@@ -152,11 +152,7 @@ def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputL
     workdir, cleanup = working_dir()
     submission_id = f"sr-batch-{run_id}"
     try:
-        client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
-                          runtime_env={"working_dir": workdir},
-                          metadata={"sr_batch_run_id": run_id})
-    except Exception as exc:  # noqa: BLE001
-        raise JobSubmitError(f"job submission to {address} failed: {str(exc).splitlines()[0]}") from None
+        _submit(client, entrypoint, submission_id, workdir, run_id)
     finally:
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)
@@ -168,6 +164,31 @@ def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputL
         client.stop_job(submission_id)
         echo(f"nightly {run_id}: interrupted; asked the cluster to stop {submission_id}")
         raise
+
+
+# A head that has just started answers "No available agent to submit job, please
+# try again later" until its job agent is up; keep asking for this long.
+SUBMIT_PATIENCE_S = 90.0
+
+
+def _submit(client, entrypoint: str, submission_id: str, workdir: str, run_id: str) -> None:
+    """Submit, retrying while the cluster says to try again later."""
+    deadline = time.monotonic() + SUBMIT_PATIENCE_S
+    delay = 1.0
+    while True:
+        try:
+            client.submit_job(entrypoint=entrypoint, submission_id=submission_id,
+                              runtime_env={"working_dir": workdir},
+                              metadata={"sr_batch_run_id": run_id})
+            return
+        except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError with the HTTP text
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "already exists" in text and delay > 1.0:
+                return  # an earlier attempt went through before its answer was lost
+            if "try again" not in text.lower() or time.monotonic() + delay > deadline:
+                raise JobSubmitError(f"job submission failed: {text}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 async def _stream_logs(client, submission_id: str, lock: OutputLock, echo: Echo) -> None:

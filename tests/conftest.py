@@ -108,7 +108,11 @@ def ray_head(tmp_path_factory):
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-         f"--ray-client-server-port={client}", "--num-cpus=2", "--disable-usage-stats"],
+         f"--ray-client-server-port={client}", "--num-cpus=2", "--disable-usage-stats",
+         # Fixed defaults (52365, ...) would collide with another Ray on this machine,
+         # e.g. the tests' in-process one, now that both live on 127.0.0.1.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"],
         env={**env, "RAY_AUTH_MODE": "token"}, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
