@@ -65,18 +65,23 @@ class _Work:
 
 
 def configure_tensorflow(threads: int) -> None:
-    """Thread limits and GPU memory growth; must run before TensorFlow does any work."""
+    """Thread limits and GPU memory growth; must run before TensorFlow does any work.
+
+    `threads` 0 leaves TensorFlow's own choice. In a process where TensorFlow is
+    already running (a test, a notebook) the settings cannot change; say so.
+    """
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(2)
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:
-        pass  # already initialised in this process (e.g. tests); settings stay as they were
+        log.info("TensorFlow is already initialised; thread settings (%d) unchanged", threads)
 
 
 def worker_name() -> str:

@@ -259,14 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     """The evaluation command line (`python jobs/evaluate.py`, `sr-batch evaluate`); the exit code."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    import tensorflow as tf
+    from sr_batch.actor import configure_tensorflow
 
-    if args.threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-        except RuntimeError:  # TF already running in this process (a test, a notebook): keep its pool
-            log.warning("TensorFlow is already initialised; --threads %d ignored", args.threads)
+    configure_tensorflow(args.threads)
     try:
         rows = evaluate(args.folders, args.scale, args.models, args.self_ensemble, not args.no_speed)
     except SrBatchError as exc:

@@ -434,12 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
 
-    if args.threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-        except RuntimeError:  # TF already running in this process (a test, a notebook): keep its pool
-            log.warning("TensorFlow is already initialised; --threads %d ignored", args.threads)
+    from sr_batch.actor import configure_tensorflow
+
+    configure_tensorflow(args.threads)
 
     try:
         config = TrainConfig(

@@ -103,7 +103,10 @@ def ray_head(tmp_path_factory):
                 if not k.startswith("RAY_") or k == "RAY_DISABLE_IMPORT_WARNING"}
     # Single-node mode: the node's address is the loopback one (as Ray does on macOS),
     # so the dashboard, the client server and the node's address stay on 127.0.0.1.
-    env = {**base_env, "HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = {**base_env, "HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           # The cluster's `python` (a job's entrypoint) is this environment's, as on a
+           # node whose setup activated the project's virtualenv.
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     proc = subprocess.Popen(
         [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
