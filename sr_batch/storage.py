@@ -82,11 +82,10 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
-def read_bytes(uri: str, retries: int = 3) -> bytes:
-    """Whole file as bytes; missing files and permanent errors become ImageErrors."""
-    fs, path = get_fs(uri)
+def _call_reading(uri: str, call: Callable[[], T], retries: int) -> T:
+    """Run a read of `uri` with retries; missing files and permanent errors become ImageErrors."""
     try:
-        return retry(lambda: fs.cat_file(path), retries, uri)
+        return retry(call, retries, uri)
     except FileNotFoundError:
         raise MissingFileError(f"no such file: {uri}") from None
     except IsADirectoryError:
@@ -95,15 +94,16 @@ def read_bytes(uri: str, retries: int = 3) -> bytes:
         raise ReadError(f"cannot read {uri}: {exc}") from None
 
 
+def read_bytes(uri: str, retries: int = 3) -> bytes:
+    """Whole file as bytes."""
+    fs, path = get_fs(uri)
+    return _call_reading(uri, lambda: fs.cat_file(path), retries)
+
+
 def file_size(uri: str, retries: int = 3) -> int:
     """Size in bytes (one stat, or one HEAD on object stores)."""
     fs, path = get_fs(uri)
-    try:
-        info = retry(lambda: fs.info(path), retries, uri)
-    except FileNotFoundError:
-        raise MissingFileError(f"no such file: {uri}") from None
-    except OSError as exc:
-        raise ReadError(f"cannot read {uri}: {exc}") from None
+    info = _call_reading(uri, lambda: fs.info(path), retries)
     if info.get("type") == "directory":
         raise MissingFileError(f"is a directory, not a file: {uri}")
     return int(info.get("size") or 0)
@@ -113,14 +113,7 @@ def file_size(uri: str, retries: int = 3) -> int:
 def open_input(uri: str, retries: int = 3) -> Iterator[BinaryIO]:
     """A seekable read handle, for files read in ranges rather than whole."""
     fs, path = get_fs(uri)
-    try:
-        handle = retry(lambda: fs.open(path, "rb"), retries, uri)
-    except FileNotFoundError:
-        raise MissingFileError(f"no such file: {uri}") from None
-    except IsADirectoryError:
-        raise MissingFileError(f"is a directory, not a file: {uri}") from None
-    except OSError as exc:
-        raise ReadError(f"cannot read {uri}: {exc}") from None
+    handle = _call_reading(uri, lambda: fs.open(path, "rb"), retries)
     try:
         yield handle
     finally:
