@@ -156,7 +156,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         scores = [_card_score(card, ds) for ds in ("Set5", "Set14")]
         flops = f"{card['flops_per_pixel'] / 1000:.1f}k" if card.get("flops_per_pixel") else "-"
         speed = f"{card['mp_per_s']:.1f}" if card.get("mp_per_s") else "-"
-        trained = (f"{'+'.join(d['dataset'] for d in card['trained_on'])} {card['steps']} st s{card['seed']}"
+        trained = (f"{'+'.join(d['dataset'] for d in card['trained_on'])} {card.get('steps_total', card['steps'])} st s{card['seed']}"
                    if card.get("trained_on") else "-")
         channels = card.get("net_channels", "RGB" if card else "-").split(" ")[0]
         print(f"{spec.name:<10} {'x' + str(spec.scale):>5} {spec.params:>8,} {flops:>9} {speed:>6} "

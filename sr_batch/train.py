@@ -29,7 +29,7 @@ from PIL import Image
 
 import sr_batch.models.layers  # noqa: F401 - registers DepthToSpace for checkpoint loading
 from sr_batch import quality, resample, storage
-from sr_batch.errors import ConfigError, SrBatchError
+from sr_batch.errors import ConfigError, MissingFileError, SrBatchError
 from sr_batch.models import registry
 from sr_batch.models.architectures import (ARCHITECTURES, Y_ONLY, build_model, conv_macs_per_output_pixel,
                                           receptive_radius)
@@ -232,6 +232,19 @@ def _init_from(model: keras.Model, uri: str) -> int:
     return copied
 
 
+def _parent_card(uri: str) -> dict | None:
+    """The lineage of an --init-from model: its file, SHA-256 and total steps, from its JSON sidecar.
+
+    None when the file has no sidecar (then only its name is recorded).
+    """
+    try:
+        card = json.loads(storage.read_bytes(storage.to_uri(uri.removesuffix(".keras") + ".json")))
+    except MissingFileError:
+        return None
+    return {"file": posixpath.basename(uri), "sha256": card.get("sha256"), "arch": card.get("arch"),
+            "scale": card.get("scale"), "steps_total": card.get("steps_total", card.get("steps"))}
+
+
 def _checkpoint_exists(checkpoint_dir: str) -> bool:
     fs, path = storage.get_fs(storage.to_uri(storage.join(checkpoint_dir, CHECKPOINT_NAME)))
     return fs.exists(path)
@@ -281,6 +294,7 @@ def train(config: TrainConfig) -> dict:
         model.fit(dataset, epochs=config.steps // epoch_steps, initial_epoch=start_step // epoch_steps,
                   steps_per_epoch=epoch_steps, callbacks=[progress], shuffle=False, verbose=0)
     train_s = time.perf_counter() - began
+    parent = _parent_card(config.init_from) if config.init_from else None
 
     # Ship the weights in a fresh, uncompiled model: no optimizer state in the file.
     export = build_model(config.arch, config.scale)
@@ -303,6 +317,9 @@ def train(config: TrainConfig) -> dict:
                        for f in config.train],
         "steps": config.steps,
         "init_from": posixpath.basename(config.init_from) if config.init_from else None,
+        "init_from_card": parent,
+        # Optimizer steps behind these weights, counting the --init-from model's own.
+        "steps_total": config.steps + ((parent or {}).get("steps_total") or 0),
         "seed": config.seed,
         "batch_size": config.batch_size,
         "patch_size": config.patch_size,
