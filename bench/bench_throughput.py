@@ -1,6 +1,6 @@
 """End-to-end throughput of `sr-batch run` beside the model alone and the naive loop.
 
-    python bench/bench_throughput.py --workload all              # the full bench (~30 min on 2 cores)
+    python bench/bench_throughput.py --workload all              # the full bench (~35 min on 2 cores)
     python bench/bench_throughput.py --quick                     # smoke run: 1/10 of the counts
     python bench/bench_throughput.py --workload medium --models default --sections main,levers
 
@@ -11,9 +11,10 @@ megapixels per second:
   e2e            pipeline.run_job on a local Ray started before the timing (as a
                  running cluster would be): list, decode, tile, infer, stitch,
                  encode PNG, write, metrics, stats; wall_s of the run
-  forward-tiles  the model's forward pass alone (one traced function) over
-                 exactly the fixed-shape tiles the job runs, batch_size tiles a
-                 call; output pixels counted once (tile cores), tiling not timed
+  forward-tiles  the model's forward pass alone (one traced function per tile
+                 side) over exactly the fixed-shape tiles the job runs, each image
+                 in the tile side the job picks for it, batch_size tiles a call;
+                 output pixels counted once (tile cores), tiling not timed
   forward-whole  the model on whole images (a batch of same-size images, about
                  as many pixels as a tile batch; no tiles, no padding)
   naive          one process: whole-image model.predict per image, Pillow save
@@ -52,13 +53,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from sr_batch.demo import make_images  # noqa: E402
+from sr_batch.config import DEFAULT_TILE_CORE, LARGE_TILE_CORE  # noqa: E402
 
 SCALE = 2
 # (count, side): the issue's three workloads.
 WORKLOADS = {"small": (2000, 128), "medium": (200, 512), "large": (4, 4096)}
-# The quality model runs ~5x slower than the default on CPU: its large workload is
-# one 4096x4096 image, so the whole bench stays under ~25 minutes on 2 cores.
-QUALITY_COUNTS = {"large": 1}
 QUICK_DIVISOR = 10
 # Stage timings past the decode use at most this input side of a large image.
 STAGE_CROP = 1024
@@ -198,10 +197,10 @@ def _run_path(path_kind, model, config, paths, task, emit) -> None:
     if path_kind == "stages":
         emit("stages", **_time_stages(model, config, paths, sample_s))
     elif path_kind == "forward_tiles":
-        run, traces = make_tf_batch_fn(model, config.tile_size)
+        run, traces = make_tf_batch_fn(model, config.tile_sizes)
         seconds, pixels, images = _time_forward_tiles(run, config, paths, sample_s)
         emit("forward_tiles", seconds=seconds, out_mp=pixels / 1e6, images=images,
-             traces=traces(), tile_size=config.tile_size, overlap=config.tile_overlap)
+             traces=traces(), tile_sizes=config.tile_sizes, overlap=config.tile_overlap)
     elif path_kind == "forward_whole":
         seconds, pixels, images = _time_forward_whole(model, config, paths, sample_s)
         emit("forward_whole", seconds=seconds, out_mp=pixels / 1e6, images=images)
@@ -218,33 +217,39 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 def _time_forward_tiles(run, config, paths, sample_s) -> tuple[float, int, int]:
-    """Timed: only the traced calls over the job's tiles, batch_size tiles each, packed
-    across images as the actor packs them. Each tile counts its core's output pixels (the
-    cores partition the image), so the rate may stop inside a large image."""
+    """Timed: only the traced calls over the job's tiles (each image in the tile side the
+    job picks for it), batch_size tiles each, packed across images as the actor packs them.
+    Each tile counts its core's output pixels (the cores partition the image), so the rate
+    may stop inside a large image."""
     from sr_batch import tiling
-    from sr_batch.upscaler import to_float
+    from sr_batch.upscaler import Upscaler, to_float
 
-    tile, batch = config.tile_size, config.batch_size
-    run(np.zeros((batch, tile, tile, 3), np.float32))  # trace once, outside the timing
+    batch = config.batch_size
+    chooser = Upscaler(run, SCALE, config.tile_sizes, config.tile_overlap, batch)
+    pending = {}  # tile side -> (tiles waiting for a batch, output pixels each stands for)
+    for tile in config.tile_sizes:
+        run(np.zeros((batch, tile, tile, 3), np.float32))  # trace once per side, outside the timing
+        pending[tile] = (np.empty((0, tile, tile, 3), np.float32), np.empty(0, np.int64))
     seconds, pixels, images = 0.0, 0, 0
-    tiles = np.empty((0, tile, tile, 3), np.float32)
-    cores = np.empty(0, np.int64)  # output pixels each pending tile stands for
     for index, path in enumerate(paths):
         image = to_float(_rgb(path))
-        plan = tiling.plan_tiles(image.shape[0], image.shape[1], tile, config.tile_overlap)
-        tiles = np.concatenate([tiles, tiling.extract_tiles(image, plan)])
-        cores = np.concatenate([cores, [(b - t) * (r - l) * SCALE ** 2
-                                        for t, b, l, r in plan.destinations]])
+        plan = chooser.plan(image.shape[0], image.shape[1])
+        tiles, cores = pending[plan.tile_size]
+        pending[plan.tile_size] = (
+            np.concatenate([tiles, tiling.extract_tiles(image, plan)]),
+            np.concatenate([cores, [(b - t) * (r - l) * SCALE ** 2 for t, b, l, r in plan.destinations]]))
         images += 1
         last = index == len(paths) - 1
-        while len(tiles) >= batch or (last and len(tiles)):
-            began = time.perf_counter()
-            run(tiles[:batch])
-            seconds += time.perf_counter() - began
-            pixels += int(cores[:batch].sum())
-            tiles, cores = tiles[batch:], cores[batch:]
-            if seconds >= sample_s:
-                return seconds, pixels, images
+        for tile, (tiles, cores) in pending.items():
+            while len(tiles) >= batch or (last and len(tiles)):
+                began = time.perf_counter()
+                run(tiles[:batch])
+                seconds += time.perf_counter() - began
+                pixels += int(cores[:batch].sum())
+                tiles, cores = tiles[batch:], cores[batch:]
+                pending[tile] = (tiles, cores)
+                if seconds >= sample_s:
+                    return seconds, pixels, images
     return seconds, pixels, images
 
 
@@ -258,7 +263,7 @@ def _time_forward_whole(model, config, paths, sample_s) -> tuple[float, int, int
     # The workload's images share one size: one trace (bicubic UpSampling2D needs known sides).
     forward = tf.function(lambda x: model(x, training=False),
                           input_signature=[tf.TensorSpec([None, *first.shape], tf.float32)])
-    per_batch = max(1, config.batch_size * config.tile_size ** 2 // (first.shape[0] * first.shape[1]))
+    per_batch = max(1, config.batch_size * min(config.tile_sizes) ** 2 // (first.shape[0] * first.shape[1]))
     forward(to_float(first)[None])  # trace outside the timing
     seconds, pixels, images = 0.0, 0, 0
     for start in range(0, len(paths), per_batch):
@@ -297,8 +302,8 @@ def _time_stages(model, config, paths, sample_s) -> dict:
     from sr_batch import quality
     from sr_batch.upscaler import Upscaler, make_tf_batch_fn, to_integer
 
-    run, _ = make_tf_batch_fn(model, config.tile_size)
-    upscaler = Upscaler(run, SCALE, config.tile_size, config.tile_overlap, config.batch_size)
+    run, _ = make_tf_batch_fn(model, config.tile_sizes)
+    upscaler = Upscaler(run, SCALE, config.tile_sizes, config.tile_overlap, config.batch_size)
     upscaler.upscale([np.zeros((8, 8, 3), np.uint8)])  # trace outside the timing
     totals = dict.fromkeys(("decode", "infer", "tile_stitch", "to_uint8", "encode_png1",
                             "metrics"), 0.0)
@@ -418,7 +423,7 @@ class Bench:
         time.sleep(2)  # let the run's actors exit before the next run's memory is sampled
         return {"wall_s": result.wall_s, "mp_s": result.output_megapixels_per_s,
                 "peak_rss_mb": round(rss.peak / 2**20), "sums": sums,
-                "actors": record["config"]["actors"], "tile_size": record["config"]["tile_size"],
+                "actors": record["config"]["actors"], "tile_sizes": record["config"]["tile_sizes"],
                 "calls_per_actor": calls_per_actor}
 
     def child(self, choice: ModelChoice, workload: Workload, paths: list[str]) -> dict:
@@ -440,13 +445,11 @@ class Bench:
         return results
 
 
-def workloads(args, model_name: str) -> list[Workload]:
+def workloads(args) -> list[Workload]:
     names = list(WORKLOADS) if args.workload == "all" else args.workload.split(",")
     out = []
     for name in names:
         count, side = WORKLOADS[name]
-        if model_name == "quality":
-            count = QUALITY_COUNTS.get(name, count)
         if args.quick:
             count = max(1, count // QUICK_DIVISOR)
             side = QUICK_LARGE_SIDE if name == "large" else side
@@ -467,14 +470,14 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 
 def run_main(bench: Bench, choice: ModelChoice, rows: list) -> None:
-    for workload in workloads(bench.args, choice.name):
+    for workload in workloads(bench.args):
         print(f"\n[{choice.label}] {workload.label()}: {workload.out_mp:.0f} output MP", flush=True)
         e2e = bench.e2e(choice, workload)
         child = bench.child(choice, workload, ["stages", "forward_tiles", "forward_whole", "naive"])
         row = bench.record(section="main", model=choice.label, workload=workload.label(), e2e=e2e, **child)
         rows.append(row)
         s = e2e["sums"]
-        print(f"  e2e {e2e['mp_s']:.2f} MP/s ({e2e['wall_s']:.1f} s, tile {e2e['tile_size']}, "
+        print(f"  e2e {e2e['mp_s']:.2f} MP/s ({e2e['wall_s']:.1f} s, tiles {e2e['tile_sizes']}, "
               f"{e2e['actors'][1]} actor x {e2e['calls_per_actor']} calls), "
               f"peak RSS {e2e['peak_rss_mb']} MB")
         print(f"  stats (s, summed over images): decode {s['decode_s']:.1f}, infer {s['infer_s']:.1f}, "
@@ -549,12 +552,9 @@ def main() -> None:
         rows: list = []
         if "main" in sections:
             for choice in models:
-                if choice.name == "quality" and "large" in (w.name for w in workloads(args, "quality")):
-                    print(f"note: {choice.label}: large workload scaled down to "
-                          f"{QUALITY_COUNTS['large']} image(s)")
                 run_main(bench, choice, rows)
             print_table(rows)
-        chosen = [w for w in workloads(args, "default")]
+        chosen = [w for w in workloads(args)]
         # Scaling and levers run on half the medium and small workloads, each beside a run
         # with the default settings at the same count (a run's fixed start-up cost, ~5 s,
         # weighs the same on both sides).
@@ -585,6 +585,17 @@ def main() -> None:
                     ("calls_per_actor 1 (default 2)", {"calls_per_actor": 1}),
                     ("png_compress_level 6 (default 1)", {"png_compress_level": 6}),
                     ("batch_size 32 (default 16)", {"batch_size": 32})])
+                for choice in models:
+                    radius = choice.overlap
+                    if radius is None:
+                        from sr_batch.models import registry
+
+                        radius = registry.resolve_model(choice.model, SCALE).receptive_radius
+                    one = DEFAULT_TILE_CORE + 2 * radius
+                    print(f" [{choice.label}] {medium.label()}, tiles: the default pair "
+                          f"({one}/{LARGE_TILE_CORE + 2 * radius} px) against one {one} px tile:")
+                    run_e2e_variants(bench, choice, "levers", medium, [
+                        ("default tiles", {}), (f"tile_size {one} only", {"tile_size": one})])
             if small:
                 print(f" {halve(small).label()}:")
                 run_e2e_variants(bench, default, "levers", halve(small), [

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from sr_batch import images, quality, resample, stats, storage, streaming, tiling
+from sr_batch import images, quality, resample, stats, storage, streaming
 from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError
 from sr_batch.models.registry import ModelSpec
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, self_ensemble, to_integer
@@ -37,6 +37,7 @@ class ActorSettings:
     model: ModelSpec
     scale: int
     tile_size: int
+    """The largest tile side (what a streamed block fills)."""
     tile_overlap: int
     batch_size: int
     format: str
@@ -49,6 +50,12 @@ class ActorSettings:
     """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
     self_ensemble: bool = False
     """Average the model over the 8 flips/rotations of each tile batch."""
+    tile_sizes: tuple[int, ...] = ()
+    """Every tile side the actor may use (one traced function each); () means (tile_size,)."""
+
+    @property
+    def tile_choices(self) -> tuple[int, ...]:
+        return self.tile_sizes or (self.tile_size,)
 
 
 @dataclass
@@ -93,17 +100,17 @@ def worker_name() -> str:
 def build_upscaler(settings: ActorSettings) -> tuple[Upscaler, callable]:
     """Load the model (TF imported here, inside the actor) and wrap it as an Upscaler."""
     if settings.model.arch == "bicubic":
-        upscaler = Upscaler(None, settings.scale, settings.tile_size, settings.tile_overlap,
+        upscaler = Upscaler(None, settings.scale, settings.tile_choices, settings.tile_overlap,
                             settings.batch_size)
         return upscaler, (lambda: 0)
     configure_tensorflow(settings.intra_op_threads)
     from sr_batch.models.registry import load_keras_model
 
     model = load_keras_model(settings.model)
-    run, traces = make_tf_batch_fn(model, settings.tile_size)
+    run, traces = make_tf_batch_fn(model, settings.tile_choices)
     if settings.self_ensemble:
         run = self_ensemble(run)
-    return (Upscaler(run, settings.scale, settings.tile_size, settings.tile_overlap,
+    return (Upscaler(run, settings.scale, settings.tile_choices, settings.tile_overlap,
                      settings.batch_size), traces)
 
 
@@ -207,8 +214,7 @@ class UpscaleActor:
         chunk, tiles = [], 0
         for w in ready:
             chunk.append(w)
-            tiles += tiling.plan_tiles(w.decoded.height, w.decoded.width, s.tile_size,
-                                       s.tile_overlap).n_tiles
+            tiles += self.upscaler.plan(w.decoded.height, w.decoded.width).n_tiles
             if tiles >= s.batch_size:
                 yield chunk
                 chunk, tiles = [], 0
@@ -273,6 +279,7 @@ class UpscaleActor:
             status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
             out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
             n_tiles=result.n_tiles + (alpha_result.n_tiles if alpha_result else 0),
+            tile_size=result.tile_size or s.tile_size,
             alpha_mode=s.alpha if decoded.alpha is not None else None,
             psnr_y_consistency=_finite(quality.psnr_y_consistency(out_pixels, decoded.pixels, s.scale)),
             sharpness_ratio=_finite(quality.sharpness_ratio(out_pixels, decoded.pixels, s.scale)),

@@ -26,7 +26,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="zoo name, 'bicubic', or a path/URI to a .keras file (default: zoo default)")
     p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
     p.add_argument("--tile-size", type=int, default=None, metavar="PX",
-                   help=f"tile side in input px (default: {c.DEFAULT_TILE_CORE} + 2 x overlap)")
+                   help=f"tile side in input px (default: two, {c.DEFAULT_TILE_CORE} and {c.LARGE_TILE_CORE} "
+                        "+ 2 x overlap, each image taking the one that runs fewer padded pixels)")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="context per tile side (default: the model's receptive-field radius)")
     p.add_argument("--batch-size", type=int, default=c.DEFAULT_BATCH_SIZE, metavar="N",

@@ -26,8 +26,10 @@ class Settings:
     model_sha256: str
     scale: int
     tile_size: int | None
-    """None matches any (a user model whose radius the client cannot know without TF)."""
+    """None matches any: the job chose each image's tile, and tiled output is the same for any
+    tile whose overlap covers the model's radius."""
     tile_overlap: int | None
+    """None matches any (a user model whose radius the client cannot know without TF)."""
     requested_format: str
     alpha_mode: str
     self_ensemble: bool

@@ -59,10 +59,11 @@ def incremental_manifest(config: JobConfig) -> tuple:
     identity = spec.identity
     if spec.uri is not None and spec.sha256 is None:  # a user's file: hash its bytes
         identity = registry.sha256_of(storage.read_bytes(spec.uri))
+    chosen_tile = config.tile_size  # None: the job picks per image, which cannot change the output
     if spec.receptive_radius is not None or config.tile_overlap is not None:
         config = resolve_tiling(config, spec.receptive_radius or 0)
     settings = incremental.Settings(
-        model_sha256=identity, scale=config.scale, tile_size=config.tile_size,
+        model_sha256=identity, scale=config.scale, tile_size=chosen_tile,
         tile_overlap=config.tile_overlap, requested_format=config.format, alpha_mode=config.alpha,
         self_ensemble=config.self_ensemble)
     done = incremental.find_done(storage.to_uri(config.output), plan_outputs(table, config),

@@ -26,7 +26,7 @@ import pyarrow as pa
 import sr_batch
 from sr_batch import incremental, manifest, stats, storage
 from sr_batch.actor import ActorSettings, UpscaleActor
-from sr_batch.config import DEFAULT_TILE_CORE, JobConfig, default_actor_count, local_cpu_count
+from sr_batch.config import DEFAULT_TILE_CORE, LARGE_TILE_CORE, JobConfig, default_actor_count, local_cpu_count
 from sr_batch.errors import ConfigError, ImageError, StorageError
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
@@ -123,8 +123,8 @@ def resolve_model(config: JobConfig) -> tuple[ModelSpec, JobConfig]:
     """Model spec with scale and radius known, and the config with its tiling resolved.
 
     The overlap defaults to the model's receptive-field radius (the least that
-    keeps tiled output equal to whole-image output); the tile to a 128 px core
-    plus that overlap on each side.
+    keeps tiled output equal to whole-image output); the tiles to a 128 px and a
+    256 px core plus that overlap on each side.
     """
     spec = registry.resolve_model(config.model, config.scale)
     if spec.receptive_radius is None:
@@ -133,13 +133,19 @@ def resolve_model(config: JobConfig) -> tuple[ModelSpec, JobConfig]:
 
 
 def resolve_tiling(config: JobConfig, radius: int) -> JobConfig:
+    if config.tile_sizes:  # already resolved
+        return config
     overlap = radius if config.tile_overlap is None else config.tile_overlap
-    tile = config.tile_size or DEFAULT_TILE_CORE + 2 * overlap
-    if tile - 2 * overlap < 1:
+    if config.tile_size is None:
+        sizes = (DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap)
+    else:
+        sizes = (config.tile_size,)
+    tile = max(sizes)
+    if config.tile_size is not None and tile - 2 * overlap < 1:
         raise ConfigError(
             f"--tile-size {tile} is too small for a tile overlap of {overlap} px "
             f"(the model's receptive-field radius); use --tile-size > {2 * overlap}")
-    return config.replace(tile_size=tile, tile_overlap=overlap)
+    return config.replace(tile_size=tile, tile_overlap=overlap, tile_sizes=sizes)
 
 
 def _probe_model(spec: ModelSpec, scale: int) -> ModelSpec:
@@ -228,6 +234,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     import ray
 
     run_id = config.run_id or new_run_id()
+    chosen_tile = config.tile_size  # None: the job picks per image, which cannot change the output
     started_at = dt.datetime.now(dt.timezone.utc)
     began = time.perf_counter()
     output = storage.to_uri(config.output)
@@ -238,7 +245,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     _write_run_record(output, run_id, config, spec, overlap, None, None, started_at)  # preflight
     planned = plan_outputs(table, config)
     settings_key = incremental.Settings(
-        model_sha256=spec.identity, scale=config.scale, tile_size=config.tile_size,
+        model_sha256=spec.identity, scale=config.scale, tile_size=chosen_tile,
         tile_overlap=overlap, requested_format=config.format, alpha_mode=config.alpha,
         self_ensemble=config.self_ensemble)
     if config.force:
@@ -248,13 +255,14 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
             planned, incremental.find_done(output, planned, settings_key), settings_key)
     pool = actor_pool_size(config)
     settings = ActorSettings(
-        model=spec, scale=config.scale, tile_size=config.tile_size, tile_overlap=overlap,
+        model=spec, scale=config.scale, tile_size=config.tile_size, tile_sizes=config.tile_sizes,
+        tile_overlap=overlap,
         batch_size=config.batch_size, format=config.format, quality=config.quality,
         png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
         retries=config.retries, intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
         self_ensemble=config.self_ensemble)
     echo(f"run {run_id}: {planned.num_rows} images ({skipped.num_rows} unchanged, skipped), "
-         f"model {spec.name} x{config.scale} (tile {config.tile_size}, overlap {overlap}), "
+         f"model {spec.name} x{config.scale} (tiles {'/'.join(map(str, config.tile_sizes))} px, overlap {overlap}), "
          f"{pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
          f"{config.gpus_per_actor:g} GPU")
 

@@ -40,7 +40,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("alpha_mode", pa.string(), "how the alpha channel was upscaled (model, bicubic); null without alpha"),
     ("model", pa.string(), "model name or URI"),
     ("model_sha256", pa.string(), "SHA-256 of the model file ('bicubic' for the baseline)"),
-    ("tile_size", pa.int32(), "tile side, input px"),
+    ("tile_size", pa.int32(), "side of the tiles this image ran in, input px (streamed: the largest)"),
     ("tile_overlap", pa.int32(), "context margin per tile side, input px"),
     ("n_tiles", pa.int32(), "tiles run through the model for this image"),
     ("bytes_in", pa.int64(), "input file size, bytes"),

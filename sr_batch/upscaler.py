@@ -1,15 +1,18 @@
 """Model + tiling = upscale(images) -> images; stateless per call.
 
 Tiles of several images are packed into the same model batches, so small
-images still fill the batch; every batch has the fixed tile shape, so one
-traced function serves every call.
+images still fill the batch. Every batch has one of a few fixed tile shapes
+(by default two: a 128 px and a 256 px core), so one traced function per shape
+serves every call; each image takes the tile that runs the fewest padded
+pixels through the model for it. Tiled output equals whole-image output
+whatever the tile (see tiling.py), so the choice only changes the cost.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,11 +23,13 @@ RunBatch = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Upscaled:
-    """One image's result: float32 RGB/grey in [0, 1], its tile count and model time."""
+    """One image's result: float32 RGB/grey in [0, 1], its tile count and side, and model time."""
 
     pixels: np.ndarray
     n_tiles: int
     infer_s: float
+    tile_size: int = 0
+    """Input-pixel side of the tiles this image ran in; 0 for bicubic (no model)."""
 
 
 def to_float(pixels: np.ndarray) -> np.ndarray:
@@ -47,22 +52,35 @@ def to_integer(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
 class Upscaler:
     """Upscales lists of images with a batch function over fixed-shape tiles."""
 
-    def __init__(self, run_batch: RunBatch | None, scale: int, tile_size: int, overlap: int,
-                 batch_size: int) -> None:
-        """`run_batch` maps (N, T, T, 3) float32 to (N, T*s, T*s, 3); None means bicubic."""
+    def __init__(self, run_batch: RunBatch | None, scale: int, tile_size: int | Sequence[int],
+                 overlap: int, batch_size: int) -> None:
+        """`run_batch` maps (N, T, T, 3) float32 to (N, T*s, T*s, 3) for every T in
+        `tile_size` (one side or several); None means bicubic."""
         self.run_batch = run_batch
         self.scale = scale
-        self.tile_size = tile_size
+        self.tile_sizes = tuple(sorted({tile_size} if isinstance(tile_size, int) else set(tile_size)))
+        if not self.tile_sizes:
+            raise ValueError("need at least one tile size")
         self.overlap = overlap
         self.batch_size = batch_size
+
+    @property
+    def tile_size(self) -> int:
+        """The largest tile side: what a streamed block is cut to fill."""
+        return self.tile_sizes[-1]
+
+    def plan(self, height: int, width: int) -> tiling.TilePlan:
+        """The tiling of an image that runs the fewest padded pixels through the model
+        (the smaller tile on a tie)."""
+        plans = [tiling.plan_tiles(height, width, size, self.overlap) for size in self.tile_sizes]
+        return min(plans, key=lambda plan: plan.n_tiles * plan.tile_size ** 2)
 
     def upscale(self, images: list[np.ndarray]) -> list[Upscaled]:
         """Upscale uint8/uint16 (H, W, 1|3) images; grey goes through the model as R=G=B."""
         if self.run_batch is None:
             return [self._bicubic(image) for image in images]
         images = [to_float(image) for image in images]
-        plans = [tiling.plan_tiles(im.shape[0], im.shape[1], self.tile_size, self.overlap)
-                 for im in images]
+        plans = [self.plan(im.shape[0], im.shape[1]) for im in images]
         tiles = [tiling.extract_tiles(self._as_rgb(im), plan) for im, plan in zip(images, plans)]
         outputs, infer_s = self._run_packed(tiles)
         results = []
@@ -70,14 +88,28 @@ class Upscaler:
             stitched = tiling.stitch_tiles(out, plan, self.scale)
             if image.shape[2] == 1:
                 stitched = stitched.mean(axis=2, keepdims=True, dtype=np.float32)
-            results.append(Upscaled(np.clip(stitched, 0.0, 1.0, out=stitched), plan.n_tiles, seconds))
+            results.append(Upscaled(np.clip(stitched, 0.0, 1.0, out=stitched), plan.n_tiles, seconds,
+                                    plan.tile_size))
         return results
 
     def _run_packed(self, tiles: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
-        """Run every image's tiles in shared batches; split outputs and time back per image."""
+        """Run every image's tiles in batches shared with the other images of the same tile
+        side; split outputs and time back per image."""
+        outputs: list = [None] * len(tiles)
+        infer_s = [0.0] * len(tiles)
+        for size in self.tile_sizes:
+            members = [i for i, t in enumerate(tiles) if t.shape[1] == size]
+            if not members:
+                continue
+            group_out, group_s = self._run_same_size([tiles[i] for i in members], size)
+            for i, out, seconds in zip(members, group_out, group_s):
+                outputs[i], infer_s[i] = out, seconds
+        return outputs, infer_s
+
+    def _run_same_size(self, tiles: list[np.ndarray], size: int) -> tuple[list[np.ndarray], list[float]]:
         counts = [t.shape[0] for t in tiles]
         packed = np.concatenate(tiles, axis=0) if len(tiles) > 1 else tiles[0]
-        side = self.tile_size * self.scale
+        side = size * self.scale
         out = np.empty((packed.shape[0], side, side, 3), np.float32)
         tile_s = np.zeros(packed.shape[0], np.float64)
         for start in range(0, packed.shape[0], self.batch_size):
@@ -137,21 +169,31 @@ def self_ensemble(run_batch: RunBatch) -> RunBatch:
     return run
 
 
-def make_tf_batch_fn(model, tile_size: int):
-    """A tf.function over (None, T, T, 3) float32: one trace serves every batch.
+def make_tf_batch_fn(model, tile_size: int | Sequence[int]):
+    """One tf.function per tile side T, over (None, T, T, 3) float32: one trace per side
+    serves every batch of it.
 
-    Returns (fn, trace_counter) where trace_counter() says how often it traced.
+    Returns (fn, trace_counter) where trace_counter() says how often they traced in all.
     """
     import tensorflow as tf
 
     traces = [0]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, tile_size, tile_size, 3], tf.float32)])
-    def forward(tiles):
-        traces[0] += 1  # runs only while tracing
-        return model(tiles, training=False)
+    def forward_for(size: int):
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        def forward(tiles):
+            traces[0] += 1  # runs only while tracing
+            return model(tiles, training=False)
+
+        return forward
+
+    sizes = [tile_size] if isinstance(tile_size, int) else list(tile_size)
+    forwards = {size: forward_for(size) for size in sizes}
 
     def run(batch: np.ndarray) -> np.ndarray:
+        forward = forwards.get(batch.shape[1])
+        if forward is None:
+            raise ValueError(f"no traced function for {batch.shape[1]} px tiles; have {sorted(forwards)}")
         return forward(tf.convert_to_tensor(batch)).numpy()
 
     return run, (lambda: traces[0])

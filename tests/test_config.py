@@ -100,3 +100,19 @@ def test_default_actor_count_gpu_only_actors_are_bound_by_gpus():
 def test_default_actor_count_needs_the_gpus_it_asks_for():
     with pytest.raises(ConfigError, match="--gpus-per-actor 1 but the cluster has 0 GPUs"):
         default_actor_count(8, 0, 1, 1)
+
+
+def test_tiling_resolves_to_two_tiles_by_default_and_one_when_given():
+    from sr_batch.config import DEFAULT_TILE_CORE, LARGE_TILE_CORE
+    from sr_batch.pipeline import resolve_tiling
+
+    auto = resolve_tiling(make(), radius=15)
+    assert auto.tile_overlap == 15
+    assert auto.tile_sizes == (DEFAULT_TILE_CORE + 30, LARGE_TILE_CORE + 30)
+    assert auto.tile_size == LARGE_TILE_CORE + 30
+    assert resolve_tiling(auto, radius=15) == auto  # resolving twice changes nothing
+
+    given = resolve_tiling(make(tile_size=100), radius=4)
+    assert given.tile_sizes == (100,) and given.tile_size == 100
+    with pytest.raises(ConfigError, match="too small for a tile overlap of 15"):
+        resolve_tiling(make(tile_size=30), radius=15)

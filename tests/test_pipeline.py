@@ -65,6 +65,28 @@ def test_end_to_end_default_model(ray_local, image_dir, tmp_path):
     assert not [p for p in out.rglob(".*") if p.is_file()]
 
 
+def test_default_tiling_gives_each_image_the_cheaper_tile(ray_local, tmp_path):
+    """No --tile-size: two tile sides; a small image runs in the small tile, a 250 px image
+    in one large tile (4 small ones would cost more); a rerun skips both."""
+    from sr_batch.config import DEFAULT_TILE_CORE, LARGE_TILE_CORE
+
+    (tmp_path / "in").mkdir()
+    for name, side in (("small", 40), ("large", 250)):
+        Image.fromarray(scene(side, side, seed=side)).save(tmp_path / "in" / f"{name}.png")
+    out = tmp_path / "out"
+    config = JobConfig(sources=(str(tmp_path / "in"),), output=str(out), run_id="auto-1")
+    assert run_job(config, echo=quiet).counts == {"ok": 2}
+    rows = {Path(r["source_uri"]).stem: r for r in stats.read_stats(str(out)).to_pylist()}
+    overlap = rows["small"]["tile_overlap"]
+    assert rows["small"]["tile_size"] == DEFAULT_TILE_CORE + 2 * overlap
+    assert rows["large"]["tile_size"] == LARGE_TILE_CORE + 2 * overlap
+    assert rows["small"]["n_tiles"] == 1 and rows["large"]["n_tiles"] == 1
+    record = json.loads((out / "runs" / "auto-1.json").read_text())
+    assert record["config"]["tile_sizes"] == [DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap]
+    again = run_job(config.replace(run_id="auto-2"), echo=quiet)
+    assert again.counts == {"skipped": 2}
+
+
 def test_reference_metrics_next_to_bicubic(ray_local, tmp_path):
     hr = scene(64, 48, seed=3)
     lr = np.asarray(Image.fromarray(hr).resize((24, 32), Image.BICUBIC))

@@ -52,6 +52,41 @@ def test_one_trace_serves_many_calls_of_any_size(model):
     assert traces() == 1
 
 
+def test_two_tile_sides_each_image_takes_the_cheaper_and_output_is_unchanged(model):
+    """The default: a small and a large tile, one trace each; small images take the small
+    tile, large ones the large; the pixels equal a one-tile run's (and whole-image inference)."""
+    net, radius = model
+    small, large = 8 + 2 * radius, 32 + 2 * radius
+    run, traces = make_tf_batch_fn(net, (small, large))
+    both = Upscaler(run, scale=2, tile_size=(large, small), overlap=radius, batch_size=4)
+    assert both.tile_sizes == (small, large) and both.tile_size == large
+    single_run, _ = make_tf_batch_fn(net, small)
+    single = Upscaler(single_run, scale=2, tile_size=small, overlap=radius, batch_size=4)
+    images = [scene(h, w, seed=i) for i, (h, w) in enumerate([(6, 7), (64, 64), (8, 8), (70, 33), (3, 90)])]
+    results = both.upscale(images)
+    expected = single.upscale(images)
+    chosen = [r.tile_size for r in results]
+    assert chosen[0] == small and chosen[2] == small  # fits one small tile
+    assert chosen[1] == large  # 4 large tiles cost less than 16 small ones
+    for image, result, reference in zip(images, results, expected):
+        plan = both.plan(*image.shape[:2])
+        costs = {size: tiling.plan_tiles(*image.shape[:2], size, radius).n_tiles * size ** 2
+                 for size in (small, large)}
+        assert plan.tile_size == min(costs, key=lambda size: (costs[size], size))
+        assert result.n_tiles == plan.n_tiles
+        np.testing.assert_allclose(result.pixels, reference.pixels, atol=1e-5)
+    assert traces() == 2  # one per tile side, however many calls and images
+    both.upscale(images[::-1])
+    assert traces() == 2
+
+
+def test_a_tile_side_without_a_trace_is_refused(model):
+    net, _ = model
+    run, _ = make_tf_batch_fn(net, 16)
+    with pytest.raises(ValueError, match="no traced function for 20 px tiles"):
+        run(np.zeros((1, 20, 20, 3), np.float32))
+
+
 def test_grey_images_stay_single_channel(model):
     net, radius = model
     run, _ = make_tf_batch_fn(net, 16)
