@@ -224,11 +224,11 @@ def _time_forward_tiles(run, config, paths, sample_s) -> tuple[float, int, int]:
     from sr_batch import tiling
     from sr_batch.upscaler import Upscaler, to_float
 
-    batch = config.batch_size
-    chooser = Upscaler(run, SCALE, config.tile_sizes, config.tile_overlap, batch)
+    chooser = Upscaler(run, SCALE, config.tile_sizes, config.tile_overlap, config.batch_size)
     pending = {}  # tile side -> (tiles waiting for a batch, output pixels each stands for)
     for tile in config.tile_sizes:
-        run(np.zeros((batch, tile, tile, 3), np.float32))  # trace once per side, outside the timing
+        # Trace once per side, outside the timing.
+        run(np.zeros((chooser.batch_for(tile), tile, tile, 3), np.float32))
         pending[tile] = (np.empty((0, tile, tile, 3), np.float32), np.empty(0, np.int64))
     seconds, pixels, images = 0.0, 0, 0
     for index, path in enumerate(paths):
@@ -241,6 +241,7 @@ def _time_forward_tiles(run, config, paths, sample_s) -> tuple[float, int, int]:
         images += 1
         last = index == len(paths) - 1
         for tile, (tiles, cores) in pending.items():
+            batch = chooser.batch_for(tile)
             while len(tiles) >= batch or (last and len(tiles)):
                 began = time.perf_counter()
                 run(tiles[:batch])

@@ -210,14 +210,16 @@ class UpscaleActor:
             pending.result()
 
     def _chunks(self, ready: list[_Work]):
-        s = self.settings
-        chunk, tiles = [], 0
+        """Runs of images with at least one model call's worth of tile pixels."""
+        smallest = self.upscaler.tile_sizes[0]
+        chunk, pixels = [], 0
         for w in ready:
             chunk.append(w)
-            tiles += self.upscaler.plan(w.decoded.height, w.decoded.width).n_tiles
-            if tiles >= s.batch_size:
+            plan = self.upscaler.plan(w.decoded.height, w.decoded.width)
+            pixels += plan.n_tiles * plan.tile_size ** 2
+            if pixels >= self.settings.batch_size * smallest ** 2:
                 yield chunk
-                chunk, tiles = [], 0
+                chunk, pixels = [], 0
         if chunk:
             yield chunk
 

@@ -31,7 +31,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="context per tile side (default: the model's receptive-field radius)")
     p.add_argument("--batch-size", type=int, default=c.DEFAULT_BATCH_SIZE, metavar="N",
-                   help="tiles per model call")
+                   help="tiles per model call (of the smaller tile; larger tiles go in batches of the same pixel count)")
     p.add_argument("--images-per-batch", type=int, default=c.DEFAULT_IMAGES_PER_BATCH, metavar="N",
                    help="images per actor call; their tiles share model batches")
     p.add_argument("--format", default="keep", choices=c.FORMATS)

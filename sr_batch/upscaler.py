@@ -69,6 +69,11 @@ class Upscaler:
         """The largest tile side: what a streamed block is cut to fill."""
         return self.tile_sizes[-1]
 
+    def batch_for(self, size: int) -> int:
+        """Tiles per model call for tiles of side `size`: batch_size of the smallest tile, and
+        the same number of pixels (so the same activation memory) for a larger one."""
+        return max(1, self.batch_size * self.tile_sizes[0] ** 2 // size ** 2)
+
     def plan(self, height: int, width: int) -> tiling.TilePlan:
         """The tiling of an image that runs the fewest padded pixels through the model
         (the smaller tile on a tie)."""
@@ -109,11 +114,11 @@ class Upscaler:
     def _run_same_size(self, tiles: list[np.ndarray], size: int) -> tuple[list[np.ndarray], list[float]]:
         counts = [t.shape[0] for t in tiles]
         packed = np.concatenate(tiles, axis=0) if len(tiles) > 1 else tiles[0]
-        side = size * self.scale
+        side, batch = size * self.scale, self.batch_for(size)
         out = np.empty((packed.shape[0], side, side, 3), np.float32)
         tile_s = np.zeros(packed.shape[0], np.float64)
-        for start in range(0, packed.shape[0], self.batch_size):
-            stop = min(start + self.batch_size, packed.shape[0])
+        for start in range(0, packed.shape[0], batch):
+            stop = min(start + batch, packed.shape[0])
             began = time.perf_counter()
             out[start:stop] = self.run_batch(packed[start:stop])
             tile_s[start:stop] = (time.perf_counter() - began) / (stop - start)

@@ -57,8 +57,14 @@ def test_two_tile_sides_each_image_takes_the_cheaper_and_output_is_unchanged(mod
     tile, large ones the large; the pixels equal a one-tile run's (and whole-image inference)."""
     net, radius = model
     small, large = 8 + 2 * radius, 32 + 2 * radius
-    run, traces = make_tf_batch_fn(net, (small, large))
-    both = Upscaler(run, scale=2, tile_size=(large, small), overlap=radius, batch_size=4)
+    traced, traces = make_tf_batch_fn(net, (small, large))
+    calls = []
+
+    def run(batch):
+        calls.append(batch.shape)
+        return traced(batch)
+
+    both = Upscaler(run, scale=2, tile_size=(large, small), overlap=radius, batch_size=16)
     assert both.tile_sizes == (small, large) and both.tile_size == large
     single_run, _ = make_tf_batch_fn(net, small)
     single = Upscaler(single_run, scale=2, tile_size=small, overlap=radius, batch_size=4)
@@ -75,6 +81,11 @@ def test_two_tile_sides_each_image_takes_the_cheaper_and_output_is_unchanged(mod
         assert plan.tile_size == min(costs, key=lambda size: (costs[size], size))
         assert result.n_tiles == plan.n_tiles
         np.testing.assert_allclose(result.pixels, reference.pixels, atol=1e-5)
+    # No call holds more tile pixels than batch_size small tiles: large tiles go in smaller
+    # batches (the same activation memory), and every large call is as full as it can be.
+    assert {shape[1] for shape in calls} == {small, large}
+    assert all(n * side * side <= 16 * small * small for n, side, _, _ in calls)
+    assert max(n for n, side, _, _ in calls if side == large) == 2  # 16 * 16^2 px // 40^2 px
     assert traces() == 2  # one per tile side, however many calls and images
     both.upscale(images[::-1])
     assert traces() == 2
