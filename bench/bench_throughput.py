@@ -1,6 +1,6 @@
 """End-to-end throughput of `sr-batch run` beside the model alone and the naive loop.
 
-    python bench/bench_throughput.py --workload all              # the full bench (~35 min on 2 cores)
+    python bench/bench_throughput.py --workload all              # the full bench (~30 min on 2 cores)
     python bench/bench_throughput.py --quick                     # smoke run: 1/10 of the counts
     python bench/bench_throughput.py --workload medium --models default --sections main,levers
 
