@@ -150,7 +150,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     defaults = {int(k): v for k, v in index.get("default", {}).items()}
     cards = {(e["name"], int(e["scale"])): e for e in index["models"]}
     print(f"{'name':<10} {'scale':>5} {'params':>8} {'FLOPs/px':>9} {'MP/s':>6} {'radius':>6} "
-          f"{'Set5 PSNR/SSIM':>15} {'Set14 PSNR/SSIM':>15} {'channels':<8} {'trained':<22} default  file")
+          f"{'Set5 PSNR/SSIM':>15} {'Set14 PSNR/SSIM':>15} {'channels':<8} {'trained':<24} default  file")
     for spec in [*registry.list_models(), *(registry.bicubic_spec(s) for s in (2, 3, 4))]:
         mark = "yes" if defaults.get(spec.scale) == spec.name else ""
         card = cards.get((spec.name, spec.scale), {})
@@ -161,7 +161,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                    if card.get("trained_on") else "-")
         channels = card.get("net_channels", "RGB" if card else "-").split(" ")[0]
         print(f"{spec.name:<10} {'x' + str(spec.scale):>5} {spec.params:>8,} {flops:>9} {speed:>6} "
-              f"{spec.receptive_radius:>6} {scores[0]:>15} {scores[1]:>15} {channels:<8} {trained:<22} "
+              f"{spec.receptive_radius:>6} {scores[0]:>15} {scores[1]:>15} {channels:<8} {trained:<24} "
               f"{mark:<7}  {spec.uri or '(no weights: Pillow bicubic)'}")
     return EXIT_OK
 
