@@ -34,6 +34,14 @@ class Settings:
     alpha_mode: str
     self_ensemble: bool
 
+    @classmethod
+    def of_run(cls, config, model_sha256: str, chosen_tile: int | None) -> "Settings":
+        """The key of a run: `config` with its tiling resolved, `chosen_tile` the --tile-size
+        the user gave (None when the job picks each image's tile, which cannot change the output)."""
+        return cls(model_sha256=model_sha256, scale=config.scale, tile_size=chosen_tile,
+                   tile_overlap=config.tile_overlap, requested_format=config.format,
+                   alpha_mode=config.alpha, self_ensemble=config.self_ensemble)
+
 
 _DONE_SQL = """
 WITH previous AS (

@@ -59,13 +59,10 @@ def incremental_manifest(config: JobConfig) -> tuple:
     identity = spec.identity
     if spec.uri is not None and spec.sha256 is None:  # a user's file: hash its bytes
         identity = registry.sha256_of(storage.read_bytes(spec.uri))
-    chosen_tile = config.tile_size  # None: the job picks per image, which cannot change the output
+    chosen_tile = config.tile_size
     if spec.receptive_radius is not None or config.tile_overlap is not None:
         config = resolve_tiling(config, spec.receptive_radius or 0)
-    settings = incremental.Settings(
-        model_sha256=identity, scale=config.scale, tile_size=chosen_tile,
-        tile_overlap=config.tile_overlap, requested_format=config.format, alpha_mode=config.alpha,
-        self_ensemble=config.self_ensemble)
+    settings = incremental.Settings.of_run(config, identity, chosen_tile)
     done = incremental.find_done(storage.to_uri(config.output), plan_outputs(table, config),
                                  settings)
     todo, _ = incremental.split_manifest(table, done, settings)

@@ -234,7 +234,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     import ray
 
     run_id = config.run_id or new_run_id()
-    chosen_tile = config.tile_size  # None: the job picks per image, which cannot change the output
+    chosen_tile = config.tile_size
     started_at = dt.datetime.now(dt.timezone.utc)
     began = time.perf_counter()
     output = storage.to_uri(config.output)
@@ -244,10 +244,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     overlap = config.tile_overlap
     _write_run_record(output, run_id, config, spec, overlap, None, None, started_at)  # preflight
     planned = plan_outputs(table, config)
-    settings_key = incremental.Settings(
-        model_sha256=spec.identity, scale=config.scale, tile_size=chosen_tile,
-        tile_overlap=overlap, requested_format=config.format, alpha_mode=config.alpha,
-        self_ensemble=config.self_ensemble)
+    settings_key = incremental.Settings.of_run(config, spec.identity, chosen_tile)
     if config.force:
         todo, skipped = planned, stats.make_table([])
     else:
