@@ -288,6 +288,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.add(batch)
     writer.close()
+    _remove_orphan_temps(output, planned, echo)
     wall_s = time.perf_counter() - began
     result = RunResult(
         run_id=run_id, counts=writer.counts, wall_s=wall_s,
@@ -296,6 +297,25 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
         stats_uri=stats.run_dir(output, run_id), failures=writer.failures)
     _write_run_record(output, run_id, config, spec, overlap, pool, result, started_at)
     return result
+
+
+def _remove_orphan_temps(output: str, planned: pa.Table, echo: Echo) -> None:
+    """Delete the hidden temporary files an interrupted run left beside our outputs.
+
+    Runs under the output lock once every write of this run is done, so any
+    temporary file still there belongs to a writer that was killed mid-write.
+    """
+    import pyarrow.compute as pc
+
+    # An output is output_uri where the manifest names one, else output_stem + the format's suffix.
+    uris = pc.drop_null(pc.coalesce(planned.column("output_uri"), planned.column("output_stem")))
+    directories = pc.unique(pc.replace_substring_regex(uris, r"/[^/]*$", "")).to_pylist()
+    stats_fs, stats_path = storage.get_fs(storage.join(output, "stats"))
+    if storage.is_local(stats_fs) and os.path.isdir(stats_path):
+        directories += [entry.path for entry in os.scandir(stats_path) if entry.is_dir()]
+    removed = storage.remove_orphan_temps(directories)
+    if removed:
+        echo(f"removed {removed} temporary file(s) left by an interrupted run")
 
 
 def _blocks(table: pa.Table, images_per_batch: int, max_actors: int) -> list[pa.Table]:

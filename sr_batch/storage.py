@@ -8,10 +8,11 @@ import logging
 import os
 import posixpath
 import random
+import re
 import tempfile
 import time
 import uuid
-from typing import BinaryIO, Callable, Iterator, TypeVar
+from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -120,6 +121,43 @@ def open_input(uri: str, retries: int = 3) -> Iterator[BinaryIO]:
         handle.close()
 
 
+# The hidden name a local atomic write uses before its rename (see `temp_name`).
+_TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
+
+
+def temp_name(directory: str, name: str) -> str:
+    """Hidden sibling path that a local atomic write fills before renaming it onto `name`."""
+    return os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def remove_orphan_temps(directories: Iterable[str]) -> int:
+    """Delete the temporary files that killed writers left in local `directories`; return how many.
+
+    A writer killed between filling its temporary file and renaming it (a
+    SIGKILL, a lost node) leaves the hidden file behind. Call this only while
+    no writer of the same output can be running: under the run's lock, after
+    its own writes. Object-store outputs have none to remove (their temporary
+    files are local to the worker and the upload is one PUT).
+    """
+    removed = 0
+    for uri in directories:
+        fs, path = get_fs(uri)
+        if not is_local(fs):
+            continue
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
 def write_file_atomic(uri: str, write: Callable[[str], None], retries: int = 3) -> int:
     """Let `write(local_path)` fill a temporary file, then move it into place; return its size.
 
@@ -135,7 +173,7 @@ def write_file_atomic(uri: str, write: Callable[[str], None], retries: int = 3) 
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
             raise WriteError(f"cannot write {uri}: {exc}") from None
-        tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = temp_name(directory, name)
     else:
         handle, tmp = tempfile.mkstemp(prefix="sr-batch-", suffix=posixpath.splitext(path)[1])
         os.close(handle)
@@ -167,7 +205,7 @@ def write_bytes_atomic(uri: str, data: bytes, retries: int = 3) -> None:
         if is_local(fs):
             directory, name = os.path.split(path)
             os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+            tmp = temp_name(directory, name)
             try:
                 with open(tmp, "wb") as handle:
                     handle.write(data)

@@ -65,6 +65,24 @@ def test_end_to_end_default_model(ray_local, image_dir, tmp_path):
     assert not [p for p in out.rglob(".*") if p.is_file()]
 
 
+def test_run_removes_temporaries_an_interrupted_run_left(ray_local, image_dir, tmp_path):
+    """A writer killed between write and rename leaves a hidden file; the next run deletes it."""
+    out = tmp_path / "out"
+    orphans = [out / "images" / ".a.png.tmp-0123abcd", out / "stats" / "run_id=old" / ".part-00000.parquet.tmp-89abcdef"]
+    keep = [out / "images" / ".keep", out / "images" / ".b.png.tmp-notours"]
+    for path in orphans + keep:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    lines: list[str] = []
+
+    result = run_job(JobConfig(sources=(str(image_dir),), output=str(out), tile_size=16), echo=lines.append)
+
+    assert result.counts == {"ok": 5}
+    assert [p for p in orphans if p.exists()] == []
+    assert all(p.exists() for p in keep)  # only our own temporary-name pattern is touched
+    assert "removed 2 temporary file(s) left by an interrupted run" in lines
+
+
 def test_default_tiling_gives_each_image_the_cheaper_tile(ray_local, tmp_path):
     """No --tile-size: two tile sides; a small image runs in the small tile, a 250 px image
     in one large tile (4 small ones would cost more); a rerun skips both."""

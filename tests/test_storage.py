@@ -94,6 +94,21 @@ def test_write_bytes_atomic_writes_and_leaves_no_temporary(tmp_path):
     assert os.listdir(target.parent) == ["a.bin"]
 
 
+def test_remove_orphan_temps_deletes_only_our_temporary_names(tmp_path, memory_root):
+    names = [".a.png.tmp-0123abcd", ".deep name.tiff.tmp-ffffffff", "a.png", ".a.png", ".a.png.tmp-xyz",
+             "a.png.tmp-0123abcd", ".a.png.tmp-0123abcd.bak"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".d.png.tmp-00000000").mkdir()  # a directory is never removed
+    storage.write_bytes_atomic(f"{memory_root}/.a.png.tmp-0123abcd", b"x")  # object stores: untouched
+
+    removed = storage.remove_orphan_temps([str(tmp_path), str(tmp_path / "absent"), memory_root])
+
+    assert removed == 2
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:] + [".d.png.tmp-00000000"])
+    assert storage.read_bytes(f"{memory_root}/.a.png.tmp-0123abcd") == b"x"
+
+
 def test_failed_write_leaves_nothing_at_the_final_name(tmp_path, monkeypatch):
     target = tmp_path / "a.bin"
     calls = []
