@@ -288,7 +288,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.add(batch)
     writer.close()
-    _remove_orphan_temps(output, planned, echo)
+    _remove_orphan_temps(output, planned, started_at.timestamp(), echo)
     wall_s = time.perf_counter() - began
     result = RunResult(
         run_id=run_id, counts=writer.counts, wall_s=wall_s,
@@ -299,11 +299,11 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     return result
 
 
-def _remove_orphan_temps(output: str, planned: pa.Table, echo: Echo) -> None:
-    """Delete the hidden temporary files an interrupted run left beside our outputs.
+def _remove_orphan_temps(output: str, planned: pa.Table, started: float, echo: Echo) -> None:
+    """Delete the hidden temporary files an interrupted run left beside this run's outputs.
 
-    Runs under the output lock once every write of this run is done, so any
-    temporary file still there belongs to a writer that was killed mid-write.
+    Runs once every write of this run is done; a temporary file last touched
+    before this run started belongs to a writer that was killed mid-write.
     """
     import pyarrow.compute as pc
 
@@ -313,7 +313,7 @@ def _remove_orphan_temps(output: str, planned: pa.Table, echo: Echo) -> None:
     stats_fs, stats_path = storage.get_fs(storage.join(output, "stats"))
     if storage.is_local(stats_fs) and os.path.isdir(stats_path):
         directories += [entry.path for entry in os.scandir(stats_path) if entry.is_dir()]
-    removed = storage.remove_orphan_temps(directories)
+    removed = storage.remove_orphan_temps(directories, older_than=started)
     if removed:
         echo(f"removed {removed} temporary file(s) left by an interrupted run")
 

@@ -130,14 +130,15 @@ def temp_name(directory: str, name: str) -> str:
     return os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def remove_orphan_temps(directories: Iterable[str]) -> int:
+def remove_orphan_temps(directories: Iterable[str], older_than: float) -> int:
     """Delete the temporary files that killed writers left in local `directories`; return how many.
 
     A writer killed between filling its temporary file and renaming it (a
-    SIGKILL, a lost node) leaves the hidden file behind. Call this only while
-    no writer of the same output can be running: under the run's lock, after
-    its own writes. Object-store outputs have none to remove (their temporary
-    files are local to the worker and the upload is one PUT).
+    SIGKILL, a lost node) leaves the hidden file behind. Only files last
+    modified before `older_than` (a POSIX time: the start of the run that
+    sweeps) go, so a writer still busy beside this run keeps its file.
+    Object-store outputs have none to remove (their temporary files are local
+    to the worker and the upload is one PUT).
     """
     removed = 0
     for uri in directories:
@@ -149,12 +150,14 @@ def remove_orphan_temps(directories: Iterable[str]) -> int:
         except (FileNotFoundError, NotADirectoryError):
             continue
         for entry in entries:
-            if _TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
-                try:
+            if not _TEMP_NAME.match(entry.name):
+                continue
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < older_than:
                     os.unlink(entry.path)
                     removed += 1
-                except FileNotFoundError:
-                    pass
+            except FileNotFoundError:
+                pass
     return removed
 
 

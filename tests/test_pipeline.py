@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,7 @@ def test_run_removes_temporaries_an_interrupted_run_left(ray_local, image_dir, t
     for path in orphans + keep:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")
+        os.utime(path, (time.time() - 60, time.time() - 60))  # left by a run before this one
     lines: list[str] = []
 
     result = run_job(JobConfig(sources=(str(image_dir),), output=str(out), tile_size=16), echo=lines.append)

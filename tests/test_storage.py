@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import uuid
 
 import fsspec
@@ -101,11 +102,16 @@ def test_remove_orphan_temps_deletes_only_our_temporary_names(tmp_path, memory_r
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".d.png.tmp-00000000").mkdir()  # a directory is never removed
     storage.write_bytes_atomic(f"{memory_root}/.a.png.tmp-0123abcd", b"x")  # object stores: untouched
+    sweep_start = time.time()
+    for name in names:
+        os.utime(tmp_path / name, (sweep_start - 60, sweep_start - 60))
+    (tmp_path / ".busy.png.tmp-0000abcd").write_bytes(b"x")  # a writer beside the sweep: newer
 
-    removed = storage.remove_orphan_temps([str(tmp_path), str(tmp_path / "absent"), memory_root])
+    removed = storage.remove_orphan_temps([str(tmp_path), str(tmp_path / "absent"), memory_root],
+                                          older_than=sweep_start)
 
     assert removed == 2
-    assert sorted(os.listdir(tmp_path)) == sorted(names[2:] + [".d.png.tmp-00000000"])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:] + [".d.png.tmp-00000000", ".busy.png.tmp-0000abcd"])
     assert storage.read_bytes(f"{memory_root}/.a.png.tmp-0123abcd") == b"x"
 
 
