@@ -193,12 +193,14 @@ def test_path_escapes_fail_that_image(ray_local, tmp_path):
 def test_actors_get_distinct_gpus(ray_local, tmp_path):
     """--gpus-per-actor is the actors' Ray request: two actors, one logical GPU each."""
     (tmp_path / "in").mkdir()
-    for i in range(16):
-        (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(scene(10, 10, seed=i)))
+    # Enough model work (seconds) that the second actor is up before the first has done it all,
+    # even when the previous test's actors still hold the CPUs for a moment.
+    for i in range(48):
+        (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(scene(48, 48, seed=i)))
     result = run_job(JobConfig(sources=(str(tmp_path / "in"),), output=str(tmp_path / "out"),
-                               model="bicubic", actors="2", gpus_per_actor=1, cpus_per_actor=0.5,
+                               tile_size=32, actors="2", gpus_per_actor=1, cpus_per_actor=0.5,
                                images_per_batch=1), echo=quiet)
-    assert result.counts == {"ok": 16}
+    assert result.counts == {"ok": 48}
     workers = set(stats.read_stats(str(tmp_path / "out")).column("worker").to_pylist())
     gpus = {w.split("gpu=")[1] for w in workers}
     assert len(workers) == 2, workers
