@@ -149,9 +149,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     index = registry.read_index()
     defaults = {int(k): v for k, v in index.get("default", {}).items()}
     cards = {(e["name"], int(e["scale"])): e for e in index["models"]}
-    print(f"{'name':<10} {'scale':>5} {'params':>8} {'FLOPs/px':>9} {'MP/s':>6} {'radius':>6} "
+    specs = [*registry.list_models(), *(registry.bicubic_spec(s) for s in (2, 3, 4))]
+    width = max(len("name"), *(len(spec.name) for spec in specs))
+    print(f"{'name':<{width}} {'scale':>5} {'params':>8} {'FLOPs/px':>9} {'MP/s':>6} {'radius':>6} "
           f"{'Set5 PSNR/SSIM':>15} {'Set14 PSNR/SSIM':>15} {'channels':<8} {'trained':<24} default  file")
-    for spec in [*registry.list_models(), *(registry.bicubic_spec(s) for s in (2, 3, 4))]:
+    for spec in specs:
         mark = "yes" if defaults.get(spec.scale) == spec.name else ""
         card = cards.get((spec.name, spec.scale), {})
         scores = [_card_score(card, ds) for ds in ("Set5", "Set14")]
@@ -160,7 +162,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         trained = (f"{'+'.join(d['dataset'] for d in card['trained_on'])} {card.get('steps_total', card['steps'])} st s{card['seed']}"
                    if card.get("trained_on") else "-")
         channels = card.get("net_channels", "RGB" if card else "-").split(" ")[0]
-        print(f"{spec.name:<10} {'x' + str(spec.scale):>5} {spec.params:>8,} {flops:>9} {speed:>6} "
+        print(f"{spec.name:<{width}} {'x' + str(spec.scale):>5} {spec.params:>8,} {flops:>9} {speed:>6} "
               f"{spec.receptive_radius:>6} {scores[0]:>15} {scores[1]:>15} {channels:<8} {trained:<24} "
               f"{mark:<7}  {spec.uri or '(no weights: Pillow bicubic)'}")
     return EXIT_OK

@@ -10,21 +10,26 @@ checkpoints the compiled model (weights + optimizer) so the run can resume.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import math
 import os
+import platform
 import posixpath
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterator
 
 import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 import sr_batch.models.layers  # noqa: F401 - registers DepthToSpace for checkpoint loading
@@ -36,7 +41,7 @@ from sr_batch.models.architectures import (ARCHITECTURES, Y_ONLY, build_model, c
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LOSSES = {"l1": "mean_absolute_error", "l2": "mean_squared_error"}
 # The cosine schedule ends at this fraction of the initial learning rate.
 FINAL_LR_FRACTION = 0.01
@@ -49,7 +54,7 @@ class TrainConfig:
     """One training run; the resolved copy is written next to the output as JSON."""
 
     arch: str
-    """Architecture: basic, residual or subpixel."""
+    """Architecture: one of models.architectures.ARCHITECTURES."""
     scale: int
     """Upscaling factor."""
     train: tuple[str, ...]
@@ -82,6 +87,10 @@ class TrainConfig:
     """Make the registered model the default for its scale."""
     init_from: str | None = None
     """A .keras file (fsspec URI) whose weights start every layer of the same name and shape."""
+    data_workers: int = 1
+    """Threads that cut and downscale patches (Pillow releases the GIL); raise it to keep a GPU fed."""
+    minutes: float | None = None
+    """Train for about this long instead of `steps`: a timed probe sets `steps` (whole epochs)."""
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -92,12 +101,14 @@ class TrainConfig:
             raise ConfigError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.patch_size % self.scale or self.patch_size < 4 * self.scale:
             raise ConfigError(f"--patch-size must be a multiple of the scale and >= 4x it, got {self.patch_size}")
-        if self.steps < 1 or self.batch_size < 1 or self.epoch_steps < 1:
-            raise ConfigError("--steps, --batch-size and --epoch-steps must be >= 1")
-        if self.steps % min(self.epoch_steps, self.steps):
+        if self.steps < 1 or self.batch_size < 1 or self.epoch_steps < 1 or self.data_workers < 1:
+            raise ConfigError("--steps, --batch-size, --epoch-steps and --data-workers must be >= 1")
+        if self.minutes is None and self.steps % min(self.epoch_steps, self.steps):
             raise ConfigError(f"--steps ({self.steps}) must be a multiple of --epoch-steps ({self.epoch_steps})")
         if not self.train:
             raise ConfigError("--train needs at least one folder")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ConfigError(f"--minutes must be > 0, got {self.minutes}")
         if self.name is not None and not self.out.endswith(".keras"):
             raise ConfigError("--out must end in .keras")
 
@@ -109,7 +120,7 @@ def list_images(folder: str) -> list[str]:
     protocol = uri.split("://", 1)[0]
     found = [p for p in fs.ls(path, detail=False) if p.lower().endswith(IMAGE_SUFFIXES)]
     if not found:
-        raise ConfigError(f"no .png/.jpg/.bmp images in {folder}")
+        raise ConfigError(f"no .png/.jpg/.bmp/.webp images in {folder}")
     return sorted(f"{protocol}://{p}" if protocol != "file" else "file://" + p for p in found)
 
 
@@ -152,6 +163,28 @@ def sample_batch(images: list[np.ndarray], seed: int, step: int, batch_size: int
     return lr.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0
 
 
+def batch_stream(images: list[np.ndarray], config: TrainConfig, first_step: int) -> Iterator[tuple]:
+    """Batches first_step .. config.steps - 1 in order, cut by `config.data_workers` threads.
+
+    Each batch is still the pure function of (seed, step) that `sample_batch`
+    makes, so the stream is the same for any number of workers.
+    """
+    def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+        return sample_batch(images, config.seed, step, config.batch_size, config.patch_size, config.scale)
+
+    if config.data_workers == 1:
+        for step in range(first_step, config.steps):
+            yield batch(step)
+        return
+    with ThreadPoolExecutor(config.data_workers, thread_name_prefix="patches") as pool:
+        steps = iter(range(first_step, config.steps))
+        ahead = collections.deque(pool.submit(batch, step)
+                                  for step in itertools.islice(steps, 2 * config.data_workers))
+        while ahead:
+            yield ahead.popleft().result()
+            ahead.extend(pool.submit(batch, step) for step in itertools.islice(steps, 1))
+
+
 def evaluate(model, images: list[np.ndarray], scale: int) -> dict:
     """Mean Y-PSNR (BT.601, border = scale) of model and bicubic on the same pixels.
 
@@ -176,11 +209,39 @@ def dataset_name(folder: str) -> str:
     return next((p for p in reversed(parts) if p.upper() != "HR"), folder)
 
 
-def _strategy() -> tf.distribute.Strategy:
-    # MirroredStrategy costs a copy per step; worth it only with several GPUs.
+def device_name() -> str:
+    """The device Keras computes on, e.g. 'gpu: NVIDIA H200' or 'cpu: x86_64', for cards and benches."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return f"{device.platform}: {getattr(device, 'device_kind', device)}"
+    if backend == "torch":
+        import torch
+
+        return f"gpu: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"cpu: {platform.machine()}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"gpu: {len(gpus)} x {gpus[0].name}" if gpus else f"cpu: {platform.machine()}"
+    return backend
+
+
+def _strategy_scope():
+    """tf.distribute across several GPUs on the TensorFlow backend; otherwise no scope.
+
+    MirroredStrategy costs a copy per step, so it is used only with more than one
+    GPU. Other Keras backends (JAX, torch: the GPU bench machines) train on one device.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
     if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+        return tf.distribute.MirroredStrategy().scope()
+    return contextlib.nullcontext()
 
 
 def _save_keras(model, uri: str) -> bytes:
@@ -245,6 +306,41 @@ def _parent_card(uri: str) -> dict | None:
             "scale": card.get("scale"), "steps_total": card.get("steps_total", card.get("steps"))}
 
 
+# The --minutes probe: steps to compile and warm up, then steps timed.
+PROBE_WARM_STEPS, PROBE_TIMED_STEPS = 20, 100
+
+
+def fit_steps_to_minutes(config: TrainConfig, train_images: list[np.ndarray],
+                         val_images: list[np.ndarray]) -> tuple[TrainConfig, dict]:
+    """Time a throwaway model's steps (and one validation) here; set `steps` to the epochs that fit.
+
+    The probe's weights are discarded: the real run starts fresh with a schedule
+    over the steps it will actually take, so its card is the same as a run
+    given those --steps.
+    """
+    probe = _build_compiled(config)
+    warm = dataclasses.replace(config, steps=PROBE_WARM_STEPS)
+    timed = dataclasses.replace(config, steps=PROBE_WARM_STEPS + PROBE_TIMED_STEPS)
+    probe.fit(batch_stream(train_images, warm, 0), steps_per_epoch=PROBE_WARM_STEPS, epochs=1, shuffle=False, verbose=0)
+    began = time.perf_counter()
+    probe.fit(batch_stream(train_images, timed, PROBE_WARM_STEPS), steps_per_epoch=PROBE_TIMED_STEPS,
+              epochs=1, shuffle=False, verbose=0)
+    step_s = (time.perf_counter() - began) / PROBE_TIMED_STEPS
+    val_s = 0.0
+    if val_images:
+        evaluate(probe, val_images, config.scale)  # first call traces each image shape
+        began = time.perf_counter()
+        evaluate(probe, val_images, config.scale)
+        val_s = time.perf_counter() - began
+    epoch_s = config.epoch_steps * step_s + val_s
+    epochs = max(1, int(config.minutes * 60 // epoch_s))
+    steps = epochs * config.epoch_steps
+    log.info("--minutes %g: %.2f ms/step, %.1f s/validation -> %d epochs of %d steps",
+             config.minutes, 1e3 * step_s, val_s, epochs, config.epoch_steps)
+    return dataclasses.replace(config, steps=steps), {"step_ms": round(1e3 * step_s, 3),
+                                                       "val_s": round(val_s, 2), "steps": steps}
+
+
 def _checkpoint_exists(checkpoint_dir: str) -> bool:
     fs, path = storage.get_fs(storage.to_uri(storage.join(checkpoint_dir, CHECKPOINT_NAME)))
     return fs.exists(path)
@@ -261,10 +357,18 @@ def train(config: TrainConfig) -> dict:
              len(train_images), sum(im.shape[0] * im.shape[1] for im in train_images) / 1e6,
              len(val_images), time.perf_counter() - began)
 
+    resuming = bool(config.checkpoint_dir and _checkpoint_exists(config.checkpoint_dir))
+    probe = None
+    if config.minutes is not None:
+        if resuming:  # the steps the interrupted run settled on
+            state = json.loads(storage.read_bytes(storage.join(storage.to_uri(config.checkpoint_dir), STATE_NAME)))
+            config = dataclasses.replace(config, steps=int(state["steps"]))
+        else:
+            with _strategy_scope():
+                config, probe = fit_steps_to_minutes(config, train_images, val_images)
     keras.utils.set_random_seed(config.seed)
-    strategy = _strategy()
-    with strategy.scope():
-        if config.checkpoint_dir and _checkpoint_exists(config.checkpoint_dir):
+    with _strategy_scope():
+        if resuming:
             directory = storage.to_uri(config.checkpoint_dir)
             model = _load_keras(storage.join(directory, CHECKPOINT_NAME))
             history = json.loads(storage.read_bytes(storage.join(directory, STATE_NAME)))["history"]
@@ -277,18 +381,7 @@ def train(config: TrainConfig) -> dict:
                 log.info("initialised %d of %d layers from %s", copied, len(model.layers), config.init_from)
     start_step = int(model.optimizer.iterations)
     epoch_steps = min(config.epoch_steps, config.steps)
-    scale, lr_side = config.scale, config.patch_size // config.scale
-
-    def batches():
-        for step in range(start_step, config.steps):
-            yield sample_batch(train_images, config.seed, step, config.batch_size,
-                               config.patch_size, scale)
-
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=(
-        tf.TensorSpec((config.batch_size, lr_side, lr_side, 3), tf.float32),
-        tf.TensorSpec((config.batch_size, config.patch_size, config.patch_size, 3), tf.float32),
-    )).prefetch(4)
-
+    dataset = batch_stream(train_images, config, start_step)
     progress = _Progress(config, val_images, history, began)
     if start_step < config.steps:
         model.fit(dataset, epochs=config.steps // epoch_steps, initial_epoch=start_step // epoch_steps,
@@ -327,6 +420,9 @@ def train(config: TrainConfig) -> dict:
         "loss": config.loss,
         "degradation": "Pillow BICUBIC downscale of the HR patch",
         "train_s": round(train_s, 1),
+        "minutes_probe": probe,
+        "trained_with": {"keras_backend": keras.backend.backend(), "device": device_name(),
+                         "data_workers": config.data_workers},
         "metric": "Y (BT.601) PSNR, border = scale, HR cropped to a multiple of scale, output rounded to uint8",
         "eval": {},
         "history": history,
@@ -404,7 +500,8 @@ class _Progress(keras.callbacks.Callback):
             directory = storage.to_uri(self.config.checkpoint_dir)
             _save_keras(self.model, storage.join(directory, CHECKPOINT_NAME))
             storage.write_bytes_atomic(storage.join(directory, STATE_NAME),
-                                       json.dumps({"step": step, "history": self.history}).encode())
+                                       json.dumps({"step": step, "steps": self.config.steps,
+                                                   "history": self.history}).encode())
 
 
 USAGE = """Train a zoo model on HR image folders.
@@ -425,13 +522,15 @@ Rerun the same command to resume from the checkpoint after an interruption.
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", required=True,
-                        help="basic, residual, subpixel, srcnn, espcn, fsrcnn or quality")
+                        help="basic, residual, subpixel, srcnn, espcn, fsrcnn, quality or quality_lite")
     parser.add_argument("--scale", type=int, required=True, help="upscaling factor, e.g. 2")
     parser.add_argument("--train", nargs="+", required=True, help="folders (fsspec URIs) of HR training images")
     parser.add_argument("--val", help="folder of HR validation images (Y-PSNR logged every epoch)")
     parser.add_argument("--eval", nargs="*", default=[], help="extra HR folders measured once at the end")
     parser.add_argument("--out", required=True, help="output .keras file (fsspec URI); a .json sidecar goes next to it")
     parser.add_argument("--steps", type=int, default=6000, help="optimizer steps in total (default 6000)")
+    parser.add_argument("--minutes", type=float,
+                        help="train for about this long instead: a timed probe sets --steps to whole epochs")
     parser.add_argument("--epoch-steps", type=int, default=500, help="steps between validation/checkpoints (default 500)")
     parser.add_argument("--batch-size", type=int, default=16, help="HR patches per step (default 16)")
     parser.add_argument("--patch-size", type=int, default=64, help="HR patch side, a multiple of scale (default 64)")
@@ -443,6 +542,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--make-default", action="store_true", help="make the registered model the default for its scale")
     parser.add_argument("--init-from", help="a .keras file whose same-named, same-shaped layers start the run (x2 -> x4)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow CPU threads; 0 lets TF decide")
+    parser.add_argument("--data-workers", type=int, default=1,
+                        help="threads cutting training patches (default 1; 4-8 keep a GPU busy)")
     return parser.parse_args(argv)
 
 
@@ -451,9 +552,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
 
-    from sr_batch.actor import configure_tensorflow
+    if keras.backend.backend() == "tensorflow":
+        from sr_batch.actor import configure_tensorflow
 
-    configure_tensorflow(args.threads)
+        configure_tensorflow(args.threads)
 
     try:
         config = TrainConfig(
@@ -461,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out, steps=args.steps, epoch_steps=args.epoch_steps, batch_size=args.batch_size,
             patch_size=args.patch_size, lr=args.lr, seed=args.seed, loss=args.loss,
             checkpoint_dir=args.checkpoint_dir, name=args.name, make_default=args.make_default,
-            init_from=args.init_from,
+            init_from=args.init_from, data_workers=args.data_workers, minutes=args.minutes,
         )
         train(config)
     except SrBatchError as exc:

@@ -81,7 +81,7 @@ def test_architecture_saves_reloads_safely_and_upscales(tmp_path, arch, scale):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_declared_receptive_radius_bounds_the_impulse_response(arch, scale):
     model = randomise(build_model(arch, scale), seed=scale)
-    # The probe must be wider than the reach (the quality model's is 15 input px).
+    # The probe must be wider than the reach (the quality model's is 27 input px).
     size = max(32, 2 * receptive_radius(arch, scale) + 8)
     measured = tiling.receptive_radius_from_impulse(run_eager(model), scale, size=size)
     declared = receptive_radius(arch, scale)
@@ -90,7 +90,7 @@ def test_declared_receptive_radius_bounds_the_impulse_response(arch, scale):
     assert declared <= measured + 1
 
 
-@pytest.mark.parametrize("arch", ["residual", "srcnn", "espcn", "quality"])
+@pytest.mark.parametrize("arch", ["residual", "srcnn", "espcn", "quality", "quality_lite"])
 def test_untrained_residual_models_are_exactly_a_bicubic_upscale(arch):
     # The zero-initialised detail branch makes training start from the baseline.
     model = build_model(arch, 2)
@@ -364,6 +364,46 @@ def test_batches_are_seeded_and_degraded_like_evaluation(hr_folder):
     assert not np.array_equal(lr, other)
     hr_u8 = np.rint(hr[0] * 255).astype(np.uint8)
     np.testing.assert_array_equal(np.rint(lr[0] * 255).astype(np.uint8), resample.downscale_bicubic(hr_u8, 2))
+
+
+def test_batch_stream_is_the_same_for_any_number_of_workers(tmp_path, hr_folder):
+    from sr_batch.train import TrainConfig, batch_stream, load_images, sample_batch
+
+    images = load_images([str(hr_folder)])
+    config = TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), out=str(tmp_path / "m.keras"),
+                         steps=9, epoch_steps=9, batch_size=3, patch_size=24, seed=4)
+    single = list(batch_stream(images, config, first_step=2))
+    threaded = list(batch_stream(images, dataclasses.replace(config, data_workers=3), first_step=2))
+
+    assert len(single) == len(threaded) == 7  # steps 2..8, in order
+    for step, (one, many) in enumerate(zip(single, threaded), start=2):
+        expected = sample_batch(images, 4, step, 3, 24, 2)
+        for got_single, got_threaded, want in zip(one, many, expected):
+            np.testing.assert_array_equal(got_single, want)
+            np.testing.assert_array_equal(got_threaded, want)
+
+
+@pytest.mark.slow
+def test_minutes_sets_the_steps_to_whole_epochs_that_fit(tmp_path, hr_folder):
+    from sr_batch.errors import ConfigError
+    from sr_batch.train import TrainConfig, train
+
+    with pytest.raises(ConfigError, match="minutes"):
+        TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), out=str(tmp_path / "m.keras"), minutes=0)
+    config = TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), val=str(hr_folder),
+                         out=str(tmp_path / "m.keras"), steps=7, epoch_steps=5, batch_size=2,
+                         patch_size=16, minutes=0.05)  # --steps 7 is ignored: --minutes decides
+
+    train(config)
+
+    card = json.loads((tmp_path / "m.json").read_text())
+    probe = card["minutes_probe"]
+    assert probe["step_ms"] > 0 and probe["steps"] == card["steps"] == card["config"]["steps"]
+    assert card["steps"] % 5 == 0 and card["steps"] >= 5
+    # the probe's own timing decides how many epochs fit in 3 s: no more than that
+    assert card["steps"] <= max(5, 1.01 * 3.0 / (probe["step_ms"] / 1e3 + probe["val_s"] / 5))
+    assert [h["step"] for h in card["history"]] == list(range(5, card["steps"] + 1, 5))
+    assert card["trained_with"]["keras_backend"] == "tensorflow"
 
 
 def test_evaluate_reports_bicubic_on_the_same_pixels(hr_folder):
