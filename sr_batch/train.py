@@ -337,8 +337,8 @@ def fit_steps_to_minutes(config: TrainConfig, train_images: list[np.ndarray],
     steps = epochs * config.epoch_steps
     log.info("--minutes %g: %.2f ms/step, %.1f s/validation -> %d epochs of %d steps",
              config.minutes, 1e3 * step_s, val_s, epochs, config.epoch_steps)
-    return dataclasses.replace(config, steps=steps), {"step_ms": round(1e3 * step_s, 3),
-                                                       "val_s": round(val_s, 2), "steps": steps}
+    return dataclasses.replace(config, steps=steps), {"step_ms": round(1e3 * step_s, 4),
+                                                       "val_s": round(val_s, 4), "steps": steps}
 
 
 def _checkpoint_exists(checkpoint_dir: str) -> bool:
