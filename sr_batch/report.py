@@ -28,7 +28,6 @@ import logging
 import math
 import re
 import sys
-import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -953,7 +952,7 @@ def write_sql(db: StatsDB, sql: str, fmt: str, target: str | None = None) -> int
     fs, path = storage.get_fs(uri)
     directory, name = path.rsplit("/", 1)
     fs.makedirs(directory, exist_ok=True)
-    tmp = f"{directory}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = storage.temp_name(directory, name)
     try:
         with fs.open(tmp, "w", encoding="utf-8") as handle:
             n = write_sql_result(schema, batches, fmt, handle)

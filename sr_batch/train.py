@@ -357,21 +357,21 @@ def train(config: TrainConfig) -> dict:
              len(train_images), sum(im.shape[0] * im.shape[1] for im in train_images) / 1e6,
              len(val_images), time.perf_counter() - began)
 
-    resuming = bool(config.checkpoint_dir and _checkpoint_exists(config.checkpoint_dir))
+    state = None
+    if config.checkpoint_dir and _checkpoint_exists(config.checkpoint_dir):
+        state = json.loads(storage.read_bytes(storage.join(storage.to_uri(config.checkpoint_dir), STATE_NAME)))
     probe = None
     if config.minutes is not None:
-        if resuming:  # the steps the interrupted run settled on
-            state = json.loads(storage.read_bytes(storage.join(storage.to_uri(config.checkpoint_dir), STATE_NAME)))
-            config = dataclasses.replace(config, steps=int(state["steps"]))
+        if state is not None:  # the steps the interrupted run settled on
+            config = dataclasses.replace(config, steps=int(state.get("steps", config.steps)))
         else:
             with _strategy_scope():
                 config, probe = fit_steps_to_minutes(config, train_images, val_images)
     keras.utils.set_random_seed(config.seed)
     with _strategy_scope():
-        if resuming:
-            directory = storage.to_uri(config.checkpoint_dir)
-            model = _load_keras(storage.join(directory, CHECKPOINT_NAME))
-            history = json.loads(storage.read_bytes(storage.join(directory, STATE_NAME)))["history"]
+        if state is not None:
+            model = _load_keras(storage.join(storage.to_uri(config.checkpoint_dir), CHECKPOINT_NAME))
+            history = state["history"]
             log.info("resumed from %s at step %d", config.checkpoint_dir, int(model.optimizer.iterations))
         else:
             model = _build_compiled(config)

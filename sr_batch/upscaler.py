@@ -10,6 +10,7 @@ whatever the tile (see tiling.py), so the choice only changes the cost.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -19,6 +20,8 @@ import numpy as np
 from sr_batch import resample, tiling
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
+# Distinct image sizes whose tile plans an Upscaler keeps (a plan is a few KB of tuples).
+PLAN_CACHE_SIZES = 256
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Upscaler:
             raise ValueError("need at least one tile size")
         self.overlap = overlap
         self.batch_size = batch_size
+        self._plan = functools.lru_cache(maxsize=PLAN_CACHE_SIZES)(self._plan_uncached)
 
     @property
     def tile_size(self) -> int:
@@ -76,7 +80,11 @@ class Upscaler:
 
     def plan(self, height: int, width: int) -> tiling.TilePlan:
         """The tiling of an image that runs the fewest padded pixels through the model
-        (the smaller tile on a tie)."""
+        (the smaller tile on a tie). Cached per image size: the actor sizes its chunks
+        with the same plans that `upscale` then cuts, and archives repeat sizes."""
+        return self._plan(height, width)
+
+    def _plan_uncached(self, height: int, width: int) -> tiling.TilePlan:
         plans = [tiling.plan_tiles(height, width, size, self.overlap) for size in self.tile_sizes]
         return min(plans, key=lambda plan: plan.n_tiles * plan.tile_size ** 2)
 
