@@ -33,6 +33,7 @@ compare only numbers from one machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -106,9 +107,19 @@ class ModelChoice:
     label: str
     overlap: int | None = None
     """JobConfig.tile_overlap; None: the model's receptive radius."""
+    precision: str = "float32"
+    """JobConfig.precision, and the model of the forward and naive paths."""
 
 
-def resolve_model_name(name: str, work: Path) -> ModelChoice:
+def resolve_model_name(name: str, work: Path, precision: str = "float32") -> ModelChoice:
+    """The model, with its label marked for --precision bfloat16 (every path runs in it)."""
+    choice = _resolve_model_name(name, work)
+    if precision == "float32":
+        return choice
+    return dataclasses.replace(choice, label=f"{choice.label} bf16", precision=precision)
+
+
+def _resolve_model_name(name: str, work: Path) -> ModelChoice:
     """`default` is the zoo default; `quality`, if not in the zoo yet, is the quality
     architecture untrained (the same cost), saved to a file, with its declared radius
     (a probe of random weights sees less)."""
@@ -150,7 +161,7 @@ def child_main(task: dict) -> None:
     from sr_batch.models import registry
 
     spec = registry.resolve_model(task["model"], SCALE)
-    model = registry.load_keras_model(spec)
+    model = registry.with_precision(registry.load_keras_model(spec), task.get("precision", "float32"))
     radius = task["overlap"] or spec.receptive_radius
     if radius is None:
         radius = tiling.receptive_radius_from_impulse(lambda x: model(x, training=False).numpy(), SCALE)
@@ -408,7 +419,7 @@ class Bench:
         # Not a JobConfig field: the lever is the pipeline's constant, set for this run only.
         calls_per_actor = changes.pop("calls_per_actor", pipeline.CALLS_PER_ACTOR)
         config = JobConfig(sources=(str(self.images(workload)),), output=str(out), model=choice.model,
-                           tile_overlap=choice.overlap, scale=SCALE, format="png", progress_s=1e9, **changes)
+                           precision=choice.precision, tile_overlap=choice.overlap, scale=SCALE, format="png", progress_s=1e9, **changes)
         default_calls, pipeline.CALLS_PER_ACTOR = pipeline.CALLS_PER_ACTOR, calls_per_actor
         try:
             with PeakRss() as rss:
@@ -428,7 +439,7 @@ class Bench:
                 "calls_per_actor": calls_per_actor}
 
     def child(self, choice: ModelChoice, workload: Workload, paths: list[str]) -> dict:
-        task = {"model": choice.model, "overlap": choice.overlap, "folder": str(self.images(workload)), "paths": paths,
+        task = {"model": choice.model, "precision": choice.precision, "overlap": choice.overlap, "folder": str(self.images(workload)), "paths": paths,
                 "sample_s": self.args.sample_s, "naive_out": str(self.work / "naive")}
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(task)],
                               capture_output=True, text=True)
@@ -519,6 +530,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workload", default="all", help="all, or a comma list of small,medium,large")
     parser.add_argument("--models", default="default,quality", help="comma list: default, quality, zoo names")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                        help="model arithmetic of every path (e2e, forward, naive)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true", help=f"1/{QUICK_DIVISOR} of the counts, large at {QUICK_LARGE_SIDE}^2")
     parser.add_argument("--sample-s", type=float, default=8.0,
@@ -547,7 +560,7 @@ def main() -> None:
         bench.idle_rss_mb = round(idle.peak / 2**20)
         bench.record(section="idle", peak_rss_mb=bench.idle_rss_mb)
         # One untimed image first: Ray's worker pool and the page cache warm, as on a running cluster.
-        models = [resolve_model_name(name, work) for name in args.models.split(",")]
+        models = [resolve_model_name(name, work, args.precision) for name in args.models.split(",")]
         bench.e2e(models[0], Workload("warm-up", 1, 128))
         default = models[0]
         rows: list = []

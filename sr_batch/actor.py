@@ -50,6 +50,8 @@ class ActorSettings:
     """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
     self_ensemble: bool = False
     """Average the model over the 8 flips/rotations of each tile batch."""
+    precision: str = "float32"
+    """Model arithmetic (config.PRECISIONS)."""
     tile_sizes: tuple[int, ...] = ()
     """Every tile side the actor may use (one traced function each); () means (tile_size,)."""
 
@@ -104,9 +106,9 @@ def build_upscaler(settings: ActorSettings) -> tuple[Upscaler, callable]:
                             settings.batch_size)
         return upscaler, (lambda: 0)
     configure_tensorflow(settings.intra_op_threads)
-    from sr_batch.models.registry import load_keras_model
+    from sr_batch.models.registry import load_keras_model, with_precision
 
-    model = load_keras_model(settings.model)
+    model = with_precision(load_keras_model(settings.model), settings.precision)
     run, traces = make_tf_batch_fn(model, settings.tile_choices)
     if settings.self_ensemble:
         run = self_ensemble(run)
@@ -121,6 +123,9 @@ class UpscaleActor:
         self.settings = settings
         self.upscaler, self.trace_count = build_upscaler(settings)
         self.worker = worker_name()
+        # The metrics of an image run on their own thread while it is encoded and written:
+        # for the last large image of a call nothing else overlaps its finishing.
+        self._measurer = ThreadPoolExecutor(1, thread_name_prefix="metrics")
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         work = [self._start(row) for row in batch.to_pylist()]
@@ -147,6 +152,7 @@ class UpscaleActor:
             "scale": s.scale, "model": s.model.name, "model_sha256": s.model.identity,
             "tile_size": s.tile_size, "tile_overlap": s.tile_overlap,
             "requested_format": s.format, "self_ensemble": s.self_ensemble,
+            "precision": s.precision,
             "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),
             "source_etag": row.get("etag"), "worker": self.worker,
         })
@@ -272,6 +278,7 @@ class UpscaleActor:
         fmt, extension, note = images.output_format(decoded, s.format)
         notes = list(decoded.notes) + ([note] if note else [])
         output_uri = w.row["output_uri"] or (w.row["output_stem"] + extension)
+        metrics = self._measurer.submit(self._consistency_metrics, out_pixels, decoded.pixels)
         data = images.encode_image(out_pixels, alpha, fmt, quality=s.quality,
                                    png_compress_level=s.png_compress_level,
                                    icc_profile=decoded.icc_profile, exif=decoded.exif)
@@ -283,8 +290,7 @@ class UpscaleActor:
             n_tiles=result.n_tiles + (alpha_result.n_tiles if alpha_result else 0),
             tile_size=result.tile_size or s.tile_size,
             alpha_mode=s.alpha if decoded.alpha is not None else None,
-            psnr_y_consistency=_finite(quality.psnr_y_consistency(out_pixels, decoded.pixels, s.scale)),
-            sharpness_ratio=_finite(quality.sharpness_ratio(out_pixels, decoded.pixels, s.scale)),
+            **metrics.result(),
         )
         if w.row.get("reference_uri"):
             try:
@@ -293,6 +299,12 @@ class UpscaleActor:
             except ImageError as exc:
                 notes.append(f"reference not scored ({exc.error_type}): {exc}")
         w.stats["notes"] = "; ".join(notes) or None
+
+    def _consistency_metrics(self, output: np.ndarray, lr: np.ndarray) -> dict:
+        """The metrics that need no reference: output against its own input."""
+        scale = self.settings.scale
+        return {"psnr_y_consistency": _finite(quality.psnr_y_consistency(output, lr, scale)),
+                "sharpness_ratio": _finite(quality.sharpness_ratio(output, lr, scale))}
 
     def _stream_and_finish(self, w: _Work) -> None:
         """Upscale an oversize TIFF block by block into a tiled BigTIFF; metrics are skipped."""

@@ -53,6 +53,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--self-ensemble", action="store_true",
                    help="average the model over the 8 flips/rotations of each tile "
                         "(about +0.1-0.2 dB Y-PSNR for 8x the model time)")
+    p.add_argument("--precision", default="float32", choices=c.PRECISIONS,
+                   help="model arithmetic: bfloat16 runs the convolutions in bfloat16 (GPUs, "
+                        "CPUs with AMX: about 2x faster) at a small PSNR cost (README)")
     p.add_argument("--retries", type=int, default=3, help="retries of transient storage errors")
     p.add_argument("--run-id", default=None, help="name of the run (default: UTC time + random)")
     p.add_argument("--address", default=None,

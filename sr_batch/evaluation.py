@@ -53,6 +53,12 @@ class Row:
     scores: dict = field(default_factory=dict)
     """dataset -> {"psnr_y", "ssim_y", "images"}."""
     self_ensemble: bool = False
+    precision: str = "float32"
+
+    @property
+    def label(self) -> str:
+        return (self.name + (" +SE" if self.self_ensemble else "")
+                + (" bf16" if self.precision == "bfloat16" else ""))
 
 
 def score(upscale: Upscale, images: list[np.ndarray], scale: int) -> dict:
@@ -105,8 +111,9 @@ def measure_bicubic_mp_per_s(scale: int, side: int = 512, repeats: int = 5) -> f
 
 
 def evaluate(folders: list[str], scale: int, models: list[str] | None = None,
-             ensemble: bool = False, speed: bool = True) -> list[Row]:
-    """Rows for bicubic and every model (default: the zoo's at `scale`) on each HR folder."""
+             ensemble: bool = False, speed: bool = True, bfloat16: bool = False) -> list[Row]:
+    """Rows for bicubic and every model (default: the zoo's at `scale`) on each HR folder;
+    `ensemble` and `bfloat16` add a row per model with the self-ensemble, in bfloat16."""
     from sr_batch.models.architectures import conv_macs_per_output_pixel
     from sr_batch.train import dataset_name, load_images
 
@@ -128,14 +135,15 @@ def evaluate(folders: list[str], scale: int, models: list[str] | None = None,
             radius = tiling.receptive_radius_from_impulse(
                 lambda b: np.asarray(model(b, training=False)), scale) + 2
         flops = 2 * conv_macs_per_output_pixel(model)
-        for with_ensemble in ((False, True) if ensemble else (False,)):
-            upscale, run = model_upscale(model, scale, radius, ensemble=with_ensemble)
+        variants = [(False, "float32")] + [(True, "float32")] * ensemble + [(False, "bfloat16")] * bfloat16
+        for with_ensemble, precision in variants:
+            upscale, run = model_upscale(registry.with_precision(model, precision), scale, radius,
+                                         ensemble=with_ensemble)
             mp_per_s = round(measure_mp_per_s(run, scale), 2) if speed else float("nan")
             scores = {ds: score(upscale, images, scale) for ds, images in datasets.items()}
             rows.append(Row(spec.name, scale, int(spec.params), flops * (8 if with_ensemble else 1),
-                            mp_per_s, scores, with_ensemble))
-            log.info("%s x%d%s: %s, %.2f MP/s", spec.name, scale, " +SE" if with_ensemble else "",
-                     scores, mp_per_s)
+                            mp_per_s, scores, with_ensemble, precision))
+            log.info("%s x%d: %s, %.2f MP/s", rows[-1].label, scale, scores, mp_per_s)
     return rows
 
 
@@ -146,8 +154,7 @@ def format_table(rows: list[Row]) -> str:
     head += "".join(f"  {ds + ' PSNR/SSIM':>22}" for ds in datasets)
     lines = [head, "-" * len(head)]
     for row in rows:
-        name = row.name + (" +SE" if row.self_ensemble else "")
-        line = (f"{name:<16} {'x' + str(row.scale):>5} {row.params:>9,} "
+        line = (f"{row.label:<16} {'x' + str(row.scale):>5} {row.params:>9,} "
                 f"{_kilo(row.flops_per_pixel):>9} {row.mp_per_s:>7.2f}")
         for ds in datasets:
             s = row.scores[ds]
@@ -156,7 +163,7 @@ def format_table(rows: list[Row]) -> str:
     lines.append("Y (BT.601) PSNR dB / SSIM; border = scale px shaved; HR cropped to a multiple of scale; "
                  "LR = Pillow BICUBIC; FLOPs = 2 x conv multiply-adds per output pixel; "
                  f"MP/s = output megapixels/s of the forward pass ({SPEED_BATCH} tiles of {SPEED_TILE} px); "
-                 "+SE = 8-way self-ensemble")
+                 "+SE = 8-way self-ensemble; bf16 = --precision bfloat16")
     return "\n".join(lines)
 
 
@@ -168,8 +175,9 @@ def update_cards(rows: list[Row]) -> list[str]:
     """Write each zoo row's measured scores and speed into its JSON card and the index entry."""
     index = registry.read_index()
     updated = []
-    by_key = {(r.name, r.scale): r for r in rows if not r.self_ensemble}
+    by_key = {(r.name, r.scale): r for r in rows if r.label == r.name}
     ensembles = {(r.name, r.scale): r for r in rows if r.self_ensemble}
+    bf16 = {(r.name, r.scale): r for r in rows if r.precision == "bfloat16"}
     bicubic = {r.scale: r for r in rows if r.name == registry.BICUBIC}
     for entry in index["models"]:
         row = by_key.get((entry["name"], int(entry["scale"])))
@@ -189,6 +197,9 @@ def update_cards(rows: list[Row]) -> list[str]:
         se = ensembles.get((entry["name"], int(entry["scale"])))
         if se is not None:
             card["self_ensemble"] = {"mp_per_s": se.mp_per_s, "eval": se.scores}
+        low = bf16.get((entry["name"], int(entry["scale"])))
+        if low is not None:
+            card["bfloat16"] = {"mp_per_s": low.mp_per_s, "eval": low.scores}
         entry.update(card)
         sidecar_path = registry.WEIGHTS_DIR / entry["file"].replace(".keras", ".json")
         sidecar = json.loads(sidecar_path.read_text()) if sidecar_path.exists() else {}
@@ -244,6 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a zoo name or .keras file; repeat for several (default: every zoo model at --scale)")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="also measure each model with the 8-way flip/rotation self-ensemble")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="also measure each model with --precision bfloat16 (its PSNR cost and speed)")
     parser.add_argument("--no-speed", action="store_true", help="skip the throughput measurement")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow CPU threads (default 2)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -263,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_tensorflow(args.threads)
     try:
-        rows = evaluate(args.folders, args.scale, args.models, args.self_ensemble, not args.no_speed)
+        rows = evaluate(args.folders, args.scale, args.models, args.self_ensemble, not args.no_speed,
+                        args.bfloat16)
     except SrBatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

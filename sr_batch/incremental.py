@@ -33,6 +33,7 @@ class Settings:
     requested_format: str
     alpha_mode: str
     self_ensemble: bool
+    precision: str = "float32"
 
     @classmethod
     def of_run(cls, config, model_sha256: str, chosen_tile: int | None) -> "Settings":
@@ -40,20 +41,29 @@ class Settings:
         the user gave (None when the job picks each image's tile, which cannot change the output)."""
         return cls(model_sha256=model_sha256, scale=config.scale, tile_size=chosen_tile,
                    tile_overlap=config.tile_overlap, requested_format=config.format,
-                   alpha_mode=config.alpha, self_ensemble=config.self_ensemble)
+                   alpha_mode=config.alpha, self_ensemble=config.self_ensemble,
+                   precision=config.precision)
 
 
 _DONE_SQL = """
-WITH previous AS (
+WITH standing AS (
+    -- What each output file holds: the latest run that wrote it. An earlier row with the
+    -- wanted settings does not count once another run (other settings) overwrote its file.
+    SELECT * FROM stats
+    WHERE status = 'ok'
+    QUALIFY row_number() OVER (PARTITION BY output_uri ORDER BY finished_at DESC) = 1
+),
+previous AS (
     SELECT image_id, source_uri, bytes_in, source_mtime, source_etag, output_uri, run_id,
            width, height, channels, bit_depth, out_width, out_height, format, model
-    FROM stats
-    WHERE status = 'ok' AND model_sha256 = $model_sha256 AND scale = $scale
+    FROM standing
+    WHERE model_sha256 = $model_sha256 AND scale = $scale
       AND ($tile_size IS NULL OR tile_size = $tile_size)
       AND ($tile_overlap IS NULL OR tile_overlap = $tile_overlap)
       AND requested_format = $requested_format
       AND (alpha_mode IS NULL OR alpha_mode = $alpha_mode)
       AND coalesce(self_ensemble, false) = $self_ensemble
+      AND coalesce(precision, 'float32') = $precision
     QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY finished_at DESC) = 1
 )
 SELECT p.*
@@ -85,7 +95,7 @@ def find_done(output: str, manifest: pa.Table, settings: Settings) -> pa.Table:
             "model_sha256": settings.model_sha256, "scale": settings.scale,
             "tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap,
             "requested_format": settings.requested_format, "alpha_mode": settings.alpha_mode,
-            "self_ensemble": settings.self_ensemble,
+            "self_ensemble": settings.self_ensemble, "precision": settings.precision,
         }).to_arrow_table()
     finally:
         con.close()

@@ -257,7 +257,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
         batch_size=config.batch_size, format=config.format, quality=config.quality,
         png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
         retries=config.retries, intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
-        self_ensemble=config.self_ensemble)
+        self_ensemble=config.self_ensemble, precision=config.precision)
     echo(f"run {run_id}: {planned.num_rows} images ({skipped.num_rows} unchanged, skipped), "
          f"model {spec.name} x{config.scale} (tiles {'/'.join(map(str, config.tile_sizes))} px, overlap {overlap}), "
          f"{pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "

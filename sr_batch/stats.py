@@ -37,6 +37,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("format", pa.string(), "output format (png, jpeg, webp, tiff)"),
     ("requested_format", pa.string(), "--format of the run (keep, png, ...); part of the settings"),
     ("self_ensemble", pa.bool_(), "averaged over the 8 flips/rotations (--self-ensemble)"),
+    ("precision", pa.string(), "model arithmetic, float32 or bfloat16 (--precision); bicubic ignores it"),
     ("alpha_mode", pa.string(), "how the alpha channel was upscaled (model, bicubic); null without alpha"),
     ("model", pa.string(), "model name or URI"),
     ("model_sha256", pa.string(), "SHA-256 of the model file ('bicubic' for the baseline)"),

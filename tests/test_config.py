@@ -32,6 +32,7 @@ def test_defaults_are_valid():
     ({"batch_size": 0}, "--batch-size must be >= 1"),
     ({"max_pixels": 0}, "--max-pixels must be >= 1"),
     ({"retries": -1}, "--retries"),
+    ({"precision": "float16"}, "--precision must be one of float32, bfloat16"),
     ({"actors": "4-2"}, "--actors"),
 ])
 def test_invalid_configs_raise(changes, message):

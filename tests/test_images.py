@@ -352,6 +352,34 @@ def test_icc_profile_carried_to_png():
     assert Image.open(io.BytesIO(data)).info.get("icc_profile") == icc
 
 
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_png_is_lossless_at_every_level(level):
+    rgb, alpha = scene(19, 23, seed=3), alpha_ramp(19, 23)
+
+    back = decode_image(encode_image(rgb, alpha, "png", png_compress_level=level), MAX_PIXELS)
+
+    np.testing.assert_array_equal(back.pixels, rgb)
+    np.testing.assert_array_equal(back.alpha, alpha)
+
+
+def test_png_level_trades_size():
+    rgb = scene(64, 64, seed=4)
+
+    sizes = [len(encode_image(rgb, None, "png", png_compress_level=level)) for level in (0, 1, 9)]
+
+    assert sizes[0] > sizes[1] >= sizes[2]
+
+
+def test_exif_carried_to_eight_bit_png():
+    exif = Image.Exif()
+    exif[MAKE] = "TestCam"
+
+    data = encode_image(scene(8, 12), None, "png", exif=exif.tobytes())
+
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.getexif().get(MAKE) == "TestCam"
+
+
 def test_exif_carried_to_jpeg():
     exif = Image.Exif()
     exif[MAKE] = "TestCam"

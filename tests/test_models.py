@@ -219,6 +219,35 @@ def test_shipped_x2_models_beat_bicubic_on_a_synthetic_image(spec):
     assert ours > bicubic + 0.3, f"{spec.name}: {ours:.2f} dB vs bicubic {bicubic:.2f} dB"
 
 
+@pytest.mark.parametrize("name", ["residual", "quality_lite", "espcn"])
+def test_bfloat16_keeps_the_image_paths_in_float32_and_stays_close(name):
+    spec = registry.resolve_model(name, 2)
+    model = registry.load_keras_model(spec)
+    low = registry.with_precision(model, "bfloat16")
+    assert registry.with_precision(model, "float32") is model
+    policies = {layer.name: layer.dtype_policy.name for layer in low.layers}
+    output_layer = low.outputs[0]._keras_history.operation.name
+    assert policies[output_layer] == "float32"
+    assert all(policies[layer.name] == "float32" for layer in low.layers
+               if type(layer).__name__ == "UpSampling2D")
+    assert all(policies[layer.name] == "mixed_bfloat16" for layer in low.layers
+               if type(layer).__name__ == "Conv2D" and layer.name != output_layer)
+    for ours, theirs in zip(low.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
+
+    lr = resample.downscale_bicubic(synthetic_image(), 2)[None].astype(np.float32) / 255.0
+    full, half = np.asarray(model(lr))[0], np.asarray(low(lr))[0]
+    assert half.dtype == np.float32
+    assert 0 < np.abs(full - half).max()
+    # Against each other, far closer than either is to the truth (> 45 dB, i.e. < 1.5 levels RMS).
+    assert quality.psnr(full * 255, half * 255) > 45
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(ValueError, match="precision"):
+        registry.with_precision(build_model("residual", 2), "float16")
+
+
 @pytest.mark.parametrize("scale", [int(s) for s in registry.read_index()["default"] if int(s) != 2])
 def test_shipped_defaults_at_larger_scales_beat_bicubic(scale):
     hr = synthetic_image(96)
@@ -334,6 +363,23 @@ def test_evaluate_prints_bicubic_and_models_in_the_standard_convention(tmp_path,
     model_row = rows["untrained.keras"]
     assert model_row["params"] == build_model("residual", 2).count_params()
     assert abs(model_row["scores"]["synthetic"]["psnr_y"] - scores["psnr_y"]) < 1.0
+
+
+def test_evaluate_bfloat16_adds_a_row_per_model(tmp_path, hr_folder, capsys):
+    from sr_batch import evaluation
+
+    model_path = tmp_path / "untrained.keras"
+    build_model("residual", 2).save(model_path)
+    out_json = tmp_path / "rows.json"
+    assert evaluation.main([str(hr_folder), "--scale", "2", "--model", str(model_path), "--bfloat16",
+                            "--no-speed", "--threads", "1", "--json", str(out_json)]) == 0
+    assert "untrained.keras bf16" in capsys.readouterr().out
+    rows = json.loads(out_json.read_text())
+    assert [(r["name"], r["precision"]) for r in rows] == [
+        ("bicubic", "float32"), ("untrained.keras", "float32"), ("untrained.keras", "bfloat16")]
+    # Untrained, the model is its float32 bicubic skip (the convolutions add zeros): the same scores.
+    full, half = (r["scores"]["synthetic"]["psnr_y"] for r in rows[1:])
+    assert half == pytest.approx(full, abs=0.01)
 
 
 # --- training ------------------------------------------------------------------------

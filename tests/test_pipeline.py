@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 REQUIRED_COLUMNS = [
     "run_id", "image_id", "source_uri", "output_uri", "status", "error_type", "error_message",
     "width", "height", "channels", "bit_depth", "out_width", "out_height", "scale",
-    "model", "model_sha256", "tile_size", "tile_overlap", "n_tiles",
+    "model", "model_sha256", "precision", "tile_size", "tile_overlap", "n_tiles",
     "decode_s", "infer_s", "encode_s", "total_s", "worker", "finished_at",
     "psnr_y_consistency", "sharpness_ratio", "psnr_y", "ssim_y", "psnr_y_bicubic", "ssim_y_bicubic",
 ]
@@ -105,6 +105,29 @@ def test_default_tiling_gives_each_image_the_cheaper_tile(ray_local, tmp_path):
     assert record["config"]["tile_sizes"] == [DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap]
     again = run_job(config.replace(run_id="auto-2"), echo=quiet)
     assert again.counts == {"skipped": 2}
+
+
+def test_bfloat16_is_recorded_and_is_not_taken_for_a_float32_run(ray_local, tmp_path):
+    """--precision bfloat16: close to the float32 output, its own stats value, and a rerun
+    in the other precision processes the image again instead of skipping it."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(scene(48, 40, seed=11)).save(tmp_path / "in" / "a.png")
+    config = JobConfig(sources=(str(tmp_path / "in"),), output=str(tmp_path / "out"), run_id="f32")
+    assert run_job(config, echo=quiet).counts == {"ok": 1}
+    f32 = np.asarray(Image.open(tmp_path / "out" / "images" / "a.png"))
+
+    low = config.replace(precision="bfloat16", run_id="bf16")
+    assert run_job(low, echo=quiet).counts == {"ok": 1}
+    bf16 = np.asarray(Image.open(tmp_path / "out" / "images" / "a.png"))
+    assert run_job(low.replace(run_id="bf16-again"), echo=quiet).counts == {"skipped": 1}
+    assert run_job(config.replace(run_id="f32-again"), echo=quiet).counts == {"ok": 1}
+
+    rows = {r["run_id"]: r for r in stats.read_stats(str(tmp_path / "out")).to_pylist()}
+    assert [rows[k]["precision"] for k in ("f32", "bf16", "bf16-again", "f32-again")] == [
+        "float32", "bfloat16", "bfloat16", "float32"]
+    difference = np.abs(f32.astype(int) - bf16)
+    assert difference.max() > 0  # it did run in bfloat16
+    assert difference.mean() < 1.0 and difference.max() <= 8
 
 
 def test_reference_metrics_next_to_bicubic(ray_local, tmp_path):

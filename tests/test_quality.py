@@ -8,6 +8,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from sr_batch.quality import (
     crop_to_multiple,
+    gradient_energy_y,
     psnr,
     psnr_y,
     psnr_y_consistency,
@@ -167,6 +168,35 @@ def test_sharpness_ratio_of_bicubic_is_one_and_sharpening_raises_it():
     blurred = sum(padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)) / 9
     sharpened = values + 1.0 * (values - blurred)
     assert sharpness_ratio(sharpened, lr, scale) > 1.0
+
+
+def float64_gradient_energy(luma):
+    """The definition, on a whole float64 luma plane."""
+    energy = 0.0
+    if luma.shape[1] > 1:
+        energy += np.mean(np.diff(luma, axis=1) ** 2)
+    if luma.shape[0] > 1:
+        energy += np.mean(np.diff(luma, axis=0) ** 2)
+    return energy
+
+
+@pytest.mark.parametrize("height, width", [(150, 97), (64, 1), (1, 70), (129, 2)])
+@pytest.mark.parametrize("kind", ["uint8", "uint16", "float32", "grey", "rgba"])
+def test_gradient_energy_in_strips_matches_the_float64_definition(height, width, kind):
+    rng = np.random.default_rng(height * width)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = {
+        "uint8": rgb,
+        "uint16": rgb.astype(np.uint16) * 257 + rng.integers(0, 257, rgb.shape).astype(np.uint16),
+        "float32": rgb.astype(np.float32) / 255,
+        "grey": rgb[..., 0],
+        "rgba": np.dstack([rgb, rng.integers(0, 256, (height, width), dtype=np.uint8)]),
+    }[kind]
+
+    expected = float64_gradient_energy(rgb_to_y(image))
+
+    assert expected > 0
+    assert gradient_energy_y(image) == pytest.approx(expected, rel=1e-5)
 
 
 def test_sharpness_ratio_of_flat_input_is_nan():

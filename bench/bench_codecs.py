@@ -1,0 +1,102 @@
+"""The CPU work around the model, per output megapixel: PNG encoders and the metrics.
+
+    python bench/bench_codecs.py                       # demo images, x2 bicubic outputs
+    python bench/bench_codecs.py /data/Set14/HR        # your own images instead
+
+Outputs are x2 bicubic upscales of the images (smooth like a model's output),
+tiled to 1 MP and 16 MP. For each: seconds per output MP and file size over raw
+size of
+
+  - PNG: Pillow at level 1 (the job's encoder until Nov 2026, adaptive filter
+    per row) against libpng through imagecodecs at level 1 with one filter
+    (what `images.encode_image` does now), and level 6 of each;
+  - metrics: the job's two reference-free metrics (`psnr_y_consistency`,
+    `sharpness_ratio`), and the float64 luma-gradient energy they used before
+    beside the float32 strips they use now.
+
+Every number is a best of --repeats after one warm-up call. One process, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sr_batch import images, quality, resample  # noqa: E402
+from sr_batch.demo import make_images  # noqa: E402
+
+
+def outputs(folder: str | None) -> dict[str, np.ndarray]:
+    """Two x2 outputs: 1024^2 and 4096^2, tiled from the (upscaled) images."""
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="sr-codecs-")
+        make_images(folder, 4, 512)
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".bmp"))
+    tiles = [resample.upscale_bicubic(np.asarray(Image.open(p).convert("RGB")), 2) for p in paths[:6]]
+    height = min(t.shape[0] for t in tiles)
+    strip = np.concatenate([t[:height] for t in tiles], axis=1)
+    result = {}
+    for side in (1024, 4096):
+        reps = (side // strip.shape[0] + 1, side // strip.shape[1] + 1, 1)
+        result[f"{side}^2"] = np.ascontiguousarray(np.tile(strip, reps)[:side, :side])
+    return result
+
+
+def best_of(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def pillow_png(pixels: np.ndarray, level: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=level)
+    return buffer.getvalue()
+
+
+def float64_gradient_energy(image: np.ndarray) -> float:
+    """The definition on whole float64 planes (the implementation before the strips)."""
+    luma = quality.rgb_to_y(image)
+    return float(np.mean(np.diff(luma, axis=1) ** 2) + np.mean(np.diff(luma, axis=0) ** 2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", nargs="?", help="images to use (default: demo images made here)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    for name, out in outputs(args.folder).items():
+        mp = out.shape[0] * out.shape[1] / 1e6
+        lr = resample.downscale_bicubic(out, 2)
+        print(f"\n{name} output ({mp:.1f} MP), seconds per output MP:")
+        for label, encode in (
+                ("PNG Pillow level 1", lambda: pillow_png(out, 1)),
+                ("PNG libpng level 1, Paeth (the job)", lambda: images.encode_image(out, None, "png")),
+                ("PNG Pillow level 6", lambda: pillow_png(out, 6)),
+                ("PNG libpng level 6, Paeth", lambda: images.encode_image(out, None, "png",
+                                                                          png_compress_level=6))):
+            seconds = best_of(encode, args.repeats)
+            print(f"  {label:<40} {seconds / mp:.4f}   size {len(encode()) / out.nbytes:.3f} of raw")
+        for label, measure in (
+                ("luma gradient energy, float64 planes", lambda: float64_gradient_energy(out)),
+                ("luma gradient energy, float32 strips", lambda: quality.gradient_energy_y(out)),
+                ("psnr_y_consistency", lambda: quality.psnr_y_consistency(out, lr, 2)),
+                ("sharpness_ratio (the job)", lambda: quality.sharpness_ratio(out, lr, 2))):
+            print(f"  {label:<40} {best_of(measure, args.repeats) / mp:.4f}")
+
+
+if __name__ == "__main__":
+    main()
