@@ -355,17 +355,23 @@ def output_format(decoded: DecodedImage, requested: str) -> tuple[str, str, str 
     return fmt, _EXTENSIONS[fmt], note
 
 
+# From this --png-compress-level on, 8-bit PNG goes through Pillow: slower, smaller files.
+PILLOW_PNG_FROM_LEVEL = 4
+
+
 def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, quality: int = 95,
                  png_compress_level: int = 1, icc_profile: bytes | None = None,
                  exif: bytes | None = None) -> bytes:
     """Encode colour planes (+ alpha) to bytes in `fmt`, carrying ICC and EXIF where allowed.
 
-    16-bit stays 16-bit in PNG and TIFF. PNG goes through libpng (imagecodecs);
-    a 16-bit colour or alpha TIFF, which Pillow cannot hold, through tifffile (no EXIF).
+    16-bit stays 16-bit in PNG and TIFF. PNG goes through libpng (imagecodecs) below
+    PILLOW_PNG_FROM_LEVEL and for 16-bit colour or alpha, else through Pillow; a 16-bit
+    colour or alpha TIFF, which Pillow cannot hold, through tifffile (no EXIF).
     """
-    if fmt == "png":
+    deep_colour = pixels.dtype == np.uint16 and (pixels.shape[2] == 3 or alpha is not None)
+    if fmt == "png" and (png_compress_level < PILLOW_PNG_FROM_LEVEL or deep_colour):
         return _encode_png(pixels, alpha, png_compress_level, icc_profile, exif)
-    if pixels.dtype == np.uint16 and fmt == "tiff" and (pixels.shape[2] == 3 or alpha is not None):
+    if fmt == "tiff" and deep_colour:
         return _encode_tiff16(pixels, alpha, png_compress_level, icc_profile)
     if pixels.dtype == np.uint16:
         image = _image_from_uint16(pixels, alpha, fmt)
@@ -378,9 +384,11 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, qual
     options: dict = {}
     if icc_profile:
         options["icc_profile"] = icc_profile
-    if exif and fmt in ("jpeg", "webp", "tiff"):
+    if exif and fmt in ("jpeg", "webp", "png", "tiff"):
         options["exif"] = exif
-    if fmt in ("jpeg", "webp"):
+    if fmt == "png":
+        options["compress_level"] = png_compress_level
+    elif fmt in ("jpeg", "webp"):
         options["quality"] = quality
     elif fmt == "tiff":
         options["compression"] = "tiff_deflate"
@@ -394,7 +402,9 @@ def _encode_png(pixels: np.ndarray, alpha: np.ndarray | None, level: int,
     """PNG through libpng (imagecodecs), 8 or 16 bits, grey or colour, with or without alpha.
 
     One fixed filter (Paeth) instead of Pillow's per-row trial of all five: at
-    level 1 this is 2x faster than Pillow for the same file size (bench/, README).
+    levels 1-2 this is 2x faster than Pillow for the same file size
+    (bench/bench_codecs.py). At 4 and above Pillow makes 3-9 % smaller files, so
+    8-bit PNG goes through Pillow there (16-bit colour cannot).
     """
     import imagecodecs
 
