@@ -32,8 +32,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="context per tile side (default: the model's receptive-field radius)")
     p.add_argument("--batch-size", type=int, default=c.DEFAULT_BATCH_SIZE, metavar="N",
                    help="tiles per model call (of the smaller tile; larger tiles go in batches of the same pixel count)")
-    p.add_argument("--images-per-batch", type=int, default=c.DEFAULT_IMAGES_PER_BATCH, metavar="N",
-                   help="images per actor call; their tiles share model batches")
+    p.add_argument("--images-per-batch", type=int, default=None, metavar="N",
+                   help="images per actor call; their tiles share model batches (default: about "
+                        f"{c.PIXELS_PER_CALL / 1e6:g} MP of input a call, from a sample of the "
+                        f"images' headers, 1 to {c.DEFAULT_IMAGES_PER_BATCH} images)")
     p.add_argument("--format", default="keep", choices=c.FORMATS)
     p.add_argument("--quality", type=int, default=95, help="jpeg/webp quality")
     p.add_argument("--png-compress-level", type=int, default=1, metavar="0-9")

@@ -26,7 +26,9 @@ import pyarrow as pa
 import sr_batch
 from sr_batch import incremental, manifest, stats, storage
 from sr_batch.actor import ActorSettings, UpscaleActor
-from sr_batch.config import DEFAULT_TILE_CORE, LARGE_TILE_CORE, JobConfig, default_actor_count, local_cpu_count
+from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_BATCH, DEFAULT_TILE_CORE,
+                             LARGE_TILE_CORE, PIXELS_PER_CALL, JobConfig, default_actor_count,
+                             local_cpu_count)
 from sr_batch.errors import ConfigError, ImageError, StorageError
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
@@ -250,6 +252,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     else:
         todo, skipped = incremental.split_manifest(
             planned, incremental.find_done(output, planned, settings_key), settings_key)
+    config = resolve_images_per_batch(config, todo)
     pool = actor_pool_size(config)
     settings = ActorSettings(
         model=spec, scale=config.scale, tile_size=config.tile_size, tile_sizes=config.tile_sizes,
@@ -261,7 +264,7 @@ def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
     echo(f"run {run_id}: {planned.num_rows} images ({skipped.num_rows} unchanged, skipped), "
          f"model {spec.name} x{config.scale} (tiles {'/'.join(map(str, config.tile_sizes))} px, overlap {overlap}), "
          f"{pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
-         f"{config.gpus_per_actor:g} GPU")
+         f"{config.gpus_per_actor:g} GPU, {config.images_per_batch} images a call")
 
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -316,6 +319,46 @@ def _remove_orphan_temps(output: str, planned: pa.Table, started: float, echo: E
     removed = storage.remove_orphan_temps(directories, older_than=started)
     if removed:
         echo(f"removed {removed} temporary file(s) left by an interrupted run")
+
+
+def resolve_images_per_batch(config: JobConfig, todo: pa.Table) -> JobConfig:
+    """The config with --images-per-batch set: as given, else about PIXELS_PER_CALL input
+    pixels a call for the median of up to CALL_SIZE_SAMPLE images spread over the manifest
+    (headers only), 1 to DEFAULT_IMAGES_PER_BATCH images."""
+    if config.images_per_batch is not None:
+        return config
+    pixels = sorted(p for p in sample_pixels(todo, config.retries) if p)
+    if not pixels:
+        return config.replace(images_per_batch=DEFAULT_IMAGES_PER_BATCH)
+    median = pixels[len(pixels) // 2]
+    return config.replace(images_per_batch=max(1, min(DEFAULT_IMAGES_PER_BATCH, PIXELS_PER_CALL // median)))
+
+
+def sample_pixels(todo: pa.Table, retries: int) -> list[int | None]:
+    """Pixel counts from the headers of up to CALL_SIZE_SAMPLE images spread evenly over the
+    manifest; None where a header is unreadable (the job itself reports that image)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.compute as pc
+
+    from sr_batch import streaming
+
+    planned = todo.filter(pc.is_null(todo.column("plan_error_type")))
+    if planned.num_rows == 0:
+        return []
+    step = max(1, planned.num_rows // CALL_SIZE_SAMPLE)
+    picks = pa.array(range(0, planned.num_rows, step)[:CALL_SIZE_SAMPLE], pa.int64())
+    uris = planned.column("uri").take(picks).to_pylist()
+
+    def pixels_of(uri: str) -> int | None:
+        try:
+            with storage.open_input(uri, retries) as handle:
+                return streaming.count_pixels(handle)
+        except (ImageError, StorageError, OSError):
+            return None
+
+    with ThreadPoolExecutor(min(8, len(uris))) as pool:
+        return list(pool.map(pixels_of, uris))
 
 
 def _blocks(table: pa.Table, images_per_batch: int, max_actors: int) -> list[pa.Table]:

@@ -107,6 +107,22 @@ def test_default_tiling_gives_each_image_the_cheaper_tile(ray_local, tmp_path):
     assert again.counts == {"skipped": 2}
 
 
+@pytest.mark.parametrize("sides, expected", [((128,), 8), ((512,), 8), ((1024,), 3), ((2048,), 1),
+                                             ((128, 2048, 2048), 1), ((128, 128, 2048), 8)])
+def test_images_per_call_follow_the_median_image_size(tmp_path, sides, expected):
+    from sr_batch.pipeline import plan_outputs, resolve_images_per_batch
+
+    (tmp_path / "in").mkdir()
+    for i, side in enumerate(sides):  # flat images: only the header matters
+        Image.new("RGB", (side, side)).save(tmp_path / "in" / f"{i}.png")
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    config = JobConfig(sources=(str(tmp_path / "in"),), output=str(tmp_path / "out"))
+    table = plan_outputs(manifest.load_sources(config.sources), config)
+
+    assert resolve_images_per_batch(config, table).images_per_batch == expected
+    assert resolve_images_per_batch(config.replace(images_per_batch=5), table).images_per_batch == 5
+
+
 def test_bfloat16_is_recorded_and_is_not_taken_for_a_float32_run(ray_local, tmp_path):
     """--precision bfloat16: close to the float32 output, its own stats value, and a rerun
     in the other precision processes the image again instead of skipping it."""
