@@ -188,7 +188,8 @@ class UpscaleActor:
         if size is None:
             size = storage.file_size(uri, s.retries)
         if size > WHOLE_READ_BYTES:
-            with storage.open_input(uri, s.retries) as handle:
+            # Headers only: the image is then streamed or read whole, never in this block.
+            with storage.open_input(uri, s.retries, storage.HEADER_BLOCK_SIZE) as handle:
                 pixels = streaming.count_pixels(handle)
                 if pixels is not None and pixels > s.max_pixels:
                     item.stats["bytes_in"] = size

@@ -175,7 +175,7 @@ def update_cards(rows: list[Row]) -> list[str]:
     """Write each zoo row's measured scores and speed into its JSON card and the index entry."""
     index = registry.read_index()
     updated = []
-    by_key = {(r.name, r.scale): r for r in rows if r.label == r.name}
+    by_key = {(r.name, r.scale): r for r in rows if not r.self_ensemble and r.precision == "float32"}
     ensembles = {(r.name, r.scale): r for r in rows if r.self_ensemble}
     bf16 = {(r.name, r.scale): r for r in rows if r.precision == "bfloat16"}
     bicubic = {r.scale: r for r in rows if r.name == registry.BICUBIC}

@@ -408,7 +408,7 @@ def _encode_png(pixels: np.ndarray, alpha: np.ndarray | None, level: int,
     """
     import imagecodecs
 
-    planes = pixels if alpha is None else np.concatenate([pixels, alpha[..., None].astype(pixels.dtype, copy=False)], axis=2)
+    planes = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=2)
     png_filter = imagecodecs.PNG.FILTER.NONE if level == 0 else imagecodecs.PNG.FILTER.PAETH
     data = imagecodecs.png_encode(planes if planes.shape[2] > 1 else planes[..., 0], level=level,
                                   filter=png_filter)

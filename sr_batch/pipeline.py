@@ -352,7 +352,7 @@ def sample_pixels(todo: pa.Table, retries: int) -> list[int | None]:
 
     def pixels_of(uri: str) -> int | None:
         try:
-            with storage.open_input(uri, retries) as handle:
+            with storage.open_input(uri, retries, storage.HEADER_BLOCK_SIZE) as handle:
                 return streaming.count_pixels(handle)
         except (ImageError, StorageError, OSError):
             return None

@@ -110,11 +110,20 @@ def file_size(uri: str, retries: int = 3) -> int:
     return int(info.get("size") or 0)
 
 
+# Read granularity for header-only reads: TIFF, PNG and JPEG headers fit, where s3fs's
+# default block (50 MB) would fetch a large image whole just to learn its size.
+HEADER_BLOCK_SIZE = 256 << 10
+
+
 @contextlib.contextmanager
-def open_input(uri: str, retries: int = 3) -> Iterator[BinaryIO]:
-    """A seekable read handle, for files read in ranges rather than whole."""
+def open_input(uri: str, retries: int = 3, block_size: int | None = None) -> Iterator[BinaryIO]:
+    """A seekable read handle, for files read in ranges rather than whole.
+
+    `block_size` is the object-store read granularity (s3fs reads 50 MB by default);
+    pass HEADER_BLOCK_SIZE where only the header is wanted."""
     fs, path = get_fs(uri)
-    handle = _call_reading(uri, lambda: fs.open(path, "rb"), retries)
+    options = {} if block_size is None else {"block_size": block_size}
+    handle = _call_reading(uri, lambda: fs.open(path, "rb", **options), retries)
     try:
         yield handle
     finally:

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
+import numpy as np
 import pytest
 
 from sr_batch import stats
@@ -193,6 +194,29 @@ def test_s3_end_to_end_through_transient_faults(s3_server):
     assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
     assert all(table.column("source_etag").to_pylist())  # the object store's fingerprint
     assert fs.exists("photos/out/runs")
+
+
+def test_header_reads_fetch_one_small_block_from_s3(s3_server, monkeypatch):
+    """Sizing a large object by its header reads HEADER_BLOCK_SIZE, not s3fs's 50 MB block."""
+    from sr_batch import storage, streaming
+
+    fs = s3fs_for(s3_server)
+    fs.mkdir("headers")
+    noise = np.random.default_rng(0).integers(0, 256, (1200, 1200, 3), dtype=np.uint8)
+    fs.pipe_file("headers/big.png", png_bytes(noise))
+    assert fs.size("headers/big.png") > 4 * storage.HEADER_BLOCK_SIZE
+    for key, value in aws_env(s3_server).items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+
+    fetched = {}
+    for label, block in (("header", storage.HEADER_BLOCK_SIZE), ("default", None)):
+        with storage.open_input("s3://headers/big.png", 0, block) as handle:
+            assert streaming.count_pixels(handle) == 1200 * 1200
+            fetched[label] = handle.cache.total_requested_bytes
+    # One header block (readahead adds the few bytes asked for) against the whole object.
+    assert 0 < fetched["header"] < 2 * storage.HEADER_BLOCK_SIZE
+    assert fetched["default"] > 4 * storage.HEADER_BLOCK_SIZE
 
 
 def test_s3_permanent_errors(s3_server):
