@@ -35,7 +35,7 @@ from PIL import Image
 import sr_batch.models.layers  # noqa: F401 - registers DepthToSpace for checkpoint loading
 from sr_batch import quality, resample, storage
 from sr_batch.errors import ConfigError, MissingFileError, SrBatchError
-from sr_batch.models import registry
+from sr_batch.models import degradations, registry
 from sr_batch.models.architectures import (ARCHITECTURES, Y_ONLY, build_model, conv_macs_per_output_pixel,
                                           receptive_radius)
 
@@ -91,6 +91,11 @@ class TrainConfig:
     """Threads that cut and downscale patches (Pillow releases the GIL); raise it to keep a GPU fed."""
     minutes: float | None = None
     """Train for about this long instead of `steps`: a timed probe sets `steps` (whole epochs)."""
+    degradation: str = "bicubic"
+    """How LR patches are made: `bicubic` (Pillow BICUBIC downscale) or a degradations.RANGES
+    name (`mild`, `strong`): blur, resize, noise and JPEG, see models/degradations.py."""
+    val_preset: str = "clean"
+    """Evaluation preset (degradations.PRESETS) applied to the validation LR."""
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -109,6 +114,12 @@ class TrainConfig:
             raise ConfigError("--train needs at least one folder")
         if self.minutes is not None and self.minutes <= 0:
             raise ConfigError(f"--minutes must be > 0, got {self.minutes}")
+        if self.degradation != "bicubic" and self.degradation not in degradations.RANGES:
+            raise ConfigError(f"--degradation must be bicubic or one of {', '.join(degradations.RANGES)}, "
+                              f"got {self.degradation!r}")
+        if self.val_preset not in degradations.PRESETS:
+            raise ConfigError(f"--val-preset must be one of {', '.join(degradations.PRESETS)}, "
+                              f"got {self.val_preset!r}")
         if self.name is not None and not self.out.endswith(".keras"):
             raise ConfigError("--out must end in .keras")
 
@@ -135,12 +146,15 @@ def load_images(folders: tuple[str, ...] | list[str]) -> list[np.ndarray]:
 
 
 def sample_batch(images: list[np.ndarray], seed: int, step: int, batch_size: int,
-                 patch_size: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+                 patch_size: int, scale: int, degradation: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
     """Batch `step` of the stream: (LR, HR) float32 in [0, 1], a pure function of (seed, step).
 
     Images are drawn in proportion to their area, so every HR pixel is about
     equally likely to be seen; images smaller than a patch are never drawn.
+    LR is the Pillow bicubic downscale, or with a `degradation` range set the
+    degradation pipeline's patch, drawn from its own generator (seed, step, i).
     """
+    ranges = None if degradation == "bicubic" else degradations.RANGES[degradation]
     rng = np.random.default_rng([seed, step])
     areas = np.array([im.shape[0] * im.shape[1] if min(im.shape[:2]) >= patch_size else 0
                       for im in images], dtype=np.float64)
@@ -159,7 +173,10 @@ def sample_batch(images: list[np.ndarray], seed: int, step: int, batch_size: int
             patch = patch[:, ::-1]
         patch = np.rot90(patch, k=int(rng.integers(0, 4)))
         hr[i] = patch
-        lr[i] = resample.downscale_bicubic(np.ascontiguousarray(patch), scale)
+        if ranges is None:
+            lr[i] = resample.downscale_bicubic(np.ascontiguousarray(patch), scale)
+        else:
+            lr[i] = degradations.degrade(patch, scale, ranges, np.random.default_rng([seed, step, i]))
     return lr.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0
 
 
@@ -170,7 +187,8 @@ def batch_stream(images: list[np.ndarray], config: TrainConfig, first_step: int)
     makes, so the stream is the same for any number of workers.
     """
     def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
-        return sample_batch(images, config.seed, step, config.batch_size, config.patch_size, config.scale)
+        return sample_batch(images, config.seed, step, config.batch_size, config.patch_size, config.scale,
+                            config.degradation)
 
     if config.data_workers == 1:
         for step in range(first_step, config.steps):
@@ -185,16 +203,18 @@ def batch_stream(images: list[np.ndarray], config: TrainConfig, first_step: int)
             ahead.extend(pool.submit(batch, step) for step in itertools.islice(steps, 1))
 
 
-def evaluate(model, images: list[np.ndarray], scale: int) -> dict:
+def evaluate(model, images: list[np.ndarray], scale: int, preset: str = "clean") -> dict:
     """Mean Y-PSNR (BT.601, border = scale) of model and bicubic on the same pixels.
 
-    HR is cropped to a multiple of scale, LR made by Pillow bicubic; the model
-    output is clipped and rounded to uint8, as the pipeline would write it.
+    HR is cropped to a multiple of scale, LR made by Pillow bicubic and then
+    degraded by `preset` (seed 0); the model output is clipped and rounded to
+    uint8, as the pipeline would write it.
     """
     ours, baseline = [], []
-    for image in images:
+    for index, image in enumerate(images):
         hr = quality.crop_to_multiple(image, scale)
         lr = resample.downscale_bicubic(np.ascontiguousarray(hr), scale)
+        lr = degradations.apply_preset(lr, preset, 0, index)
         output = np.asarray(model(lr[None].astype(np.float32) / 255.0, training=False))[0]
         sr = np.clip(np.rint(output * 255.0), 0, 255).astype(np.uint8)
         ours.append(quality.psnr_y(sr, hr, border=scale))
@@ -328,9 +348,9 @@ def fit_steps_to_minutes(config: TrainConfig, train_images: list[np.ndarray],
     step_s = (time.perf_counter() - began) / PROBE_TIMED_STEPS
     val_s = 0.0
     if val_images:
-        evaluate(probe, val_images, config.scale)  # first call traces each image shape
+        evaluate(probe, val_images, config.scale, config.val_preset)  # first call traces each shape
         began = time.perf_counter()
-        evaluate(probe, val_images, config.scale)
+        evaluate(probe, val_images, config.scale, config.val_preset)
         val_s = time.perf_counter() - began
     epoch_s = config.epoch_steps * step_s + val_s
     epochs = max(1, int(config.minutes * 60 // epoch_s))
@@ -418,7 +438,9 @@ def train(config: TrainConfig) -> dict:
         "patch_size": config.patch_size,
         "lr": config.lr,
         "loss": config.loss,
-        "degradation": "Pillow BICUBIC downscale of the HR patch",
+        "degradation": ("Pillow BICUBIC downscale of the HR patch" if config.degradation == "bicubic"
+                        else degradations.RANGES[config.degradation].to_card()),
+        "val_preset": config.val_preset,
         "train_s": round(train_s, 1),
         "minutes_probe": probe,
         "trained_with": {"keras_backend": keras.backend.backend(), "device": device_name(),
@@ -429,7 +451,7 @@ def train(config: TrainConfig) -> dict:
     }
     for folder in ([config.val] if config.val else []) + list(config.eval):
         images = val_images if folder == config.val else load_images([folder])
-        sidecar["eval"][dataset_name(folder)] = evaluate(export, images, config.scale)
+        sidecar["eval"][dataset_name(folder)] = evaluate(export, images, config.scale, config.val_preset)
     if "Set5" in sidecar["eval"]:
         sidecar["set5_psnr_y"] = sidecar["eval"]["Set5"]["psnr_y"]
         sidecar["set5_psnr_y_bicubic"] = sidecar["eval"]["Set5"]["psnr_y_bicubic"]
@@ -490,7 +512,7 @@ class _Progress(keras.callbacks.Callback):
         record = {"step": step, "loss": round(float((logs or {}).get("loss", math.nan)), 6),
                   "elapsed_s": round(time.perf_counter() - self.began, 1)}
         if self.val_images:
-            result = evaluate(self.model, self.val_images, self.config.scale)
+            result = evaluate(self.model, self.val_images, self.config.scale, self.config.val_preset)
             record.update(val_psnr_y=result["psnr_y"], val_psnr_y_bicubic=result["psnr_y_bicubic"])
             log.info("epoch %d (step %d): val Y-PSNR %.3f dB, bicubic %.3f dB (%+.3f)",
                      epoch + 1, step, result["psnr_y"], result["psnr_y_bicubic"],
@@ -542,6 +564,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--make-default", action="store_true", help="make the registered model the default for its scale")
     parser.add_argument("--init-from", help="a .keras file whose same-named, same-shaped layers start the run (x2 -> x4)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow CPU threads; 0 lets TF decide")
+    parser.add_argument("--degradation", default="bicubic",
+                        help="LR patches: bicubic (clean downscale), or mild / strong (blur, resize, "
+                             "noise and JPEG; see sr_batch/models/degradations.py)")
+    parser.add_argument("--val-preset", default="clean",
+                        help="degradation preset of the validation LR (clean, jpeg50, realistic, ...)")
     parser.add_argument("--data-workers", type=int, default=1,
                         help="threads cutting training patches (default 1; 4-8 keep a GPU busy)")
     return parser.parse_args(argv)
@@ -564,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             patch_size=args.patch_size, lr=args.lr, seed=args.seed, loss=args.loss,
             checkpoint_dir=args.checkpoint_dir, name=args.name, make_default=args.make_default,
             init_from=args.init_from, data_workers=args.data_workers, minutes=args.minutes,
+            degradation=args.degradation, val_preset=args.val_preset,
         )
         train(config)
     except SrBatchError as exc:

@@ -24,7 +24,8 @@ from keras import layers
 
 from sr_batch.models.layers import DepthToSpace
 
-ARCHITECTURES = ("basic", "residual", "subpixel", "srcnn", "espcn", "fsrcnn", "quality", "quality_lite")
+ARCHITECTURES = ("basic", "residual", "subpixel", "srcnn", "espcn", "fsrcnn", "quality", "quality_lite",
+                 "real")
 # Architectures that run their network on luma only; the card says "Y" for them.
 Y_ONLY = ("srcnn", "espcn", "fsrcnn")
 
@@ -47,7 +48,8 @@ PRELU_INIT = keras.initializers.Constant(0.25)
 # EDSR-baseline style models (Lim et al., 2017), by name: (features, residual blocks).
 # `quality`: 64 x 12, 0.93 M parameters (the issue allows 1.5 M), trained on a GPU.
 # `quality_lite`: 48 x 6, 0.28 M, trainable on 2 CPU cores and fast enough for a default.
-EDSR_SIZES = {"quality": (64, 12), "quality_lite": (48, 6)}
+# `real`: quality_lite's body, fine-tuned from it on degraded LR (models/degradations.py).
+EDSR_SIZES = {"quality": (64, 12), "quality_lite": (48, 6), "real": (48, 6)}
 # EDSR's residual scaling keeps the early updates of a block-stack without batch norm stable.
 EDSR_RES_SCALE = 0.1
 # BT.601 luma weights on [0, 1] RGB (Y's 0-255 studio range divided by 255); adding d to
