@@ -41,7 +41,7 @@ from sr_batch.config import LARGE_TILE_CORE  # noqa: E402
 from sr_batch.errors import ModelNotFoundError  # noqa: E402
 from sr_batch.models import registry  # noqa: E402
 from sr_batch.models.architectures import build_model, conv_macs_per_output_pixel, receptive_radius  # noqa: E402
-from sr_batch.train import device_name  # noqa: E402
+from sr_batch.runtime import device_name  # noqa: E402
 
 SCALE = 2
 PRECISIONS = ("float32", "mixed_bfloat16")

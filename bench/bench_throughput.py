@@ -153,7 +153,7 @@ def _resolve_model_name(name: str, work: Path) -> ModelChoice:
 def child_main(task: dict) -> None:
     """Run forward/naive/stage timings for one model and workload; print JSON lines."""
     from sr_batch import tiling
-    from sr_batch.actor import configure_tensorflow
+    from sr_batch.runtime import configure_tensorflow
     from sr_batch.config import JobConfig
     from sr_batch.pipeline import resolve_tiling
 

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from sr_batch.evaluation import main  # noqa: E402 - after the path and log-level setup
+from sr_batch.models.evaluation import main  # noqa: E402 - after the path and log-level setup
 
 if __name__ == "__main__":
     sys.exit(main())

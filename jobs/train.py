@@ -1,4 +1,4 @@
-"""Train a zoo model on HR image folders: `python jobs/train.py --help` (see sr_batch/train.py)."""
+"""Train a zoo model on HR image folders: `python jobs/train.py --help` (see sr_batch/models/training.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from sr_batch.train import main  # noqa: E402 - after the path and log-level setup
+from sr_batch.models.training import main  # noqa: E402 - after the path and log-level setup
 
 if __name__ == "__main__":
     sys.exit(main())

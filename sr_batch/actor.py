@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import os
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from sr_batch import images, quality, resample, stats, storage, streaming
+from sr_batch.runtime import configure_tensorflow, worker_name
 from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError
 from sr_batch.models.registry import ModelSpec
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, self_ensemble, to_integer
@@ -71,32 +70,6 @@ class _Work:
     stream: streaming.TiffLayout | None = None
     """Set instead of `decoded` for an image above max_pixels that is streamed."""
     timings: dict = field(default_factory=dict)
-
-
-def configure_tensorflow(threads: int) -> None:
-    """Thread limits and GPU memory growth; must run before TensorFlow does any work.
-
-    `threads` 0 leaves TensorFlow's own choice. In a process where TensorFlow is
-    already running (a test, a notebook) the settings cannot change; say so.
-    """
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    try:
-        if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
-        for gpu in tf.config.list_physical_devices("GPU"):
-            tf.config.experimental.set_memory_growth(gpu, True)
-    except RuntimeError:
-        log.info("TensorFlow is already initialised; thread settings (%d) unchanged", threads)
-
-
-def worker_name() -> str:
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
-    name = f"{socket.gethostname()}:{os.getpid()}"
-    return f"{name} gpu={gpus}" if gpus not in (None, "") else name
 
 
 def build_upscaler(settings: ActorSettings) -> tuple[Upscaler, callable]:

@@ -183,15 +183,15 @@ def _card_score(card: dict, dataset: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sr_batch import evaluation
+    from sr_batch.models import evaluation
 
     return evaluation.main(args.eval_args)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sr_batch import train
+    from sr_batch.models import training
 
-    return train.main(args.train_args)
+    return training.main(args.train_args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

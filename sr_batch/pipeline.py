@@ -156,7 +156,7 @@ def _probe_model(spec: ModelSpec, scale: int) -> ModelSpec:
 
     @ray.remote(num_cpus=1, max_retries=0)
     def probe(spec: ModelSpec) -> ModelSpec:
-        from sr_batch.actor import configure_tensorflow
+        from sr_batch.runtime import configure_tensorflow
 
         configure_tensorflow(1)
         from sr_batch import tiling

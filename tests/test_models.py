@@ -192,14 +192,17 @@ def test_missing_file_is_model_not_found(tmp_path):
         registry.load_keras_model(spec)
 
 
-def test_write_index_entry_adds_replaces_and_sets_default(tmp_path):
+def test_register_adds_replaces_and_sets_default(tmp_path):
+    from sr_batch.models import cards
+
     index = tmp_path / "index.json"
     entry = {"name": "m", "arch": "subpixel", "scale": 2, "channels": 3, "file": "m.keras",
-             "sha256": "0" * 64, "params": 1, "receptive_radius": 4}
-    registry.write_index_entry(entry, index_path=index)
-    registry.write_index_entry({**entry, "params": 2}, make_default=True, index_path=index)
+             "sha256": "0" * 64, "params": 1, "receptive_radius": 4, "history": [1]}
+    cards.register(entry, index_path=index)
+    cards.register({**entry, "params": 2}, make_default=True, index_path=index)
     written = json.loads(index.read_text())
     assert [e["params"] for e in written["models"]] == [2]
+    assert "history" not in written["models"][0]  # the card keeps it, the index does not
     assert written["default"] == {"2": "m"}
     assert registry.resolve_model(None, 2, index_path=index).params == 2
 
@@ -261,7 +264,7 @@ def test_shipped_defaults_at_larger_scales_beat_bicubic(scale):
 
 
 def test_default_per_scale_is_the_best_model_meeting_the_speed_floor():
-    from sr_batch.evaluation import DEFAULT_MIN_MP_PER_S
+    from sr_batch.models.cards import DEFAULT_MIN_MP_PER_S
 
     index = registry.read_index()
     for scale, name in index["default"].items():
@@ -338,8 +341,8 @@ def test_self_ensemble_of_an_equivariant_model_is_a_no_op():
 
 
 def test_evaluate_prints_bicubic_and_models_in_the_standard_convention(tmp_path, hr_folder, capsys):
-    from sr_batch import evaluation
-    from sr_batch.train import load_images
+    from sr_batch.models import evaluation
+    from sr_batch.models.data import load_images
 
     model_path = tmp_path / "untrained.keras"
     build_model("residual", 2).save(model_path)
@@ -366,7 +369,7 @@ def test_evaluate_prints_bicubic_and_models_in_the_standard_convention(tmp_path,
 
 
 def test_evaluate_bfloat16_adds_a_row_per_model(tmp_path, hr_folder, capsys):
-    from sr_batch import evaluation
+    from sr_batch.models import evaluation
 
     model_path = tmp_path / "untrained.keras"
     build_model("residual", 2).save(model_path)
@@ -398,7 +401,7 @@ def hr_folder(tmp_path) -> Path:
 
 
 def test_batches_are_seeded_and_degraded_like_evaluation(hr_folder):
-    from sr_batch.train import list_images, load_images, sample_batch
+    from sr_batch.models.data import list_images, load_images, sample_batch
 
     assert [Path(u).name for u in list_images(str(hr_folder))] == ["extra.BMP", "img0.png", "img1.png", "img2.png"]
     images = load_images([str(hr_folder)])
@@ -413,7 +416,8 @@ def test_batches_are_seeded_and_degraded_like_evaluation(hr_folder):
 
 
 def test_batch_stream_is_the_same_for_any_number_of_workers(tmp_path, hr_folder):
-    from sr_batch.train import TrainConfig, batch_stream, load_images, sample_batch
+    from sr_batch.models.data import load_images, sample_batch
+    from sr_batch.models.training import TrainConfig, batch_stream
 
     images = load_images([str(hr_folder)])
     config = TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), out=str(tmp_path / "m.keras"),
@@ -432,7 +436,7 @@ def test_batch_stream_is_the_same_for_any_number_of_workers(tmp_path, hr_folder)
 @pytest.mark.slow
 def test_minutes_sets_the_steps_to_whole_epochs_that_fit(tmp_path, hr_folder):
     from sr_batch.errors import ConfigError
-    from sr_batch.train import TrainConfig, train
+    from sr_batch.models.training import TrainConfig, train
 
     with pytest.raises(ConfigError, match="minutes"):
         TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), out=str(tmp_path / "m.keras"), minutes=0)
@@ -455,21 +459,22 @@ def test_minutes_sets_the_steps_to_whole_epochs_that_fit(tmp_path, hr_folder):
 
 
 def test_evaluate_reports_bicubic_on_the_same_pixels(hr_folder):
-    from sr_batch.train import evaluate, load_images
+    from sr_batch.models.data import load_images
+    from sr_batch.models.training import validate
 
     images = load_images([str(hr_folder)])
 
     def bicubic(batch, training=False):
         return resample.upscale_bicubic(batch[0], 2)[None]
 
-    result = evaluate(bicubic, images, 2)
+    result = validate(bicubic, images, 2)
     assert result["images"] == 4
     assert result["psnr_y"] == pytest.approx(result["psnr_y_bicubic"], abs=0.05)
 
 
 def test_training_config_is_checked_before_any_work(tmp_path, hr_folder):
     from sr_batch.errors import ConfigError
-    from sr_batch.train import TrainConfig, train
+    from sr_batch.models.training import TrainConfig, train
 
     with pytest.raises(ConfigError, match="patch-size"):
         TrainConfig(arch="subpixel", scale=3, train=(str(hr_folder),), out=str(tmp_path / "m.keras"), patch_size=32)
@@ -485,7 +490,8 @@ def test_training_config_is_checked_before_any_work(tmp_path, hr_folder):
 
 @pytest.mark.slow
 def test_tiny_training_run_lowers_the_loss_and_resumes(tmp_path, hr_folder):
-    from sr_batch.train import TrainConfig, load_images, sample_batch, train
+    from sr_batch.models.data import load_images, sample_batch
+    from sr_batch.models.training import TrainConfig, train
 
     config = TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), val=str(hr_folder),
                          out=str(tmp_path / "out" / "tiny.keras"), steps=30, epoch_steps=10,

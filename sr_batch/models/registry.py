@@ -26,6 +26,9 @@ MODELS_DIR = Path(__file__).resolve().parent
 INDEX_PATH = MODELS_DIR / "index.json"
 WEIGHTS_DIR = MODELS_DIR / "weights"
 BICUBIC = "bicubic"
+# `--denoise` for models shipped as a mild/strong pair when none is given: halfway, the
+# strength that did best on the mixed `realistic` preset (docs/models.md).
+DEFAULT_DENOISE = 0.5
 # Side of the zeros probe that measures a loaded model's scale: small enough to
 # cost nothing, larger than any kernel so 'same' padding cannot change the size.
 _SCALE_PROBE = 8
@@ -51,6 +54,10 @@ class ModelSpec:
     """Parameter count; 0 for bicubic, None for a user file until it is loaded."""
     receptive_radius: int | None
     """Input pixels that can reach an output pixel; None for a user file (measure it)."""
+    denoise_uri: str | None = None
+    """For a model shipped as a pair (`real`): the strong-denoise file; `uri` is the mild one,
+    and `--denoise S` interpolates their weights, (1 - S) * mild + S * strong."""
+    denoise_sha256: str | None = None
 
     @property
     def is_bicubic(self) -> bool:
@@ -58,8 +65,15 @@ class ModelSpec:
 
     @property
     def identity(self) -> str:
-        """What the stats record as `model_sha256`: the file's SHA-256, or `bicubic`."""
+        """What the stats record as `model_sha256`: the file's SHA-256, or `bicubic`; for a pair,
+        the SHA-256 of both files' hashes (the denoise strength is its own column)."""
+        if self.denoise_sha256 is not None:
+            return sha256_of(f"{self.sha256}+{self.denoise_sha256}".encode())
         return self.sha256 or self.name
+
+    @property
+    def has_denoise(self) -> bool:
+        return self.denoise_uri is not None
 
 
 def read_index(index_path: Path | str = INDEX_PATH) -> dict:
@@ -72,12 +86,22 @@ def read_index(index_path: Path | str = INDEX_PATH) -> dict:
 
 
 def _spec_from_entry(entry: dict) -> ModelSpec:
+    pair = entry.get("denoise_file")
     return ModelSpec(
         name=entry["name"], arch=entry["arch"], scale=int(entry["scale"]),
         channels=int(entry["channels"]), uri=storage.to_uri(str(WEIGHTS_DIR / entry["file"])),
         sha256=entry["sha256"], params=int(entry["params"]),
         receptive_radius=int(entry["receptive_radius"]),
+        denoise_uri=storage.to_uri(str(WEIGHTS_DIR / pair)) if pair else None,
+        denoise_sha256=entry.get("denoise_sha256"),
     )
+
+
+def check_denoise(value: float) -> float:
+    """A --denoise strength, checked to lie in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--denoise must be in [0, 1], got {value:g}")
+    return float(value)
 
 
 def list_models(index_path: Path | str = INDEX_PATH) -> list[ModelSpec]:
@@ -132,23 +156,44 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_keras_model(spec: ModelSpec, scale: int | None = None):
+def load_keras_model(spec: ModelSpec, scale: int | None = None, denoise: float | None = None):
     """Fetch, verify and load a spec's .keras file with safe_mode=True.
 
     The file is copied to a local temporary file first (Keras reads local paths
     only). Raises ModelChecksumError when the bytes do not match `spec.sha256`,
     and ModelScaleError when the model does not upscale by `scale` (default:
-    `spec.scale`; None accepts any).
+    `spec.scale`; None accepts any). A pair (`spec.denoise_uri`) loads both files
+    and interpolates their weights at `denoise` (default DEFAULT_DENOISE), as
+    Real-ESRGAN's network interpolation does: both were fine-tuned from one parent.
     """
     if spec.uri is None:
         raise ModelError(f"model {spec.name!r} has no weights file to load")
+    model = _load_verified(spec.uri, spec.sha256)
+    if spec.denoise_uri is not None:
+        strength = check_denoise(DEFAULT_DENOISE if denoise is None else denoise)
+        strong = _load_verified(spec.denoise_uri, spec.denoise_sha256)
+        mild_weights, strong_weights = model.get_weights(), strong.get_weights()
+        if [w.shape for w in mild_weights] != [w.shape for w in strong_weights]:
+            raise ModelError(f"model {spec.name!r}: {spec.uri} and {spec.denoise_uri} differ in shape")
+        model.set_weights([(1.0 - strength) * a + strength * b
+                           for a, b in zip(mild_weights, strong_weights)])
+
+    expected = spec.scale if scale is None else scale
+    measured = measure_scale(model)
+    if expected is not None and measured != expected:
+        raise ModelScaleError(f"model {spec.name!r} upscales by x{measured}, but x{expected} was requested")
+    return model
+
+
+def _load_verified(uri: str, sha256: str | None):
+    """One .keras file: read, check its SHA-256, load with safe_mode=True."""
     try:
-        data = storage.read_bytes(spec.uri)
+        data = storage.read_bytes(uri)
     except ImageError as exc:  # storage reports missing/unreadable files as image errors
-        raise ModelNotFoundError(f"cannot read model {spec.uri}: {exc}") from None
-    if spec.sha256 is not None and sha256_of(data) != spec.sha256:
+        raise ModelNotFoundError(f"cannot read model {uri}: {exc}") from None
+    if sha256 is not None and sha256_of(data) != sha256:
         raise ModelChecksumError(
-            f"model {spec.uri} has SHA-256 {sha256_of(data)}, the index expects {spec.sha256}; "
+            f"model {uri} has SHA-256 {sha256_of(data)}, the index expects {sha256}; "
             f"the file is corrupt or was replaced")
 
     import keras
@@ -160,17 +205,11 @@ def load_keras_model(spec: ModelSpec, scale: int | None = None):
         with os.fdopen(handle, "wb") as tmp:
             tmp.write(data)
         try:
-            model = keras.saving.load_model(path, safe_mode=True, compile=False)
+            return keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as exc:  # noqa: BLE001 - any failure here means "not a loadable model"
-            raise ModelError(f"cannot load {spec.uri} as a Keras model: {exc}") from exc
+            raise ModelError(f"cannot load {uri} as a Keras model: {exc}") from exc
     finally:
         os.unlink(path)
-
-    expected = spec.scale if scale is None else scale
-    measured = measure_scale(model)
-    if expected is not None and measured != expected:
-        raise ModelScaleError(f"model {spec.name!r} upscales by x{measured}, but x{expected} was requested")
-    return model
 
 
 # Layers kept in float32 under bfloat16: the bicubic skip/upsample, which carries the
@@ -219,18 +258,3 @@ def complete_spec(spec: ModelSpec, model) -> ModelSpec:
     """The spec with what loading revealed: scale, channels and parameter count."""
     return dataclasses.replace(spec, scale=measure_scale(model), channels=model.input_shape[-1],
                                params=int(model.count_params()))
-
-
-def write_index_entry(entry: dict, make_default: bool = False,
-                      index_path: Path | str = INDEX_PATH) -> None:
-    """Add or replace the (name, scale) entry in the index; optionally make it the scale's default."""
-    index = read_index(index_path)
-    key = (entry["name"], int(entry["scale"]))
-    models = [e for e in index["models"] if (e["name"], int(e["scale"])) != key]
-    models.append(entry)
-    index["models"] = sorted(models, key=lambda e: (e["name"], int(e["scale"])))
-    index.setdefault("default", {})
-    if make_default:
-        index["default"][str(entry["scale"])] = entry["name"]
-    text = json.dumps(index, indent=2, sort_keys=False) + "\n"
-    storage.write_bytes_atomic(storage.to_uri(str(index_path)), text.encode("utf-8"))

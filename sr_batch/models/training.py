@@ -1,10 +1,10 @@
-"""Train a zoo architecture on HR image folders; LR is made the way evaluation makes it.
+"""Train a zoo architecture on HR image folders (`sr-batch train`, jobs/train.py).
 
-Batches are numpy: random HR patches (flips, 90 degree rotations) and their
-Pillow-bicubic downscale, drawn from a generator seeded by (seed, step) so a
-resumed run sees exactly the batches an uninterrupted one would. Each epoch
-logs Y-PSNR on the validation folder next to bicubic on the same pixels, and
-checkpoints the compiled model (weights + optimizer) so the run can resume.
+Batches come from models/data.py's seeded sampler (clean bicubic or degraded LR).
+Each epoch scores the validation folder with the evaluation protocol
+(models/evaluation.py) next to bicubic on the same pixels, and checkpoints the
+compiled model (weights + optimizer) so the run can resume. The result is a
+.keras file and its card (models/cards.py).
 """
 
 from __future__ import annotations
@@ -13,13 +13,11 @@ import argparse
 import collections
 import contextlib
 import dataclasses
-import io
 import itertools
 import json
 import logging
 import math
 import os
-import platform
 import posixpath
 import sys
 import tempfile
@@ -30,18 +28,18 @@ from typing import Iterator
 
 import keras
 import numpy as np
-from PIL import Image
 
 import sr_batch.models.layers  # noqa: F401 - registers DepthToSpace for checkpoint loading
-from sr_batch import quality, resample, storage
+from sr_batch import storage
 from sr_batch.errors import ConfigError, MissingFileError, SrBatchError
-from sr_batch.models import degradations, registry
-from sr_batch.models.architectures import (ARCHITECTURES, Y_ONLY, build_model, conv_macs_per_output_pixel,
+from sr_batch.models import cards, degradations, evaluation, registry
+from sr_batch.models.architectures import (ARCHITECTURES, build_model, conv_macs_per_output_pixel,
                                           receptive_radius)
+from sr_batch.models.data import dataset_name, list_images, load_images, sample_batch
+from sr_batch.runtime import device_name
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LOSSES = {"l1": "mean_absolute_error", "l2": "mean_squared_error"}
 # The cosine schedule ends at this fraction of the initial learning rate.
 FINAL_LR_FRACTION = 0.01
@@ -124,60 +122,10 @@ class TrainConfig:
             raise ConfigError("--out must end in .keras")
 
 
-def list_images(folder: str) -> list[str]:
-    """Image URIs directly in `folder`, sorted, by suffix (png, jpg, bmp; any case)."""
-    uri = storage.to_uri(folder)
-    fs, path = storage.get_fs(uri)
-    protocol = uri.split("://", 1)[0]
-    found = [p for p in fs.ls(path, detail=False) if p.lower().endswith(IMAGE_SUFFIXES)]
-    if not found:
-        raise ConfigError(f"no .png/.jpg/.bmp/.webp images in {folder}")
-    return sorted(f"{protocol}://{p}" if protocol != "file" else "file://" + p for p in found)
 
 
-def load_images(folders: tuple[str, ...] | list[str]) -> list[np.ndarray]:
-    """Every image of the folders, decoded to uint8 RGB HxWx3 in memory."""
-    images = []
-    for folder in folders:
-        for uri in list_images(folder):
-            with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-                images.append(np.asarray(image.convert("RGB"), dtype=np.uint8))
-    return images
 
 
-def sample_batch(images: list[np.ndarray], seed: int, step: int, batch_size: int,
-                 patch_size: int, scale: int, degradation: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
-    """Batch `step` of the stream: (LR, HR) float32 in [0, 1], a pure function of (seed, step).
-
-    Images are drawn in proportion to their area, so every HR pixel is about
-    equally likely to be seen; images smaller than a patch are never drawn.
-    LR is the Pillow bicubic downscale, or with a `degradation` range set the
-    degradation pipeline's patch, drawn from its own generator (seed, step, i).
-    """
-    ranges = None if degradation == "bicubic" else degradations.RANGES[degradation]
-    rng = np.random.default_rng([seed, step])
-    areas = np.array([im.shape[0] * im.shape[1] if min(im.shape[:2]) >= patch_size else 0
-                      for im in images], dtype=np.float64)
-    if not areas.any():
-        raise ConfigError(f"no training image is at least {patch_size}x{patch_size}")
-    picks = rng.choice(len(images), size=batch_size, p=areas / areas.sum())
-    lr_side = patch_size // scale
-    hr = np.empty((batch_size, patch_size, patch_size, 3), np.uint8)
-    lr = np.empty((batch_size, lr_side, lr_side, 3), np.uint8)
-    for i, pick in enumerate(picks):
-        image = images[pick]
-        top = rng.integers(0, image.shape[0] - patch_size + 1)
-        left = rng.integers(0, image.shape[1] - patch_size + 1)
-        patch = image[top:top + patch_size, left:left + patch_size]
-        if rng.random() < 0.5:
-            patch = patch[:, ::-1]
-        patch = np.rot90(patch, k=int(rng.integers(0, 4)))
-        hr[i] = patch
-        if ranges is None:
-            lr[i] = resample.downscale_bicubic(np.ascontiguousarray(patch), scale)
-        else:
-            lr[i] = degradations.degrade(patch, scale, ranges, np.random.default_rng([seed, step, i]))
-    return lr.astype(np.float32) / 255.0, hr.astype(np.float32) / 255.0
 
 
 def batch_stream(images: list[np.ndarray], config: TrainConfig, first_step: int) -> Iterator[tuple]:
@@ -203,50 +151,15 @@ def batch_stream(images: list[np.ndarray], config: TrainConfig, first_step: int)
             ahead.extend(pool.submit(batch, step) for step in itertools.islice(steps, 1))
 
 
-def evaluate(model, images: list[np.ndarray], scale: int, preset: str = "clean") -> dict:
-    """Mean Y-PSNR (BT.601, border = scale) of model and bicubic on the same pixels.
-
-    HR is cropped to a multiple of scale, LR made by Pillow bicubic and then
-    degraded by `preset` (seed 0); the model output is clipped and rounded to
-    uint8, as the pipeline would write it.
-    """
-    ours, baseline = [], []
-    for index, image in enumerate(images):
-        hr = quality.crop_to_multiple(image, scale)
-        lr = resample.downscale_bicubic(np.ascontiguousarray(hr), scale)
-        lr = degradations.apply_preset(lr, preset, 0, index)
-        output = np.asarray(model(lr[None].astype(np.float32) / 255.0, training=False))[0]
-        sr = np.clip(np.rint(output * 255.0), 0, 255).astype(np.uint8)
-        ours.append(quality.psnr_y(sr, hr, border=scale))
-        baseline.append(quality.psnr_y(resample.upscale_bicubic(lr, scale), hr, border=scale))
-    return {"psnr_y": round(float(np.mean(ours)), 3),
-            "psnr_y_bicubic": round(float(np.mean(baseline)), 3), "images": len(images)}
 
 
-def dataset_name(folder: str) -> str:
-    """`.../Set5/HR` -> `Set5`: the last path part that is not HR."""
-    parts = [p for p in storage.to_uri(folder).split("://", 1)[1].split("/") if p]
-    return next((p for p in reversed(parts) if p.upper() != "HR"), folder)
 
 
-def device_name() -> str:
-    """The device Keras computes on, e.g. 'gpu: NVIDIA H200' or 'cpu: x86_64', for cards and benches."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
 
-        device = jax.devices()[0]
-        return f"{device.platform}: {getattr(device, 'device_kind', device)}"
-    if backend == "torch":
-        import torch
 
-        return f"gpu: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"cpu: {platform.machine()}"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        return f"gpu: {len(gpus)} x {gpus[0].name}" if gpus else f"cpu: {platform.machine()}"
-    return backend
+def validate(model, images: list[np.ndarray], scale: int, preset: str = "clean") -> dict:
+    """Y-PSNR of the model (one call per whole image) and of bicubic, by the evaluation protocol."""
+    return evaluation.score(evaluation.whole_image_upscale(model), images, scale, preset, ssim=False)
 
 
 def _strategy_scope():
@@ -348,9 +261,9 @@ def fit_steps_to_minutes(config: TrainConfig, train_images: list[np.ndarray],
     step_s = (time.perf_counter() - began) / PROBE_TIMED_STEPS
     val_s = 0.0
     if val_images:
-        evaluate(probe, val_images, config.scale, config.val_preset)  # first call traces each shape
+        validate(probe, val_images, config.scale, config.val_preset)  # first call traces each shape
         began = time.perf_counter()
-        evaluate(probe, val_images, config.scale, config.val_preset)
+        validate(probe, val_images, config.scale, config.val_preset)
         val_s = time.perf_counter() - began
     epoch_s = config.epoch_steps * step_s + val_s
     epochs = max(1, int(config.minutes * 60 // epoch_s))
@@ -418,7 +331,7 @@ def train(config: TrainConfig) -> dict:
         "arch": config.arch,
         "scale": config.scale,
         "channels": 3,
-        "net_channels": "Y (luma; chroma is the bicubic upscale)" if config.arch in Y_ONLY else "RGB",
+        "net_channels": cards.net_channels(config.arch),
         "file": posixpath.basename(config.out),
         "sha256": registry.sha256_of(data),
         "bytes": len(data),
@@ -445,13 +358,13 @@ def train(config: TrainConfig) -> dict:
         "minutes_probe": probe,
         "trained_with": {"keras_backend": keras.backend.backend(), "device": device_name(),
                          "data_workers": config.data_workers},
-        "metric": "Y (BT.601) PSNR, border = scale, HR cropped to a multiple of scale, output rounded to uint8",
+        "metric": cards.METRIC,
         "eval": {},
         "history": history,
     }
     for folder in ([config.val] if config.val else []) + list(config.eval):
         images = val_images if folder == config.val else load_images([folder])
-        sidecar["eval"][dataset_name(folder)] = evaluate(export, images, config.scale, config.val_preset)
+        sidecar["eval"][dataset_name(folder)] = validate(export, images, config.scale, config.val_preset)
     if "Set5" in sidecar["eval"]:
         sidecar["set5_psnr_y"] = sidecar["eval"]["Set5"]["psnr_y"]
         sidecar["set5_psnr_y_bicubic"] = sidecar["eval"]["Set5"]["psnr_y_bicubic"]
@@ -459,11 +372,10 @@ def train(config: TrainConfig) -> dict:
         log.info("final %s x%d: Y-PSNR %.2f dB, bicubic %.2f dB on the same pixels",
                  name, config.scale, result["psnr_y"], result["psnr_y_bicubic"])
 
-    sidecar_uri = storage.to_uri(config.out.removesuffix(".keras") + ".json")
-    storage.write_bytes_atomic(sidecar_uri, (json.dumps(
-        {**sidecar, "config": dataclasses.asdict(config)}, indent=2) + "\n").encode("utf-8"))
+    cards.write_card(config.out, {**sidecar, "config": dataclasses.asdict(config)})
     if config.name is not None:
-        _register(config, sidecar)
+        cards.register(sidecar, make_default=config.make_default)
+        log.info("registered %s x%d in %s", sidecar["name"], config.scale, registry.INDEX_PATH)
     return sidecar
 
 
@@ -474,11 +386,6 @@ def _check_registrable(out: str) -> None:
         raise ConfigError(f"--name registers into the zoo, so --out must be in {registry.WEIGHTS_DIR}")
 
 
-def _register(config: TrainConfig, sidecar: dict) -> None:
-    """Put the trained model into the package index."""
-    entry = {key: value for key, value in sidecar.items() if key != "history"}
-    registry.write_index_entry(entry, make_default=config.make_default)
-    log.info("registered %s x%d in %s", entry["name"], config.scale, registry.INDEX_PATH)
 
 
 class _Progress(keras.callbacks.Callback):
@@ -512,7 +419,7 @@ class _Progress(keras.callbacks.Callback):
         record = {"step": step, "loss": round(float((logs or {}).get("loss", math.nan)), 6),
                   "elapsed_s": round(time.perf_counter() - self.began, 1)}
         if self.val_images:
-            result = evaluate(self.model, self.val_images, self.config.scale, self.config.val_preset)
+            result = validate(self.model, self.val_images, self.config.scale, self.config.val_preset)
             record.update(val_psnr_y=result["psnr_y"], val_psnr_y_bicubic=result["psnr_y_bicubic"])
             log.info("epoch %d (step %d): val Y-PSNR %.3f dB, bicubic %.3f dB (%+.3f)",
                      epoch + 1, step, result["psnr_y"], result["psnr_y_bicubic"],
@@ -580,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
 
     if keras.backend.backend() == "tensorflow":
-        from sr_batch.actor import configure_tensorflow
+        from sr_batch.runtime import configure_tensorflow
 
         configure_tensorflow(args.threads)
 
