@@ -615,7 +615,7 @@ def main() -> None:
                 run_e2e_variants(bench, default, "levers", halve(small), [
                     ("default settings", {}),
                     ("calls_per_actor 1 (default 2)", {"calls_per_actor": 1}),
-                    ("images_per_batch 32 (default 8)", {"images_per_batch": 32})])
+                    ("images_per_call 32 (default 8)", {"images_per_call": 32})])
     finally:
         bench.results.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -18,8 +18,11 @@ import pyarrow as pa
 
 from sr_batch import images, quality, resample, stats, storage, streaming
 from sr_batch.runtime import configure_tensorflow, worker_name
-from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError
+from sr_batch.errors import (ImageError, ReferenceImageError, TooManyPixelsError,
+                             UnsupportedModeError)
+from sr_batch.layout import OutLayout
 from sr_batch.models.registry import ModelSpec
+from sr_batch.plan import EXTENSION_FORMAT, FORMAT_EXTENSION, Tiling
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, self_ensemble, to_integer
 
 log = logging.getLogger(__name__)
@@ -31,15 +34,16 @@ WHOLE_READ_BYTES = 16 << 20
 
 @dataclass(frozen=True)
 class ActorSettings:
-    """What every actor needs to know; built once on the driver."""
+    """What every actor needs to know; built once from the plan (pipeline.actor_settings)."""
 
     model: ModelSpec
     scale: int
-    tile_size: int
-    """The largest tile side (what a streamed block fills)."""
-    tile_overlap: int
+    tiling: Tiling
+    layout: OutLayout
+    """OUT: every write is checked to land under OUT/images (after links, on local disks)."""
     batch_size: int
     format: str
+    """--format as asked (keep, png, ...); each row's planned name decides the actual format."""
     quality: int
     png_compress_level: int
     max_pixels: int
@@ -51,12 +55,8 @@ class ActorSettings:
     """Average the model over the 8 flips/rotations of each tile batch."""
     precision: str = "float32"
     """Model arithmetic (config.PRECISIONS)."""
-    tile_sizes: tuple[int, ...] = ()
-    """Every tile side the actor may use (one traced function each); () means (tile_size,)."""
-
-    @property
-    def tile_choices(self) -> tuple[int, ...]:
-        return self.tile_sizes or (self.tile_size,)
+    denoise: float | None = None
+    """Interpolation strength of a mild/strong model pair; None for other models."""
 
 
 @dataclass
@@ -74,19 +74,18 @@ class _Work:
 
 def build_upscaler(settings: ActorSettings) -> tuple[Upscaler, callable]:
     """Load the model (TF imported here, inside the actor) and wrap it as an Upscaler."""
+    tiling = settings.tiling
     if settings.model.arch == "bicubic":
-        upscaler = Upscaler(None, settings.scale, settings.tile_choices, settings.tile_overlap,
-                            settings.batch_size)
+        upscaler = Upscaler(None, settings.scale, tiling.sides, tiling.overlap, settings.batch_size)
         return upscaler, (lambda: 0)
     configure_tensorflow(settings.intra_op_threads)
     from sr_batch.models.registry import load_keras_model, with_precision
 
-    model = with_precision(load_keras_model(settings.model), settings.precision)
-    run, traces = make_tf_batch_fn(model, settings.tile_choices)
+    model = with_precision(load_keras_model(settings.model, denoise=settings.denoise), settings.precision)
+    run, traces = make_tf_batch_fn(model, tiling.sides)
     if settings.self_ensemble:
         run = self_ensemble(run)
-    return (Upscaler(run, settings.scale, settings.tile_choices, settings.tile_overlap,
-                     settings.batch_size), traces)
+    return Upscaler(run, settings.scale, tiling.sides, tiling.overlap, settings.batch_size), traces
 
 
 class UpscaleActor:
@@ -123,9 +122,9 @@ class UpscaleActor:
             "image_id": row["image_id"], "source_uri": row["uri"],
             "reference_uri": row.get("reference_uri"), "status": stats.STATUS_FAILED,
             "scale": s.scale, "model": s.model.name, "model_sha256": s.model.identity,
-            "tile_size": s.tile_size, "tile_overlap": s.tile_overlap,
+            "tile_size": s.tiling.largest, "tile_overlap": s.tiling.overlap,
             "requested_format": s.format, "self_ensemble": s.self_ensemble,
-            "precision": s.precision,
+            "precision": s.precision, "denoise": s.denoise,
             "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),
             "source_etag": row.get("etag"), "worker": self.worker,
         })
@@ -249,20 +248,21 @@ class UpscaleActor:
             alpha = to_integer(alpha_result.pixels, decoded.alpha.dtype)[..., 0]
         elif decoded.alpha is not None:
             alpha = resample.upscale_bicubic(decoded.alpha, s.scale)
-        fmt, extension, note = images.output_format(decoded, s.format)
+        planned = EXTENSION_FORMAT[w.row["output_exts"][0]]
+        fmt, note = images.output_format(decoded, planned, s.format)
         notes = list(decoded.notes) + ([note] if note else [])
-        output_uri = w.row["output_uri"] or (w.row["output_stem"] + extension)
+        output_uri = self._output_uri(w.row, fmt, note)
         metrics = self._measurer.submit(self._consistency_metrics, out_pixels, decoded.pixels)
         data = images.encode_image(out_pixels, alpha, fmt, quality=s.quality,
                                    png_compress_level=s.png_compress_level,
                                    icc_profile=decoded.icc_profile, exif=decoded.exif)
-        storage.write_bytes_atomic(output_uri, data, s.retries)
+        storage.write_bytes_atomic(s.layout.check_output(output_uri, cached=False), data, s.retries)
         w.timings["encode_s"] = time.perf_counter() - began
         w.stats.update(
             status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
             out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
             n_tiles=result.n_tiles + (alpha_result.n_tiles if alpha_result else 0),
-            tile_size=result.tile_size or s.tile_size,
+            tile_size=result.tile_size or s.tiling.largest,
             alpha_mode=s.alpha if decoded.alpha is not None else None,
             **metrics.result(),
         )
@@ -274,6 +274,16 @@ class UpscaleActor:
                 notes.append(f"reference not scored ({exc.error_type}): {exc}")
         w.stats["notes"] = "; ".join(notes) or None
 
+    @staticmethod
+    def _output_uri(row: dict, fmt: str, note: str | None) -> str:
+        """The planned name for the format written; a format the plan did not reserve a name
+        for (an output_uri whose extension cannot hold the image) fails the image."""
+        ext = FORMAT_EXTENSION[fmt]
+        if ext in row["output_exts"]:
+            return row["output_uris"][row["output_exts"].index(ext)]
+        raise UnsupportedModeError(f"output_uri {storage.display(row['output_uris'][0])} cannot be "
+                                   f"written as {fmt} ({note}); give it a .{ext} name")
+
     def _consistency_metrics(self, output: np.ndarray, lr: np.ndarray) -> dict:
         """The metrics that need no reference: output against its own input."""
         scale = self.settings.scale
@@ -282,14 +292,14 @@ class UpscaleActor:
 
     def _stream_and_finish(self, w: _Work) -> None:
         """Upscale an oversize TIFF block by block into a tiled BigTIFF; metrics are skipped."""
-        s, layout = self.settings, w.stream
+        s = self.settings
         began = time.perf_counter()
-        output_uri = w.row["output_uri"] or (w.row["output_stem"] + ".tif")
         notes = ["streamed in bounded memory: tiled BigTIFF output, metrics skipped"]
         if s.format not in ("keep", "tiff"):
             notes.append(f"streamed: {s.format} cannot be written block by block, wrote TIFF")
         result = None
         try:
+            output_uri = s.layout.check_output(self._output_uri(w.row, "tiff", "streamed"), cached=False)
             with storage.open_input(w.row["uri"], s.retries) as handle:
                 def write(path: str) -> None:
                     nonlocal result

@@ -25,6 +25,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="zoo name, 'bicubic', or a path/URI to a .keras file (default: zoo default)")
     p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
+    p.add_argument("--denoise", type=float, default=None, metavar="S",
+                   help="for models shipped with a denoise pair (`real`): how hard to clean JPEG "
+                        "blocks and noise, 0 (keep texture) to 1 (strongest); default 0.5")
     p.add_argument("--tile-size", type=int, default=None, metavar="PX",
                    help=f"tile side in input px (default: two, {c.DEFAULT_TILE_CORE} and {c.LARGE_TILE_CORE} "
                         "+ 2 x overlap, each image taking the one that runs fewer padded pixels)")
@@ -32,10 +35,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="context per tile side (default: the model's receptive-field radius)")
     p.add_argument("--batch-size", type=int, default=c.DEFAULT_BATCH_SIZE, metavar="N",
                    help="tiles per model call (of the smaller tile; larger tiles go in batches of the same pixel count)")
-    p.add_argument("--images-per-batch", type=int, default=None, metavar="N",
+    p.add_argument("--images-per-call", "--images-per-batch", dest="images_per_call", type=int,
+                   default=None, metavar="N",
                    help="images per actor call; their tiles share model batches (default: about "
                         f"{c.PIXELS_PER_CALL / 1e6:g} MP of input a call, from a sample of the "
-                        f"images' headers, 1 to {c.DEFAULT_IMAGES_PER_BATCH} images)")
+                        f"images' headers, 1 to {c.DEFAULT_IMAGES_PER_CALL} images; "
+                        "--images-per-batch is its old name)")
     p.add_argument("--format", default="keep", choices=c.FORMATS)
     p.add_argument("--quality", type=int, default=95, help="jpeg/webp quality")
     p.add_argument("--png-compress-level", type=int, default=1, metavar="0-9")

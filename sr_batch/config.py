@@ -31,9 +31,9 @@ LARGE_TILE_CORE = 256
 DEFAULT_BATCH_SIZE = 16
 # Images handed to an actor per call; tiles of all of them are packed together,
 # so small images still fill whole model batches.
-DEFAULT_IMAGES_PER_BATCH = 8
-# Unless --images-per-batch is given, a call holds about this many input pixels (from a
-# sample of the images' headers), 1 to DEFAULT_IMAGES_PER_BATCH images: large images go
+DEFAULT_IMAGES_PER_CALL = 8
+# Unless --images-per-call is given, a call holds about this many input pixels (from a
+# sample of the images' headers), 1 to DEFAULT_IMAGES_PER_CALL images: large images go
 # one per call, so that an actor's two calls in flight overlap one image's decode and
 # finishing with another's inference (4 x 4096^2: 3.2 -> 3.6 MP/s on 2 cores).
 PIXELS_PER_CALL = 4_000_000
@@ -79,16 +79,17 @@ class JobConfig:
     """Zoo name, `bicubic`, or a path/URI to a .keras file; None picks the zoo default."""
     scale: int = 2
     """Upscaling factor; must match the model's."""
+    denoise: float | None = None
+    """How hard a model shipped as a mild/strong pair (`real`) cleans, 0 to 1; None: the
+    model's default. Other models refuse it."""
     tile_size: int | None = None
     """Input-pixel side of the fixed square tile the model sees; None: two tiles, a 128 px and
     a 256 px core plus the overlap on each side, each image taking the cheaper one."""
     tile_overlap: int | None = None
     """Context margin per tile side in input pixels; None uses the model's receptive-field radius."""
-    tile_sizes: tuple[int, ...] = ()
-    """Resolved by the job (not an option): every tile side it may use; tile_size is the largest."""
     batch_size: int = DEFAULT_BATCH_SIZE
     """Tiles per model call."""
-    images_per_batch: int | None = None
+    images_per_call: int | None = None
     """Images per actor call; their tiles share model batches. None: from a sample of the
     images' sizes, about PIXELS_PER_CALL input pixels a call, 1 to 8 images."""
     format: str = "keep"
@@ -152,7 +153,9 @@ class JobConfig:
                 )
         if self.tile_overlap is not None and self.tile_overlap < 0:
             raise ConfigError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
-        for name in ("batch_size", "images_per_batch", "max_pixels"):
+        if self.denoise is not None and not 0.0 <= self.denoise <= 1.0:
+            raise ConfigError(f"--denoise must be in [0, 1], got {self.denoise:g}")
+        for name in ("batch_size", "images_per_call", "max_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if not 1 <= self.quality <= 100:

@@ -23,10 +23,8 @@ from sr_batch.errors import (CorruptImageError, EmptyFileError, NotAnImageError,
 # global bomb check must not fire first with a different message.
 Image.MAX_IMAGE_PIXELS = None
 
-# Pillow format name -> (output format, extension) for formats we can write.
-_WRITABLE = {"PNG": ("png", ".png"), "JPEG": ("jpeg", ".jpg"), "WEBP": ("webp", ".webp"),
-             "TIFF": ("tiff", ".tif")}
-_EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "tiff": ".tif"}
+# Pillow formats --format keep can write back (the others become PNG).
+_WRITABLE = frozenset({"PNG", "JPEG", "WEBP", "TIFF"})
 _KEEPS_ALPHA = {"png", "webp", "tiff"}
 _ORIENTATION = 0x0112  # EXIF tag
 # TIFF tags that describe how the input's pixels are stored. Pillow's getexif() of a TIFF
@@ -339,20 +337,19 @@ def _png_chunk_bytes(kind: bytes, payload: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
 
 
-def output_format(decoded: DecodedImage, requested: str) -> tuple[str, str, str | None]:
-    """(format, extension, note) for the output; alpha forces a format that keeps it."""
-    if requested == "keep":
-        fmt, _ = _WRITABLE.get(decoded.format or "", ("png", ".png"))
-        note = None if decoded.format in _WRITABLE else f"{decoded.format} not writable: PNG output"
-    else:
-        fmt, note = requested, None
+def output_format(decoded: DecodedImage, planned: str, requested: str = "keep") -> tuple[str, str | None]:
+    """(format, note) for the output: the planned format (from the output's name), unless it
+    cannot hold the image; alpha and 16 bits force PNG."""
+    fmt, note = planned, None
+    if requested == "keep" and decoded.format not in _WRITABLE:
+        note = f"{decoded.format} not writable: {fmt.upper()} output"
     if decoded.alpha is not None and fmt not in _KEEPS_ALPHA:
         note = f"alpha channel: {fmt} cannot keep it, wrote PNG"
         fmt = "png"
     if decoded.bit_depth == 16 and fmt in ("jpeg", "webp"):
         note = f"16-bit input: {fmt} is 8-bit only, wrote PNG"
         fmt = "png"
-    return fmt, _EXTENSIONS[fmt], note
+    return fmt, note
 
 
 # From this --png-compress-level on, 8-bit PNG goes through Pillow: slower, smaller files.

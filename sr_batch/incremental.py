@@ -2,9 +2,10 @@
 
 An image is done when some earlier run has an `ok` row for it with the same
 source fingerprint (URI, and size / mtime / ETag where the manifest knows them)
-and the same settings (model_sha256, scale, tile_size, tile_overlap, the
-requested format, self-ensemble and, for images with alpha, the alpha mode). The join runs in DuckDB over the Parquet stats, so it costs
-one scan of a few columns however many runs and images there are.
+and the same reuse key (model_sha256, scale, --tile-size where given, overlap,
+the requested format, self-ensemble, precision, denoise and, for images with
+alpha, the alpha mode). The join runs in DuckDB over the Parquet stats, so it
+costs one scan of a few columns however many runs and images there are.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sr_batch import stats, storage
+from sr_batch.layout import OutLayout
 
 
 @dataclass(frozen=True)
-class Settings:
-    """The settings that make an earlier output reusable."""
+class ReuseKey:
+    """The settings under which an earlier output can stand for this run's."""
 
     model_sha256: str
     scale: int
@@ -34,15 +36,17 @@ class Settings:
     alpha_mode: str
     self_ensemble: bool
     precision: str = "float32"
+    denoise: float | None = None
+    """--denoise of a model pair; None for every other model."""
 
     @classmethod
-    def of_run(cls, config, model_sha256: str, chosen_tile: int | None) -> "Settings":
-        """The key of a run: `config` with its tiling resolved, `chosen_tile` the --tile-size
-        the user gave (None when the job picks each image's tile, which cannot change the output)."""
-        return cls(model_sha256=model_sha256, scale=config.scale, tile_size=chosen_tile,
-                   tile_overlap=config.tile_overlap, requested_format=config.format,
+    def of(cls, config, model_sha256: str, overlap: int | None, denoise: float | None) -> "ReuseKey":
+        """The key of a run: the --tile-size the user gave (None when the job picks each image's
+        tile, which cannot change the output), the resolved overlap (None: unknown, match any)."""
+        return cls(model_sha256=model_sha256, scale=config.scale, tile_size=config.tile_size,
+                   tile_overlap=overlap, requested_format=config.format,
                    alpha_mode=config.alpha, self_ensemble=config.self_ensemble,
-                   precision=config.precision)
+                   precision=config.precision, denoise=denoise)
 
 
 _DONE_SQL = """
@@ -64,6 +68,7 @@ previous AS (
       AND (alpha_mode IS NULL OR alpha_mode = $alpha_mode)
       AND coalesce(self_ensemble, false) = $self_ensemble
       AND coalesce(precision, 'float32') = $precision
+      AND denoise IS NOT DISTINCT FROM $denoise
     QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY finished_at DESC) = 1
 )
 SELECT p.*
@@ -75,12 +80,12 @@ WHERE m.uri = p.source_uri
 """
 
 
-def find_done(output: str, manifest: pa.Table, settings: Settings) -> pa.Table:
-    """Earlier `ok` rows (latest per image) that this manifest and these settings can reuse."""
+def find_done(layout: OutLayout, manifest: pa.Table, key: ReuseKey) -> pa.Table:
+    """Earlier `ok` rows (latest per image) that this manifest can reuse under this key."""
     import duckdb
     import pyarrow.dataset as ds
 
-    fs, path = storage.get_fs(storage.join(output, "stats"))
+    fs, path = storage.get_fs(layout.stats)
     if not fs.exists(path) or manifest.num_rows == 0:
         return pa.table({"image_id": pa.array([], pa.string())})
     dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=_stats_schema(),
@@ -91,12 +96,7 @@ def find_done(output: str, manifest: pa.Table, settings: Settings) -> pa.Table:
     try:
         con.register("stats", dataset)
         con.register("manifest", manifest.select(["image_id", "uri", "bytes", "mtime", "etag"]))
-        return con.sql(_DONE_SQL, params={
-            "model_sha256": settings.model_sha256, "scale": settings.scale,
-            "tile_size": settings.tile_size, "tile_overlap": settings.tile_overlap,
-            "requested_format": settings.requested_format, "alpha_mode": settings.alpha_mode,
-            "self_ensemble": settings.self_ensemble, "precision": settings.precision,
-        }).to_arrow_table()
+        return con.sql(_DONE_SQL, params=dataclasses.asdict(key)).to_arrow_table()
     finally:
         con.close()
 
@@ -106,14 +106,14 @@ def _stats_schema() -> pa.Schema:
 
 
 def split_manifest(manifest: pa.Table, done: pa.Table,
-                   settings: Settings) -> tuple[pa.Table, pa.Table]:
+                   key: ReuseKey) -> tuple[pa.Table, pa.Table]:
     """(rows still to process, stats rows marking the rest `skipped`)."""
     is_done = pc.is_in(manifest.column("image_id"), value_set=done.column("image_id"))
     todo = manifest.filter(pc.invert(is_done))
-    return todo, skipped_rows(done, manifest.filter(is_done), settings)
+    return todo, skipped_rows(done, manifest.filter(is_done), key)
 
 
-def skipped_rows(done: pa.Table, manifest_rows: pa.Table, settings: Settings) -> pa.Table:
+def skipped_rows(done: pa.Table, manifest_rows: pa.Table, key: ReuseKey) -> pa.Table:
     """One `skipped` stats row per reused image, pointing at the output that stands."""
     if done.num_rows == 0:
         return stats.make_table([])
@@ -128,7 +128,7 @@ def skipped_rows(done: pa.Table, manifest_rows: pa.Table, settings: Settings) ->
                                         "format", "model", "bytes_in", "source_mtime",
                                         "source_etag")},
             "reference_uri": by_id.get(previous["image_id"], {}).get("reference_uri"),
-            **dataclasses.asdict(settings),
+            **dataclasses.asdict(key),
             "status": stats.STATUS_SKIPPED,
             "notes": f"unchanged since run {previous['run_id']}",
             "finished_at": now,

@@ -3,8 +3,9 @@
     sr-batch nightly SOURCE --output OUT --address http://HEAD:8265
 
 1. takes a lock on OUT (two overlapping nightlies never both run);
-2. builds the incremental manifest: images new or changed since they last came
-   out ok with these settings, written to OUT/manifests/<run_id>.parquet;
+2. plans the run as `sr-batch run` does (plan.py): the images new or changed since
+   they last came out ok with these settings (every image with --force), written
+   to OUT/manifests/<run_id>.parquet;
 3. submits `python jobs/upscale.py <manifest> --output OUT --run-id <run_id> ...`
    through the Ray Jobs API (JobSubmissionClient, a working_dir runtime_env,
    submission_id = the run id);
@@ -27,12 +28,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sr_batch import incremental, manifest, storage
+from sr_batch import manifest, storage
 from sr_batch.config import JobConfig
 from sr_batch.errors import SrBatchError
+from sr_batch.layout import OutLayout
 from sr_batch.lock import DEFAULT_STALE_S, OutputLock
-from sr_batch.models import registry
-from sr_batch.pipeline import Echo, echo_stderr, new_run_id, plan_outputs, resolve_tiling
+from sr_batch.pipeline import Echo, echo_stderr
+from sr_batch.plan import new_run_id, plan_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Refresh the lock this often while the job runs (far below any sane stale_s).
@@ -50,23 +52,6 @@ class NightlyResult:
     todo: int
     job_status: str | None
     exit_code: int
-
-
-def incremental_manifest(config: JobConfig) -> tuple:
-    """(full listing, rows new or changed since they last came out ok with these settings)."""
-    table = manifest.load_sources(config.sources)
-    spec = registry.resolve_model(config.model, config.scale)
-    identity = spec.identity
-    if spec.uri is not None and spec.sha256 is None:  # a user's file: hash its bytes
-        identity = registry.sha256_of(storage.read_bytes(spec.uri))
-    chosen_tile = config.tile_size
-    if spec.receptive_radius is not None or config.tile_overlap is not None:
-        config = resolve_tiling(config, spec.receptive_radius or 0)
-    settings = incremental.Settings.of_run(config, identity, chosen_tile)
-    done = incremental.find_done(storage.to_uri(config.output), plan_outputs(table, config),
-                                 settings)
-    todo, _ = incremental.split_manifest(table, done, settings)
-    return table, todo
 
 
 def job_entrypoint(manifest_uri: str, config: JobConfig, run_id: str, options: list[str]) -> str:
@@ -98,22 +83,25 @@ def working_dir() -> tuple[str, str | None]:
 def run_nightly(config: JobConfig, address: str, options: list[str], *,
                 stale_s: float = DEFAULT_STALE_S, echo: Echo = echo_stderr) -> NightlyResult:
     """Build the incremental manifest and run it as a Ray job; see the module docstring."""
-    output = storage.to_uri(config.output)
     run_id = config.run_id or new_run_id()
-    with OutputLock(storage.join(output, "nightly.lock"), stale_s,
-                    purpose=f"sr-batch nightly {run_id}") as lock:
-        table, todo = incremental_manifest(config)
-        echo(f"nightly {run_id}: {table.num_rows} images listed, {todo.num_rows} new or changed")
-        if todo.num_rows == 0:
+    layout = OutLayout.of(config.output)
+    with OutputLock(layout.lock, stale_s, purpose=f"sr-batch nightly {run_id}") as lock:
+        # The cluster sizes its own calls and probes a user's model file: no header reads
+        # and no TensorFlow here (an unprobed file's earlier outputs match any overlap).
+        plan = plan_run(config, run_id=run_id, probe=None, size_calls=False)
+        listed, todo = plan.listed.num_rows, plan.todo.num_rows
+        what = "submitted again (--force)" if config.force else "new or changed"
+        echo(f"nightly {run_id}: {listed} images listed, {todo} {what}")
+        if todo == 0:
             echo(f"nightly {run_id}: nothing to do; no job submitted")
-            return NightlyResult(run_id, table.num_rows, 0, None, 0)
-        manifest_uri = storage.join(output, "manifests", f"{run_id}.parquet")
-        manifest.write_manifest(todo, manifest_uri)
+            return NightlyResult(run_id, listed, 0, None, 0)
+        manifest_uri = layout.manifest(run_id)
+        manifest.write_manifest(plan.todo.select(manifest.MANIFEST_SCHEMA.names), manifest_uri)
         status = _submit_and_follow(address, job_entrypoint(manifest_uri, config, run_id, options),
                                     run_id, lock, echo)
     exit_code = {"SUCCEEDED": 0, "FAILED": 1}.get(status, 3)
-    echo(f"nightly {run_id}: job {status}; {todo.num_rows} images submitted")
-    return NightlyResult(run_id, table.num_rows, todo.num_rows, status, exit_code)
+    echo(f"nightly {run_id}: job {status}; {todo} images submitted")
+    return NightlyResult(run_id, listed, todo, status, exit_code)
 
 
 def enable_token_auth() -> None:

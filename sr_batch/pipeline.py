@@ -1,7 +1,10 @@
-"""The Ray Data graph, top to bottom:
+"""The run itself, top to bottom:
 
-    manifest -> plan outputs -> [actor pool: read, decode, upscale, encode, write, measure]
-             -> stats parts (Parquet, hive run_id=) -> runs/<run_id>.json
+    plan (plan.py: model, tiling, output names, rows to do and skip, images per call)
+      -> Ray Data graph: manifest blocks -> [actor pool: read, decode, upscale, encode, write,
+         measure] -> stats batches
+      -> bookkeeping: stats parts (Parquet, hive run_id=), OUT/runs/<run_id>.json
+         (running, then finished, interrupted or failed)
 
 The driver never imports TensorFlow; actors do.
 """
@@ -13,25 +16,23 @@ import json
 import logging
 import math
 import os
-import posixpath
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import sr_batch
-from sr_batch import incremental, manifest, stats, storage
+from sr_batch import errors, stats, storage
 from sr_batch.actor import ActorSettings, UpscaleActor
-from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_BATCH, DEFAULT_TILE_CORE,
-                             LARGE_TILE_CORE, PIXELS_PER_CALL, JobConfig, default_actor_count,
-                             local_cpu_count)
-from sr_batch.errors import ConfigError, ImageError, StorageError
-from sr_batch.models import registry
+from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
+from sr_batch.errors import ImageError, ModelError, StorageError
+from sr_batch.layout import OutLayout
 from sr_batch.models.registry import ModelSpec
+from sr_batch.plan import RunPlan, new_run_id, plan_run
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -40,20 +41,18 @@ Echo = Callable[[str], None]
 # --stats-flush-s seconds), so a killed driver loses little bookkeeping; the
 # images themselves are already written and a rerun redoes only the unrecorded.
 FLUSH_ROWS = 5000
+
 # Failed images listed one line each before the rest are only counted.
 MAX_FAILURE_LINES = 20
+
 # Actor calls running at once in each actor (threads): while one call's tiles are in the
 # model, another decodes, stitches, encodes and measures; the model itself is thread-safe.
 CALLS_PER_ACTOR = 2
 
 
+
 def echo_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
-
-
-def new_run_id() -> str:
-    """Sortable, unique, never all digits (so hive partitioning reads it as a string)."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 @dataclass
@@ -80,100 +79,156 @@ class RunResult:
                 f"stats: {self.stats_uri}")
 
 
-# --- planning --------------------------------------------------------------------------
+# --- the run ---------------------------------------------------------------------------
 
 
-def plan_outputs(table: pa.Table, config: JobConfig) -> pa.Table:
-    """Add output_stem / output_uri and plan_error_* columns; escapes fail their row only."""
-    images_root = storage.join(storage.to_uri(config.output), "images")
-    fixed_ext = None if config.format == "keep" else config.format
-    stems, uris, error_types, error_messages = [], [], [], []
-    seen: set[str] = set()
-    for relative, override in zip(table.column("relative_path").to_pylist(),
-                                  table.column("output_uri").to_pylist()):
-        stem = uri = error_type = message = None
+def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
+    """Plan the run, then execute it; return counts. Raises only job-level errors."""
+    if not config.lock:
+        return execute(plan_run(config, probe=probe_on_ray(config.address)), echo)
+    from sr_batch.lock import DEFAULT_STALE_S, OutputLock
+
+    layout = OutLayout.of(config.output)
+    run_id = config.run_id or new_run_id()
+    with OutputLock(layout.lock, DEFAULT_STALE_S, purpose=f"sr-batch run {run_id}") as lock:
+        plan = plan_run(config, run_id=run_id, probe=probe_on_ray(config.address))
+        return execute(plan, echo, lock)
+
+
+def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
+    """Run a plan's rows through the actor pool and record every row; see the module docstring."""
+    started_at = dt.datetime.now(dt.timezone.utc)
+    began = time.perf_counter()
+    config, layout = plan.config, plan.layout
+    _write_run_record(plan, "running", started_at)  # also proves OUT is writable, before any image
+    writer = _StatsWriter(layout, plan.run_id, plan.listed.num_rows, config, echo, lock)
+    pool = None
+    try:
+        if plan.skipped.num_rows:
+            writer.add(plan.skipped)
+        if plan.todo.num_rows:
+            init_ray(config.address)
+            pool = actor_pool_size(config)
+            settings = actor_settings(plan, pool)
+            echo(_header(plan, pool))
+            for batch in _upscale(plan, settings, pool):
+                writer.add(batch)
+        else:
+            echo(f"run {plan.run_id}: {plan.listed.num_rows} images, all unchanged since earlier runs: "
+                 f"nothing to upscale")
+        writer.close()
+    except BaseException as exc:
+        writer.close_quietly()
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        _write_run_record(plan, status, started_at, pool, writer.counts,
+                          error=None if status == "interrupted" else f"{type(exc).__name__}: {exc}",
+                          quiet=True)
+        raise
+    _remove_orphan_temps(layout, plan.listed, started_at.timestamp(), echo)
+    wall_s = time.perf_counter() - began
+    result = RunResult(
+        run_id=plan.run_id, counts=writer.counts, wall_s=wall_s,
+        images_per_s=(writer.rows - plan.skipped.num_rows) / wall_s if wall_s else 0.0,
+        output_megapixels_per_s=writer.out_pixels / 1e6 / wall_s if wall_s else 0.0,
+        stats_uri=layout.stats_run(plan.run_id), failures=writer.failures)
+    _write_run_record(plan, "finished", started_at, pool, writer.counts, result)
+    return result
+
+
+def _header(plan: RunPlan, pool: tuple[int, int]) -> str:
+    config, tiling = plan.config, plan.tiling
+    denoise = f", denoise {plan.denoise:g}" if plan.denoise is not None else ""
+    return (f"run {plan.run_id}: {plan.listed.num_rows} images ({plan.skipped.num_rows} unchanged, skipped), "
+            f"model {plan.model.name} x{config.scale}{denoise} (tiles {'/'.join(map(str, tiling.sides))} px, "
+            f"overlap {tiling.overlap}), {pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
+            f"{config.gpus_per_actor:g} GPU, {plan.images_per_call} images a call")
+
+
+def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
+    """The Ray Data graph: manifest blocks -> actor pool -> stats batches, streamed back."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    # Ray Data logs every dataset start/finish at INFO (set up when ray.data is first
+    # imported, so only now can it be lowered); our progress lines say the same.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    config = plan.config
+    ds = ray.data.from_arrow(_blocks(plan.todo, plan.images_per_call, pool[1]))
+    ds = ds.map_batches(
+        UpscaleActor, fn_constructor_kwargs={"settings": settings},
+        batch_size=plan.images_per_call, batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
+                                  max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                  enable_true_multi_threading=CALLS_PER_ACTOR > 1,
+                                  # no queue beyond the running calls: blocks spread
+                                  # over every actor as soon as it is up
+                                  max_tasks_in_flight_per_actor=CALLS_PER_ACTOR),
+        num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
+        udf_modifying_row_count=False)
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
+    """What every actor of this run gets: built once, from the plan."""
+    config = plan.config
+    return ActorSettings(
+        model=plan.model, scale=config.scale, tiling=plan.tiling, layout=plan.layout,
+        batch_size=config.batch_size, format=config.format, quality=config.quality,
+        png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
+        retries=config.retries, intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
+        self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise)
+
+
+# --- Ray -------------------------------------------------------------------------------
+
+
+def probe_on_ray(address: str | None):
+    """A plan's probe of a user's model file: loaded once in a Ray task (never in the driver,
+    which may have no TensorFlow) to learn its scale, receptive radius and SHA-256."""
+    def probe(spec: ModelSpec, scale: int) -> ModelSpec:
+        import ray
+
+        init_ray(address)
         try:
-            if override:
-                uri = storage.check_inside(storage.to_uri(config.output), storage.to_uri(override))
-                key = uri
-            else:
-                stem = storage.resolve_inside(images_root, posixpath.splitext(relative)[0])
-                key = f"{stem}|{fixed_ext or posixpath.splitext(relative)[1].lower()}"
-            if key in seen:
-                raise _Collision(f"two manifest rows write the same output ({uri or stem})")
-            seen.add(key)
-        except ImageError as exc:
-            error_type, message = exc.error_type, str(exc)
-        except _Collision as exc:
-            error_type, message = "output_collision", str(exc)
-        stems.append(stem)
-        uris.append(uri)
-        error_types.append(error_type)
-        error_messages.append(message)
-    table = table.set_column(table.schema.get_field_index("output_uri"), "output_uri",
-                             pa.array(uris, pa.string()))
-    return (table.append_column("output_stem", pa.array(stems, pa.string()))
-                 .append_column("plan_error_type", pa.array(error_types, pa.string()))
-                 .append_column("plan_error_message", pa.array(error_messages, pa.string())))
+            outcome = ray.get(_probe_task().remote(replace(spec, scale=scale)))
+        except ray.exceptions.RayError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise ModelError(f"cannot load model {storage.display(spec.uri)}: {first}") from None
+        if isinstance(outcome, tuple):  # (error class name, one-line message)
+            error = getattr(errors, outcome[0], None)
+            is_model_error = isinstance(error, type) and issubclass(error, ModelError)
+            raise (error if is_model_error else ModelError)(outcome[1])
+        return outcome
+
+    return probe
 
 
-class _Collision(Exception):
-    pass
-
-
-def resolve_model(config: JobConfig) -> tuple[ModelSpec, JobConfig]:
-    """Model spec with scale and radius known, and the config with its tiling resolved.
-
-    The overlap defaults to the model's receptive-field radius (the least that
-    keeps tiled output equal to whole-image output); the tiles to a 128 px and a
-    256 px core plus that overlap on each side.
-    """
-    spec = registry.resolve_model(config.model, config.scale)
-    if spec.receptive_radius is None:
-        spec = _probe_model(spec, config.scale)
-    return spec, resolve_tiling(config, spec.receptive_radius)
-
-
-def resolve_tiling(config: JobConfig, radius: int) -> JobConfig:
-    if config.tile_sizes:  # already resolved
-        return config
-    overlap = radius if config.tile_overlap is None else config.tile_overlap
-    if config.tile_size is None:
-        sizes = (DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap)
-    else:
-        sizes = (config.tile_size,)
-    tile = max(sizes)
-    if config.tile_size is not None and tile - 2 * overlap < 1:
-        raise ConfigError(
-            f"--tile-size {tile} is too small for a tile overlap of {overlap} px "
-            f"(the model's receptive-field radius); use --tile-size > {2 * overlap}")
-    return config.replace(tile_size=tile, tile_overlap=overlap, tile_sizes=sizes)
-
-
-def _probe_model(spec: ModelSpec, scale: int) -> ModelSpec:
-    """Load a user model once in a Ray task (never in the driver) to learn its radius."""
+def _probe_task():
     import ray
 
     @ray.remote(num_cpus=1, max_retries=0)
-    def probe(spec: ModelSpec) -> ModelSpec:
-        from sr_batch.runtime import configure_tensorflow
+    def probe(spec: ModelSpec):
+        """The spec completed, or (error class, one-line message naming the user's file)."""
+        try:
+            from sr_batch import tiling
+            from sr_batch.models.registry import load_keras_model, sha256_of
+            from sr_batch.runtime import configure_tensorflow
 
-        configure_tensorflow(1)
-        from sr_batch import tiling
-        from sr_batch.models.registry import load_keras_model, sha256_of
+            configure_tensorflow(1)
+            # Pin the bytes measured: the actors verify the same SHA-256 when they load.
+            spec = replace(spec, sha256=sha256_of(storage.read_bytes(spec.uri)))
+            model = load_keras_model(spec)
+            radius = tiling.receptive_radius_from_impulse(
+                lambda x: model(x, training=False).numpy(), spec.scale)
+            return replace(spec, receptive_radius=radius, params=int(model.count_params()))
+        except Exception as exc:  # noqa: BLE001 - any failure is the model's, told in one line
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if storage.display(spec.uri) not in message:
+                message = f"cannot load model {storage.display(spec.uri)}: {message}"
+            return type(exc).__name__, message
 
-        # Pin the bytes we measured: the actors verify the same SHA-256 when they load.
-        spec = replace(spec, sha256=sha256_of(storage.read_bytes(spec.uri)))
-        model = load_keras_model(spec)
-        radius = tiling.receptive_radius_from_impulse(
-            lambda x: model(x, training=False).numpy(), spec.scale or scale)
-        return replace(spec, scale=scale, receptive_radius=radius,
-                       params=int(model.count_params()))
-
-    return ray.get(probe.remote(replace(spec, scale=scale)))
-
-
-# --- running ---------------------------------------------------------------------------
+    return probe
 
 
 def init_ray(address: str | None) -> None:
@@ -209,6 +264,7 @@ def _tf_threads(config: JobConfig, pool: tuple[int, int]) -> int:
     return config.intra_op_threads
 
 
+
 def actor_pool_size(config: JobConfig) -> tuple[int, int]:
     import ray
 
@@ -220,100 +276,19 @@ def actor_pool_size(config: JobConfig) -> tuple[int, int]:
     return (n, n)
 
 
-def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
-    """Upscale every image of the sources; return counts. Raises only job-level errors."""
-    if not config.lock:
-        return _run_job(config, echo, None)
-    from sr_batch.lock import DEFAULT_STALE_S, OutputLock
 
-    run_id = config.run_id or new_run_id()
-    uri = storage.join(storage.to_uri(config.output), "nightly.lock")
-    with OutputLock(uri, DEFAULT_STALE_S, purpose=f"sr-batch run {run_id}") as lock:
-        return _run_job(config.replace(run_id=run_id), echo, lock)
+# --- bookkeeping -----------------------------------------------------------------------
 
 
-def _run_job(config: JobConfig, echo: Echo, lock) -> RunResult:
-    import ray
-
-    run_id = config.run_id or new_run_id()
-    chosen_tile = config.tile_size
-    started_at = dt.datetime.now(dt.timezone.utc)
-    began = time.perf_counter()
-    output = storage.to_uri(config.output)
-    table = manifest.load_sources(config.sources)
-    init_ray(config.address)
-    spec, config = resolve_model(config)
-    overlap = config.tile_overlap
-    _write_run_record(output, run_id, config, spec, overlap, None, None, started_at)  # preflight
-    planned = plan_outputs(table, config)
-    settings_key = incremental.Settings.of_run(config, spec.identity, chosen_tile)
-    if config.force:
-        todo, skipped = planned, stats.make_table([])
-    else:
-        todo, skipped = incremental.split_manifest(
-            planned, incremental.find_done(output, planned, settings_key), settings_key)
-    config = resolve_images_per_batch(config, todo)
-    pool = actor_pool_size(config)
-    settings = ActorSettings(
-        model=spec, scale=config.scale, tile_size=config.tile_size, tile_sizes=config.tile_sizes,
-        tile_overlap=overlap,
-        batch_size=config.batch_size, format=config.format, quality=config.quality,
-        png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
-        retries=config.retries, intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
-        self_ensemble=config.self_ensemble, precision=config.precision)
-    echo(f"run {run_id}: {planned.num_rows} images ({skipped.num_rows} unchanged, skipped), "
-         f"model {spec.name} x{config.scale} (tiles {'/'.join(map(str, config.tile_sizes))} px, overlap {overlap}), "
-         f"{pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
-         f"{config.gpus_per_actor:g} GPU, {config.images_per_batch} images a call")
-
-    from ray.data import ActorPoolStrategy, DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    # Ray Data logs every dataset start/finish at INFO (set up when ray.data is first
-    # imported, so only now can it be lowered); our progress lines say the same.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    writer = _StatsWriter(output, run_id, planned.num_rows, config, echo, lock)
-    if skipped.num_rows:
-        writer.add(skipped)
-    if todo.num_rows:
-        ds = ray.data.from_arrow(_blocks(todo, config.images_per_batch, pool[1]))
-        ds = ds.map_batches(
-            UpscaleActor, fn_constructor_kwargs={"settings": settings},
-            batch_size=config.images_per_batch, batch_format="pyarrow",
-            compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
-                                      max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-                                      enable_true_multi_threading=CALLS_PER_ACTOR > 1,
-                                      # no queue beyond the running calls: blocks spread
-                                      # over every actor as soon as it is up
-                                      max_tasks_in_flight_per_actor=CALLS_PER_ACTOR),
-            num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
-            udf_modifying_row_count=False)
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer.add(batch)
-    writer.close()
-    _remove_orphan_temps(output, planned, started_at.timestamp(), echo)
-    wall_s = time.perf_counter() - began
-    result = RunResult(
-        run_id=run_id, counts=writer.counts, wall_s=wall_s,
-        images_per_s=(writer.rows - skipped.num_rows) / wall_s if wall_s else 0.0,
-        output_megapixels_per_s=writer.out_pixels / 1e6 / wall_s if wall_s else 0.0,
-        stats_uri=stats.run_dir(output, run_id), failures=writer.failures)
-    _write_run_record(output, run_id, config, spec, overlap, pool, result, started_at)
-    return result
-
-
-def _remove_orphan_temps(output: str, planned: pa.Table, started: float, echo: Echo) -> None:
+def _remove_orphan_temps(layout: OutLayout, listed: pa.Table, started: float, echo: Echo) -> None:
     """Delete the hidden temporary files an interrupted run left beside this run's outputs.
 
     Runs once every write of this run is done; a temporary file last touched
     before this run started belongs to a writer that was killed mid-write.
     """
-    import pyarrow.compute as pc
-
-    # An output is output_uri where the manifest names one, else output_stem + the format's suffix.
-    uris = pc.drop_null(pc.coalesce(planned.column("output_uri"), planned.column("output_stem")))
+    uris = pc.list_flatten(listed.column("output_uris"))
     directories = pc.unique(pc.replace_substring_regex(uris, r"/[^/]*$", "")).to_pylist()
-    stats_fs, stats_path = storage.get_fs(storage.join(output, "stats"))
+    stats_fs, stats_path = storage.get_fs(layout.stats)
     if storage.is_local(stats_fs) and os.path.isdir(stats_path):
         directories += [entry.path for entry in os.scandir(stats_path) if entry.is_dir()]
     removed = storage.remove_orphan_temps(directories, older_than=started)
@@ -321,60 +296,20 @@ def _remove_orphan_temps(output: str, planned: pa.Table, started: float, echo: E
         echo(f"removed {removed} temporary file(s) left by an interrupted run")
 
 
-def resolve_images_per_batch(config: JobConfig, todo: pa.Table) -> JobConfig:
-    """The config with --images-per-batch set: as given, else about PIXELS_PER_CALL input
-    pixels a call for the median of up to CALL_SIZE_SAMPLE images spread over the manifest
-    (headers only), 1 to DEFAULT_IMAGES_PER_BATCH images."""
-    if config.images_per_batch is not None:
-        return config
-    pixels = sorted(p for p in sample_pixels(todo, config.retries) if p)
-    if not pixels:
-        return config.replace(images_per_batch=DEFAULT_IMAGES_PER_BATCH)
-    median = pixels[len(pixels) // 2]
-    return config.replace(images_per_batch=max(1, min(DEFAULT_IMAGES_PER_BATCH, PIXELS_PER_CALL // median)))
-
-
-def sample_pixels(todo: pa.Table, retries: int) -> list[int | None]:
-    """Pixel counts from the headers of up to CALL_SIZE_SAMPLE images spread evenly over the
-    manifest; None where a header is unreadable (the job itself reports that image)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import pyarrow.compute as pc
-
-    from sr_batch import streaming
-
-    planned = todo.filter(pc.is_null(todo.column("plan_error_type")))
-    if planned.num_rows == 0:
-        return []
-    step = max(1, planned.num_rows // CALL_SIZE_SAMPLE)
-    picks = pa.array(range(0, planned.num_rows, step)[:CALL_SIZE_SAMPLE], pa.int64())
-    uris = planned.column("uri").take(picks).to_pylist()
-
-    def pixels_of(uri: str) -> int | None:
-        try:
-            with storage.open_input(uri, retries, storage.HEADER_BLOCK_SIZE) as handle:
-                return streaming.count_pixels(handle)
-        except (ImageError, StorageError, OSError):
-            return None
-
-    with ThreadPoolExecutor(min(8, len(uris))) as pool:
-        return list(pool.map(pixels_of, uris))
-
-
-def _blocks(table: pa.Table, images_per_batch: int, max_actors: int) -> list[pa.Table]:
+def _blocks(table: pa.Table, images_per_call: int, max_actors: int) -> list[pa.Table]:
     """Cut the manifest into blocks: enough for every actor, big enough to pack tiles."""
-    rows = max(images_per_batch, min(256, math.ceil(table.num_rows / (4 * max_actors))))
-    rows = math.ceil(rows / images_per_batch) * images_per_batch
+    rows = max(images_per_call, min(256, math.ceil(table.num_rows / (4 * max_actors))))
+    rows = math.ceil(rows / images_per_call) * images_per_call
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
 
 
 class _StatsWriter:
     """Collects stats batches, flushes Parquet parts, prints progress and failures."""
 
-    def __init__(self, output: str, run_id: str, total: int, config: JobConfig,
+    def __init__(self, layout: OutLayout, run_id: str, total: int, config: JobConfig,
                  echo: Echo, lock=None) -> None:
         self.lock = lock
-        self.output, self.run_id, self.total = output, run_id, total
+        self.layout, self.run_id, self.total = layout, run_id, total
         self.progress_s, self.flush_s = config.progress_s, config.stats_flush_s
         self.retries, self.echo = config.retries, echo
         self.pending: list[pa.Table] = []
@@ -408,7 +343,8 @@ class _StatsWriter:
 
     def _report_failure(self, row: dict) -> None:
         if len(self.failures) < MAX_FAILURE_LINES:
-            self.echo(f"failed: {row['source_uri']}: {row['error_type']}: {row['error_message']}")
+            self.echo(f"failed: {storage.display(row['source_uri'])}: {row['error_type']}: "
+                      f"{storage.display(row['error_message'] or '')}")
         elif len(self.failures) == MAX_FAILURE_LINES:
             self.echo("further failures are only counted; query the stats for all of them")
         self.failures.append(row)
@@ -423,7 +359,7 @@ class _StatsWriter:
 
     def flush(self) -> None:
         if self.pending:
-            stats.write_part(self.output, self.run_id, pa.concat_tables(self.pending), self.seq,
+            stats.write_part(self.layout, self.run_id, pa.concat_tables(self.pending), self.seq,
                              self.retries)
             self.seq += 1
         self.pending, self.pending_rows = [], 0
@@ -431,6 +367,13 @@ class _StatsWriter:
 
     def close(self) -> None:
         self.flush()
+
+    def close_quietly(self) -> None:
+        """Flush what arrived before a run stopped; a failing flush must not hide why it stopped."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001
+            log.warning("could not flush the last stats rows", exc_info=True)
 
 
 def _version(*names: str) -> str | None:
@@ -442,19 +385,26 @@ def _version(*names: str) -> str | None:
     return None
 
 
-def _write_run_record(output: str, run_id: str, config: JobConfig, spec: ModelSpec, overlap: int,
-                      pool: tuple[int, int] | None, result: RunResult | None,
-                      started_at: dt.datetime) -> None:
-    """OUT/runs/<run_id>.json: written first as `running` (which also proves OUT is
-    writable before any image is touched), then again with the results."""
+def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
+                      pool: tuple[int, int] | None = None, counts: dict | None = None,
+                      result: RunResult | None = None, error: str | None = None,
+                      quiet: bool = False) -> None:
+    """OUT/runs/<run_id>.json: written first as `running` (which also proves OUT is writable
+    before any image is touched), then as finished, interrupted or failed."""
+    config, tiling = plan.config, plan.tiling
     record = {
-        "run_id": run_id,
-        "status": "finished" if result else "running",
-        "config": {**config.to_dict(), "tile_overlap": overlap, "actors": pool and list(pool)},
-        "model": asdict(spec),
-        "counts": result and result.counts,
+        "run_id": plan.run_id,
+        "status": status,
+        "config": {**config.to_dict(), "actors": pool and list(pool)},
+        "plan": {"tile_sides": tiling and list(tiling.sides), "tile_overlap": tiling and tiling.overlap,
+                 "images_per_call": plan.images_per_call, "denoise": plan.denoise,
+                 "listed": plan.listed.num_rows, "todo": plan.todo.num_rows,
+                 "skipped": plan.skipped.num_rows},
+        "model": asdict(plan.model),
+        "counts": counts,
+        "error": error,
         "started_at": started_at.isoformat(),
-        "finished_at": result and dt.datetime.now(dt.timezone.utc).isoformat(),
+        "finished_at": status != "running" and dt.datetime.now(dt.timezone.utc).isoformat() or None,
         "wall_s": result and result.wall_s,
         "images_per_s": result and result.images_per_s,
         "output_megapixels_per_s": result and result.output_megapixels_per_s,
@@ -462,9 +412,11 @@ def _write_run_record(output: str, run_id: str, config: JobConfig, spec: ModelSp
                      "tensorflow": _version("tensorflow", "tensorflow-cpu"),
                      "keras": _version("keras"), "python": sys.version.split()[0]},
     }
-    uri = storage.join(output, "runs", f"{run_id}.json")
     try:
-        storage.write_bytes_atomic(uri, json.dumps(record, indent=2, default=str).encode(),
-                                   config.retries)
+        storage.write_bytes_atomic(plan.layout.run_record(plan.run_id),
+                                   json.dumps(record, indent=2, default=str).encode(), config.retries)
     except ImageError as exc:  # WriteError: nothing of this run could be recorded
-        raise StorageError(f"cannot write to the output {output}: {exc}") from None
+        if quiet:
+            log.warning("could not record the run as %s: %s", status, exc)
+            return
+        raise StorageError(f"cannot write to the output {storage.display(plan.layout.root)}: {exc}") from None

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sr_batch import storage
+from sr_batch.layout import OutLayout
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 
@@ -38,6 +39,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("requested_format", pa.string(), "--format of the run (keep, png, ...); part of the settings"),
     ("self_ensemble", pa.bool_(), "averaged over the 8 flips/rotations (--self-ensemble)"),
     ("precision", pa.string(), "model arithmetic, float32 or bfloat16 (--precision); bicubic ignores it"),
+    ("denoise", pa.float64(), "--denoise strength, 0-1, of a model shipped as a mild/strong pair (real); null for others"),
     ("alpha_mode", pa.string(), "how the alpha channel was upscaled (model, bicubic); null without alpha"),
     ("model", pa.string(), "model name or URI"),
     ("model_sha256", pa.string(), "SHA-256 of the model file ('bicubic' for the baseline)"),
@@ -71,15 +73,11 @@ def make_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def run_dir(output: str, run_id: str) -> str:
-    return storage.join(output, "stats", f"run_id={run_id}")
-
-
-def write_part(output: str, run_id: str, table: pa.Table, seq: int, retries: int = 3) -> str:
+def write_part(layout: OutLayout, run_id: str, table: pa.Table, seq: int, retries: int = 3) -> str:
     """Write one Parquet part file of a run atomically; return its URI."""
     buffer = io.BytesIO()
     pq.write_table(table.cast(SCHEMA), buffer, compression="zstd")
-    uri = storage.join(run_dir(output, run_id), f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet")
+    uri = storage.join(layout.stats_run(run_id), f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet")
     storage.write_bytes_atomic(uri, buffer.getvalue(), retries=retries)
     return uri
 
@@ -88,7 +86,7 @@ def read_stats(output: str, run_id: str | None = None) -> pa.Table:
     """All stats rows under OUT/stats (or one run's), with the run_id column."""
     import pyarrow.dataset as ds
 
-    fs, path = storage.get_fs(storage.join(output, "stats"))
+    fs, path = storage.get_fs(OutLayout.of(output).stats)
     if not fs.exists(path):
         return pa.schema([("run_id", pa.string()), *SCHEMA]).empty_table()
     partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")

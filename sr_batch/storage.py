@@ -78,6 +78,15 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+# Control characters (a newline in a file name) would break a one-line message.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def display(uri: str) -> str:
+    """A URI or path for a one-line message: control characters escaped (\\n, \\t, \\x1b)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(uri))
+
+
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")

@@ -105,15 +105,15 @@ def test_default_actor_count_needs_the_gpus_it_asks_for():
 
 def test_tiling_resolves_to_two_tiles_by_default_and_one_when_given():
     from sr_batch.config import DEFAULT_TILE_CORE, LARGE_TILE_CORE
-    from sr_batch.pipeline import resolve_tiling
+    from sr_batch.plan import resolve_tiling
 
     auto = resolve_tiling(make(), radius=15)
-    assert auto.tile_overlap == 15
-    assert auto.tile_sizes == (DEFAULT_TILE_CORE + 30, LARGE_TILE_CORE + 30)
-    assert auto.tile_size == LARGE_TILE_CORE + 30
-    assert resolve_tiling(auto, radius=15) == auto  # resolving twice changes nothing
+    assert auto.overlap == 15
+    assert auto.sides == (DEFAULT_TILE_CORE + 30, LARGE_TILE_CORE + 30)
+    assert auto.largest == LARGE_TILE_CORE + 30
+    assert resolve_tiling(make(tile_overlap=3), radius=15).overlap == 3
 
     given = resolve_tiling(make(tile_size=100), radius=4)
-    assert given.tile_sizes == (100,) and given.tile_size == 100
+    assert given.sides == (100,) and given.largest == 100
     with pytest.raises(ConfigError, match="too small for a tile overlap of 15"):
         resolve_tiling(make(tile_size=30), radius=15)

@@ -37,7 +37,7 @@ def test_actor_killed_mid_run(ray_local, tmp_path):
     def run() -> None:
         try:
             results.append(run_job(JobConfig(sources=(str(src),), output=str(out), tile_size=32,
-                                             images_per_batch=1), echo=lambda line: None))
+                                             images_per_call=1), echo=lambda line: None))
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 

@@ -55,13 +55,17 @@ CHILD = textwrap.dedent("""
     import json, resource, sys
     import pyarrow as pa
     from sr_batch.actor import ActorSettings, UpscaleActor
+    from sr_batch.layout import OutLayout
     from sr_batch.models.registry import bicubic_spec
+    from sr_batch.plan import Tiling
 
-    source, stem = sys.argv[1], sys.argv[2]
-    settings = ActorSettings(model=bicubic_spec(2), scale=2, tile_size=128, tile_overlap=2,
+    source, out = sys.argv[1], sys.argv[2]
+    layout = OutLayout.of(out)
+    settings = ActorSettings(model=bicubic_spec(2), scale=2, tiling=Tiling((128,), 2), layout=layout,
                              batch_size=16, format="keep", quality=95, png_compress_level=1,
                              max_pixels=100_000, retries=0, intra_op_threads=1)
-    row = {"image_id": "huge", "uri": source, "output_uri": None, "output_stem": stem}
+    row = {"image_id": "huge", "uri": source, "output_exts": ["tif"],
+           "output_uris": [layout.images + "/huge.tif"]}
     stats = UpscaleActor(settings)(pa.Table.from_pylist([row])).to_pylist()[0]
     # VmHWM: the peak RSS of this process image alone. ru_maxrss would also count the
     # parent's RSS at fork (Linux keeps it across exec), e.g. a pytest that loaded TF.

@@ -335,18 +335,22 @@ def test_alpha_bicubic_keeps_the_model_off_the_alpha(tmp_path):
 
     from sr_batch import resample
     from sr_batch.actor import ActorSettings, UpscaleActor
+    from sr_batch.layout import OutLayout
     from sr_batch.models import registry
+    from sr_batch.plan import Tiling
 
     rgb, alpha = scene(H, W, seed=2), alpha_ramp(H, W)
     Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "a.png")
     spec = registry.resolve_model("residual", 2)
+    layout = OutLayout.of(str(tmp_path / "out"))
     rows = {}
     for mode in ("bicubic", "model"):
-        settings = ActorSettings(model=spec, scale=2, tile_size=32, tile_overlap=spec.receptive_radius,
-                                 batch_size=8, format="keep", quality=95, png_compress_level=1,
-                                 max_pixels=MAX_PIXELS, retries=0, intra_op_threads=1, alpha=mode)
-        row = {"image_id": mode, "uri": f"file://{tmp_path}/a.png", "output_uri": None,
-               "output_stem": f"file://{tmp_path}/out-{mode}"}
+        settings = ActorSettings(model=spec, scale=2, tiling=Tiling((32,), spec.receptive_radius),
+                                 layout=layout, batch_size=8, format="keep", quality=95,
+                                 png_compress_level=1, max_pixels=MAX_PIXELS, retries=0,
+                                 intra_op_threads=1, alpha=mode)
+        row = {"image_id": mode, "uri": f"file://{tmp_path}/a.png", "output_exts": ["png"],
+               "output_uris": [f"{layout.images}/out-{mode}.png"]}
         rows[mode] = UpscaleActor(settings)(pa.Table.from_pylist([row])).to_pylist()[0]
         assert rows[mode]["status"] == "ok", rows[mode]["error_message"]
     _, bicubic = output_of(rows["bicubic"])

@@ -107,7 +107,7 @@ def test_driver_killed_with_sigkill_then_rerun(ray_head, tmp_path):
     gcs, _, env = ray_head
     src, out = tmp_path / "in", tmp_path / "out"
     make_folder(src, 40, size=48)
-    args = ["run", str(src), "--output", str(out), "--address", gcs, "--images-per-batch", "1",
+    args = ["run", str(src), "--output", str(out), "--address", gcs, "--images-per-call", "1",
             "--stats-flush-s", "0", "--tile-size", "32"]
     env = {**env, "RAY_AUTH_MODE": "token"}
     proc = subprocess.Popen(sr_batch_cmd(*args), env=env, stdout=subprocess.DEVNULL,

@@ -102,7 +102,7 @@ def test_default_tiling_gives_each_image_the_cheaper_tile(ray_local, tmp_path):
     assert rows["large"]["tile_size"] == LARGE_TILE_CORE + 2 * overlap
     assert rows["small"]["n_tiles"] == 1 and rows["large"]["n_tiles"] == 1
     record = json.loads((out / "runs" / "auto-1.json").read_text())
-    assert record["config"]["tile_sizes"] == [DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap]
+    assert record["plan"]["tile_sides"] == [DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap]
     again = run_job(config.replace(run_id="auto-2"), echo=quiet)
     assert again.counts == {"skipped": 2}
 
@@ -110,17 +110,18 @@ def test_default_tiling_gives_each_image_the_cheaper_tile(ray_local, tmp_path):
 @pytest.mark.parametrize("sides, expected", [((128,), 8), ((512,), 8), ((1024,), 3), ((2048,), 1),
                                              ((128, 2048, 2048), 1), ((128, 128, 2048), 8)])
 def test_images_per_call_follow_the_median_image_size(tmp_path, sides, expected):
-    from sr_batch.pipeline import plan_outputs, resolve_images_per_batch
+    from sr_batch.layout import OutLayout
+    from sr_batch.plan import images_per_call, plan_outputs
 
     (tmp_path / "in").mkdir()
     for i, side in enumerate(sides):  # flat images: only the header matters
         Image.new("RGB", (side, side)).save(tmp_path / "in" / f"{i}.png")
     (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
     config = JobConfig(sources=(str(tmp_path / "in"),), output=str(tmp_path / "out"))
-    table = plan_outputs(manifest.load_sources(config.sources), config)
+    table = plan_outputs(manifest.load_sources(config.sources), OutLayout.of(config.output), "keep")
 
-    assert resolve_images_per_batch(config, table).images_per_batch == expected
-    assert resolve_images_per_batch(config.replace(images_per_batch=5), table).images_per_batch == 5
+    assert images_per_call(config, table) == expected
+    assert images_per_call(config.replace(images_per_call=5), table) == 5
 
 
 def test_bfloat16_is_recorded_and_is_not_taken_for_a_float32_run(ray_local, tmp_path):
@@ -238,7 +239,7 @@ def test_actors_get_distinct_gpus(ray_local, tmp_path):
         (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(scene(48, 48, seed=i)))
     result = run_job(JobConfig(sources=(str(tmp_path / "in"),), output=str(tmp_path / "out"),
                                tile_size=32, actors="2", gpus_per_actor=1, cpus_per_actor=0.5,
-                               images_per_batch=1), echo=quiet)
+                               images_per_call=1), echo=quiet)
     assert result.counts == {"ok": 48}
     workers = set(stats.read_stats(str(tmp_path / "out")).column("worker").to_pylist())
     gpus = {w.split("gpu=")[1] for w in workers}

@@ -1,0 +1,88 @@
+"""The one object that knows what lives where under OUT.
+
+    OUT/images/...                         upscaled images (the only place outputs land)
+    OUT/stats/run_id=<run_id>/part-*.parquet   one stats row per manifest row
+    OUT/runs/<run_id>.json                 the run record
+    OUT/manifests/<run_id>.parquet         what a nightly run submitted
+    OUT/nightly.lock                       held by nightly and `run --lock`
+
+An output path is accepted only under OUT/images: by its name, and on local
+disks also after following links, so neither a manifest row nor a symlink in
+OUT can send a write onto the job's own files or outside OUT.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass, field
+
+from sr_batch import storage
+from sr_batch.errors import PathEscapeError
+
+
+@dataclass(frozen=True)
+class OutLayout:
+    """Paths of one output root (a URI)."""
+
+    root: str
+    _real_dirs: dict = field(default_factory=dict, compare=False, repr=False)
+    """Local directories already resolved through their links (path -> real path)."""
+
+    @classmethod
+    def of(cls, output: str) -> "OutLayout":
+        return cls(storage.to_uri(output).rstrip("/"))
+
+    @property
+    def images(self) -> str:
+        return storage.join(self.root, "images")
+
+    @property
+    def stats(self) -> str:
+        return storage.join(self.root, "stats")
+
+    def stats_run(self, run_id: str) -> str:
+        return storage.join(self.stats, f"run_id={run_id}")
+
+    @property
+    def runs(self) -> str:
+        return storage.join(self.root, "runs")
+
+    def run_record(self, run_id: str) -> str:
+        return storage.join(self.runs, f"{run_id}.json")
+
+    @property
+    def manifests(self) -> str:
+        return storage.join(self.root, "manifests")
+
+    def manifest(self, run_id: str) -> str:
+        return storage.join(self.manifests, f"{run_id}.parquet")
+
+    @property
+    def lock(self) -> str:
+        return storage.join(self.root, "nightly.lock")
+
+    def image_path(self, relative: str) -> str:
+        """URI of `relative` under OUT/images; PathEscapeError if it could leave it."""
+        return self.check_output(storage.resolve_inside(self.images, relative))
+
+    def check_output(self, uri: str, cached: bool = True) -> str:
+        """`uri` if it lies under OUT/images (same filesystem; on local disks after following
+        links), else PathEscapeError. `cached` reuses directories resolved before (planning);
+        a writer passes False, so a link made after planning is still caught."""
+        uri = storage.check_inside(self.images, storage.to_uri(uri))
+        fs, path = storage.get_fs(uri)
+        if storage.is_local(fs):
+            root = self._real_dir(storage.get_fs(self.images)[1], cached)
+            real = self._real_dir(posixpath.dirname(path), cached)
+            if real != root and not real.startswith(root + "/"):
+                raise PathEscapeError(f"output {storage.display(uri)} leads outside {storage.display(self.images)} "
+                                      f"through a link (to {storage.display(real)})")
+        return uri
+
+    def _real_dir(self, path: str, cached: bool = True) -> str:
+        """The real path of a local directory, following links in the part that exists."""
+        real = self._real_dirs.get(path) if cached else None
+        if real is None:
+            real = self._real_dirs[path] = os.path.realpath(path)
+        return real
