@@ -1,7 +1,8 @@
 """NIQE: a no-reference naturalness score (Mittal, Soundararajan & Bovik, IEEE SPL 2013).
 
-The recipe of the paper and its MATLAB release: BT.601 luma (here `quality.rgb_to_y`,
-Y in [16, 235], made float32 for scoring), cropped to whole 96x96 patches; at two
+The recipe of the paper and its MATLAB release: BT.601 luma (`quality.rgb_to_y`'s Y in
+[16, 235], which `centred_luma` makes channel by channel, in float32 for scoring;
+the paper used MATLAB's rgb2gray), cropped to whole 96x96 patches; at two
 scales (the second a half-size antialiased bicubic downscale, Pillow's, as
 `resample.resize_bicubic`) the MSCN coefficients (x - mu) / (sigma + 1) under a 7x7
 Gaussian window (sigma 7/6, edges replicated); per patch 18 features: the GGD shape
@@ -46,8 +47,9 @@ from typing import Iterable
 import numpy as np
 from scipy import special
 
-from sr_batch import images, quality, resample, storage
+from sr_batch import quality, resample, storage
 from sr_batch.errors import ConfigError, ImageError, SrBatchError
+from sr_batch.images import decode_image
 
 PATCH = 96  # the paper's patch side, at full scale (half of it at the second scale)
 SHARPNESS_FRACTION = 0.75  # the paper keeps pristine patches sharper than this x the image's sharpest
@@ -55,7 +57,7 @@ DEFAULT_PARAMS = Path(__file__).with_name("niqe_pristine.json")
 FEATURES_PER_SCALE = 18
 SCALES = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-# --check tolerance: float round-off, relative to each array's largest magnitude.
+# --check tolerance: float round-off, relative to each entry's scale (see compare_params).
 CHECK_RTOL = 1e-9
 
 # The MSCN window: MATLAB's fspecial('gaussian', 7, 7/6), separable.
@@ -128,9 +130,9 @@ def patch_features(image: np.ndarray, dtype=np.float32, patch: int = PATCH) -> t
     feature hold NaN there. An image smaller than one patch gives n = 0.
     """
     rows, cols = image.shape[0] // patch, image.shape[1] // patch
+    scaled = centred_luma(image[: rows * patch, : cols * patch], dtype)  # checks dtype and layout
     if rows == 0 or cols == 0:
         return np.empty((0, SCALES * FEATURES_PER_SCALE)), np.empty(0)
-    scaled = centred_luma(image[: rows * patch, : cols * patch], dtype)
     per_scale = []
     sharpness = None
     for scale in range(1, SCALES + 1):
@@ -152,7 +154,7 @@ def centred_luma(image: np.ndarray, dtype=np.float32) -> np.ndarray:
     Channel by channel in float32 it is 3x faster than rgb_to_y and equal to it to 1e-4.
     """
     weights = quality._unit_luma_weights(image).astype(dtype)
-    planes = image.reshape(image.shape[0], image.shape[1], -1)
+    planes = image if image.ndim == 3 else image[:, :, None]
     luma = planes[:, :, 0].astype(dtype)
     luma *= weights[0]
     for channel in range(1, len(weights)):
@@ -368,7 +370,7 @@ def _nearest(table: np.ndarray, values: np.ndarray) -> np.ndarray:
 # --- the pristine model: fit, save, load, check ----------------------------------------
 
 
-def fit_params(images_: Iterable[np.ndarray], patch: int = PATCH,
+def fit_params(images: Iterable[np.ndarray], patch: int = PATCH,
                sharpness_fraction: float = SHARPNESS_FRACTION) -> NiqeParams:
     """The pristine model of a set of images: mean and covariance of their sharpest patches' features.
 
@@ -378,7 +380,7 @@ def fit_params(images_: Iterable[np.ndarray], patch: int = PATCH,
     """
     kept = []
     image_count = candidates = 0
-    for image in images_:
+    for image in images:
         image_count += 1
         features, sharpness = patch_features(image, np.float64, patch)
         candidates += len(features)
@@ -454,7 +456,7 @@ def fit_folders(folders: list[str], patch: int = PATCH,
             data = storage.read_bytes(uri)
             hashes.append(hashlib.sha256(data).hexdigest())
             try:
-                yield images.decode_image(data, max_pixels=_MAX_FIT_PIXELS).pixels
+                yield decode_image(data, max_pixels=_MAX_FIT_PIXELS).pixels
             except ImageError as exc:
                 raise ConfigError(f"{uri}: {exc}") from None
 

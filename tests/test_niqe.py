@@ -203,6 +203,14 @@ def test_layouts_and_bit_depths_give_the_same_score(leaves):
 
 def test_image_smaller_than_a_patch_is_nan():
     assert math.isnan(niqe(dead_leaves(48)[:40, :40]))
+    assert math.isnan(niqe(np.zeros((40, 400), np.uint8)))
+
+
+def test_unsupported_inputs_raise_even_when_small():
+    with pytest.raises(TypeError, match="dtype"):
+        niqe(np.zeros((40, 40, 3), np.int32))
+    with pytest.raises(ValueError, match="HxWx4"):
+        niqe(np.zeros((200, 200, 2), np.uint8))
 
 
 def test_flat_image_is_nan_and_one_patch_is_enough(leaves):
