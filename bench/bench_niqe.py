@@ -91,7 +91,7 @@ def main() -> None:
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     for name, out in outputs(args.folder).items():
         mp = out.shape[0] * out.shape[1] / 1e6
-        seconds = best_of(lambda: niqe.niqe(out, params), args.repeats)
+        seconds = best_of(lambda: niqe.niqe(out, params), args.repeats)  # noqa: B023 - called at once
         print(f"\n{name} output ({mp:.2f} MP): niqe {seconds / mp:.4f} s/MP "
               f"({seconds:.3f} s, score {niqe.niqe(out, params):.2f})")
         for label, stage in stages(out, params).items():

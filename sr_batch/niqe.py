@@ -40,9 +40,9 @@ import hashlib
 import json
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from scipy import special
@@ -179,7 +179,7 @@ _SUMS = 3 + _PAIR_SUMS * len(_NEIGHBOURS)
 def _patch_sums(luma: np.ndarray, patch: int) -> np.ndarray:
     """Per-patch sums (rows, cols, _SUMS) of a luma plane whose sides are multiples of patch."""
     rows, cols = luma.shape[0] // patch, luma.shape[1] // patch
-    padded = np.pad(luma, _WINDOW_RADIUS, mode="edge")  # MATLAB imfilter's 'replicate'
+    r = _WINDOW_RADIUS
     window = _gaussian_window(luma.dtype)
     tile_cols = max(1, min(cols, _TILE_PIXELS // (patch * patch)))
     # Work buffers for every tile: fresh large arrays per tile would page-fault.
@@ -187,13 +187,14 @@ def _patch_sums(luma: np.ndarray, patch: int) -> np.ndarray:
     buffers = (np.empty(_PAIR_PRODUCTS * size, luma.dtype), np.empty(_PAIR_PRODUCTS * size, luma.dtype),
                np.empty(4 * size, bool))
     sums = np.empty((rows, cols, _SUMS), dtype=np.float64)
-    margin = 2 * _WINDOW_RADIUS
     for row in range(rows):
-        top = row * patch
+        # One row of patches with a window radius around it, edges replicated (MATLAB
+        # imfilter's 'replicate'); padded band by band, never a copy of the whole plane.
+        lines = np.clip(np.arange(row * patch - r, (row + 1) * patch + r), 0, luma.shape[0] - 1)
+        band = np.pad(luma[lines], ((0, 0), (r, r)), mode="edge")
         for col in range(0, cols, tile_cols):
             count = min(tile_cols, cols - col)
-            left = col * patch
-            tile = padded[top : top + patch + margin, left : left + count * patch + margin]
+            tile = band[:, col * patch : (col + count) * patch + 2 * r]
             sums[row, col : col + count] = _tile_sums(tile, patch, window, buffers)
     return sums
 
@@ -319,7 +320,8 @@ def _features_from_sums(sums: np.ndarray, patch: int) -> np.ndarray:
         mean_abs = sums[:, _M1] / (patch * patch)
         features = [_ggd_shape(variance / mean_abs**2), variance]
         for k in range(len(_NEIGHBOURS)):
-            square, signed_square, magnitude, negative, nonzero = sums[:, 3 + _PAIR_SUMS * k : 3 + _PAIR_SUMS * (k + 1)].T
+            first = 3 + _PAIR_SUMS * k
+            square, signed_square, magnitude, negative, nonzero = sums[:, first : first + _PAIR_SUMS].T
             # The diagonal pairs have (patch - 1)^2 products, the others patch (patch - 1).
             count = patch * (patch - 1) if k < 2 else (patch - 1) ** 2
             left = np.sqrt(np.maximum(square - signed_square, 0) / 2 / negative)
@@ -394,7 +396,7 @@ def fit_params(images: Iterable[np.ndarray], patch: int = PATCH,
                           f"a pristine model needs at least 2 (images of {patch}x{patch} px or more)")
     provenance = {
         "image_count": image_count,
-        "patch_count": int(len(features)),
+        "patch_count": len(features),
         "candidate_patch_count": candidates,
         "patch_size": patch,
         "sharpness_threshold": sharpness_fraction,
@@ -497,7 +499,8 @@ def compare_params(fitted: NiqeParams, expected: NiqeParams, rtol: float = CHECK
         if key in expected.provenance and fitted.provenance.get(key) != expected.provenance[key]:
             new, old = fitted.provenance.get(key), expected.provenance[key]
             if key == "inputs_sha256":
-                return f"the images differ from those the file was fitted on (inputs_sha256 {new:.12}... vs {old:.12}...)"
+                return (f"the images differ from those the file was fitted on "
+                        f"(inputs_sha256 {new:.12}... vs {old:.12}...)")
             return f"{key} is {new}, the file says {old}"
     sd = np.sqrt(np.abs(np.diag(expected.cov)))
     scales = {"mu": np.maximum(np.abs(expected.mu), sd), "cov": np.outer(sd, sd)}

@@ -13,10 +13,20 @@ import pytest
 from PIL import Image
 from scipy import ndimage, special
 
-from sr_batch import niqe as niqe_module
 from sr_batch.errors import ConfigError
-from sr_batch.niqe import (DEFAULT_PARAMS, NiqeParams, centred_luma, distance, dump_params, fit_params,
-                           load_params, main, niqe, patch_features)
+from sr_batch.niqe import (
+    DEFAULT_PARAMS,
+    NiqeParams,
+    centred_luma,
+    distance,
+    dump_params,
+    fit_folders,
+    fit_params,
+    load_params,
+    main,
+    niqe,
+    patch_features,
+)
 from sr_batch.quality import rgb_to_y
 from sr_batch.resample import resize_bicubic
 
@@ -68,7 +78,8 @@ def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def blur(image, sigma):
-    return np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float64), (sigma, sigma, 0))), 0, 255).astype(np.uint8)
+    blurred = ndimage.gaussian_filter(image.astype(np.float64), (sigma, sigma, 0))
+    return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
 
 
 def add_noise(image, sigma):
@@ -334,15 +345,15 @@ def test_check_names_different_inputs(pristine_dir, tmp_path, capsys):
 
 def test_entry_point_checks_and_reports_errors_in_one_line(pristine_dir, tmp_path):
     path = tmp_path / "fit.json"
-    path.write_bytes(dump_params(niqe_module.fit_folders([str(pristine_dir)])))
+    path.write_bytes(dump_params(fit_folders([str(pristine_dir)])))
     script = [sys.executable, str(ROOT / "jobs" / "fit_niqe.py")]
-    ok = subprocess.run(script + [str(pristine_dir), "--check", str(path)], capture_output=True, text=True)
+    ok = subprocess.run(script + [str(pristine_dir), "--check", str(path)], check=False, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "matches" in ok.stdout
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    failed = subprocess.run(script + [str(empty), "-o", str(tmp_path / "x.json")], capture_output=True, text=True)
+    failed = subprocess.run(script + [str(empty), "-o", str(tmp_path / "x.json")], check=False, capture_output=True, text=True)
     assert failed.returncode == 2
     assert failed.stderr.startswith("error: no images") and failed.stderr.count("\n") == 1
     assert not (tmp_path / "x.json").exists()
