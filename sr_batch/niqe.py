@@ -517,7 +517,7 @@ def compare_params(fitted: NiqeParams, expected: NiqeParams, rtol: float = CHECK
 
 USAGE = """Fit NIQE's pristine model on folders of clean images, or check a saved one.
 
-Example (how sr_batch/niqe_pristine.json was made, about a minute on 2 CPU cores):
+Example (how sr_batch/niqe_pristine.json was made, about 15 s on 2 busy CPU cores):
 
     python jobs/fit_niqe.py datasets/T91/HR datasets/BSDS200/HR -o sr_batch/niqe_pristine.json
 
