@@ -199,28 +199,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     return training.main(args.train_args)
 
 
+# Unix conventions: 128 + the signal's number.
+EXIT_INTERRUPTED = 130  # SIGINT
+EXIT_BROKEN_PIPE = 141  # SIGPIPE: what `yes | head -1` leaves in $PIPESTATUS
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from sr_batch import report
+    from sr_batch import reports
     from sr_batch.errors import ReportError
 
     try:
         if args.sql and (args.run or args.compare or args.compare_models):
             raise ReportError("--sql reads every run: filter with WHERE run_id = '...' instead of "
                               "--run/--compare")
-        db = report.open_stats(args.output)
-        if args.sql:
-            report.write_sql(db, args.sql, args.format, args.out)
-        else:
-            made = report.build_report(
-                db, run=args.run, metric=args.metric, worst=args.worst,
-                compare_runs=tuple(args.compare) if args.compare else None,
-                compare_models=tuple(args.compare_models) if args.compare_models else None,
-                plots=args.format == "html", gallery=args.gallery)
-            report.write_report(made, args.format, args.out)
+        if args.allow_writes and not args.sql:
+            raise ReportError("--allow-writes is for --sql only")
+        db = reports.open_stats(args.output, user_sql=bool(args.sql), allow_writes=args.allow_writes)
+        with reports.interrupt_on_sigint(db):
+            if args.sql:
+                reports.write_sql(db, args.sql, args.format, args.out)
+            else:
+                made = reports.build_report(
+                    db, run=args.run, metric=args.metric, worst=args.worst,
+                    compare_runs=tuple(args.compare) if args.compare else None,
+                    compare_models=tuple(args.compare_models) if args.compare_models else None,
+                    plots=args.format == "html", gallery=args.gallery)
+                reports.write_report(made, args.format, args.out)
+            sys.stdout.flush()  # a closed pipe shows up here, not in Python's flush at exit
     except ReportError as exc:
         # A bad question (SQL, run, metric) is bad usage: one line, exit 2.
         print(f"sr-batch: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sr-batch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if args.out:
+            raise  # not stdout's reader: a real error
+        # The reader went away (`| head -1`): stop quietly, as Unix tools do. Python's
+        # flush at exit would fail again on the closed pipe, so stdout goes to devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     return EXIT_OK
@@ -298,13 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
                "  sr-batch report out/ --compare previous latest --metric psnr_y\n"
                "  sr-batch report out/ --compare-models residual subpixel\n"
                "  sr-batch report s3://b/out --sql \"SELECT error_type, count(*) FROM stats "
-               "GROUP BY 1\"")
+               "GROUP BY 1\"\n"
+               "  sr-batch report out/ --allow-writes --sql \"COPY (FROM stats) TO 'stats.csv'\"")
     rep.add_argument("output", metavar="OUT", help="output root of runs (fsspec URI)")
     rep.add_argument("--run", default=None, metavar="RUN_ID|latest|previous|all",
                      help="which runs (default: latest; all with --compare-models)")
     rep.add_argument("--format", default="table", choices=("table", "json", "csv", "html"))
     rep.add_argument("--sql", default=None,
-                     help="SQL over the views `stats` (every run, with run_id) and `runs`")
+                     help="SQL over the views `stats` (every run, with run_id) and `runs`; it can "
+                          "read nothing else, and INSTALL/LOAD of extensions is refused")
+    rep.add_argument("--allow-writes", action="store_true",
+                     help="with --sql: let the query open files (COPY ... TO, read_csv, ATTACH), "
+                          "which it otherwise cannot")
     rep.add_argument("-o", "--out", default=None, metavar="FILE",
                      help="write to FILE (path or URI) instead of stdout")
     rep.add_argument("--metric", default=None,
