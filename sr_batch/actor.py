@@ -49,6 +49,8 @@ class ActorSettings:
     max_pixels: int
     retries: int
     intra_op_threads: int
+    read_timeout_s: float | None = None
+    """Seconds an http(s)/s3 read may wait for the server, per attempt."""
     alpha: str = "model"
     """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
     self_ensemble: bool = False
@@ -158,16 +160,16 @@ class UpscaleActor:
         s, uri = self.settings, item.row["uri"]
         size = item.row.get("bytes")
         if size is None:
-            size = storage.file_size(uri, s.retries)
+            size = storage.file_size(uri, s.retries, s.read_timeout_s)
         if size > WHOLE_READ_BYTES:
             # Headers only: the image is then streamed or read whole, never in this block.
-            with storage.open_input(uri, s.retries, storage.HEADER_BLOCK_SIZE) as handle:
+            with storage.open_input(uri, s.retries, storage.HEADER_BLOCK_SIZE, s.read_timeout_s) as handle:
                 pixels = streaming.count_pixels(handle)
                 if pixels is not None and pixels > s.max_pixels:
                     item.stats["bytes_in"] = size
                     item.stream = streaming.check_streamable(handle, _too_many(pixels, s.max_pixels))
                     return None
-        data = storage.read_bytes(uri, s.retries)
+        data = storage.read_bytes(uri, s.retries, s.read_timeout_s)
         item.stats["bytes_in"] = len(data)
         try:
             return images.decode_image(data, s.max_pixels)
@@ -300,7 +302,7 @@ class UpscaleActor:
         result = None
         try:
             output_uri = s.layout.check_output(self._output_uri(w.row, "tiff", "streamed"), cached=False)
-            with storage.open_input(w.row["uri"], s.retries) as handle:
+            with storage.open_input(w.row["uri"], s.retries, timeout_s=s.read_timeout_s) as handle:
                 def write(path: str) -> None:
                     nonlocal result
                     result = streaming.upscale_tiff(handle, path, self.upscaler, alpha_mode=s.alpha,
@@ -325,7 +327,8 @@ class UpscaleActor:
 
     def _reference_metrics(self, uri: str, output: np.ndarray, lr: np.ndarray) -> dict:
         s = self.settings
-        reference = images.decode_image(storage.read_bytes(uri, s.retries), s.max_pixels * s.scale ** 2)
+        reference = images.decode_image(storage.read_bytes(uri, s.retries, s.read_timeout_s),
+                                        s.max_pixels * s.scale ** 2)
         try:
             metrics = quality.reference_metrics(output, lr, reference.pixels, s.scale)
         except ValueError as exc:

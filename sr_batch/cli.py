@@ -64,6 +64,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="model arithmetic: bfloat16 runs the convolutions in bfloat16 (GPUs, "
                         "CPUs with AMX: about 2x faster) at a small PSNR cost (README)")
     p.add_argument("--retries", type=int, default=3, help="retries of transient storage errors")
+    p.add_argument("--read-timeout-s", type=float, default=60.0, metavar="S",
+                   help="seconds an http(s)/s3 read may wait for the server, per attempt (default 60)")
     p.add_argument("--run-id", default=None, help="name of the run (default: UTC time + random)")
     p.add_argument("--address", default=None,
                    help="Ray address ('auto', ray://HOST:10001); default: local Ray")

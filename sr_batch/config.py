@@ -121,6 +121,8 @@ class JobConfig:
     AMX/AVX512-BF16, at a measured PSNR cost; the README gives both)."""
     retries: int = 3
     """Retries, with exponential backoff, of transient storage errors."""
+    read_timeout_s: float | None = 60.0
+    """Seconds an http(s)/s3 read may wait for the server, per attempt (connect and each read)."""
     run_id: str | None = None
     """Run identifier; None makes one from the UTC time."""
     progress_s: float = 10.0
@@ -166,6 +168,8 @@ class JobConfig:
             raise ConfigError("--gpus-per-actor and --cpus-per-actor must be >= 0")
         if self.gpus_per_actor == 0 and self.cpus_per_actor == 0:
             raise ConfigError("an actor needs some CPU or GPU: set --cpus-per-actor > 0")
+        if self.read_timeout_s is not None and self.read_timeout_s <= 0:
+            raise ConfigError("--read-timeout-s must be > 0")
         if self.retries < 0:
             raise ConfigError("--retries must be >= 0")
         object.__setattr__(self, "actors", parse_actors(self.actors))

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import struct
 import warnings
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from sr_batch.errors import (CorruptImageError, EmptyFileError, NotAnImageError,
                              TooManyPixelsError, UnsupportedModeError)
 
+log = logging.getLogger(__name__)
+
 # We enforce our own pixel limit before decoding (max_pixels), so Pillow's
 # global bomb check must not fire first with a different message.
 Image.MAX_IMAGE_PIXELS = None
+# With this flag on, Pillow pads a truncated JPEG with grey and a truncated PNG with
+# black and calls it decoded; a cut-off file must fail as corrupt_image instead.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # Pillow formats --format keep can write back (the others become PNG).
 _WRITABLE = frozenset({"PNG", "JPEG", "WEBP", "TIFF"})
@@ -36,6 +42,11 @@ _STORAGE_TAGS = frozenset({
 })
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+# Samples per pixel of each PNG colour type: grey, RGB, palette, grey + alpha, RGBA.
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+# Adam7 interlace passes: (first column, first row, column step, row step).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
 # numpy equivalents of Pillow's EXIF orientation transposes (ImageOps.exif_transpose).
 _ORIENT = {
     2: lambda a: a[:, ::-1],
@@ -86,16 +97,72 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """Open (header only) and check the pixel limit before any pixel is decoded."""
     if not data:
         raise EmptyFileError("file is empty (0 bytes)")
+    _refuse_truncated_loads()
+    _check_riff_complete(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise NotAnImageError("not a recognised image format") from None
+        raise _unidentified(data) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"cannot parse image header: {exc}") from None
     check_size(*image.size, max_pixels)
     return image
+
+
+def _refuse_truncated_loads() -> None:
+    """Turn Pillow's LOAD_TRUNCATED_IMAGES back off where other code in this process set it."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        log.warning("Pillow's ImageFile.LOAD_TRUNCATED_IMAGES was on: turned off, so that "
+                    "truncated images fail as corrupt_image instead of coming out padded")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _check_riff_complete(data: bytes) -> None:
+    """Raise CorruptImageError for a WebP shorter than the size its RIFF header declares."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        declared = 8 + struct.unpack("<I", data[4:8])[0]
+        if len(data) < declared:
+            raise CorruptImageError(f"truncated WebP: the file has {len(data)} of the {declared} "
+                                    "bytes its RIFF header declares")
+
+
+def _format_by_magic(data: bytes) -> str | None:
+    """The format a file's first bytes claim (strong signatures only), or None."""
+    if data[:8] == _PNG_SIGNATURE:
+        return "PNG"
+    if data[:3] == b"\xff\xd8\xff":
+        return "JPEG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    if data[:4] in _TIFF_MAGICS:
+        return "TIFF"
+    return None
+
+
+def _unidentified(data: bytes) -> Exception:
+    """The error for bytes Pillow cannot open: a layout it cannot hold (unsupported_mode), a
+    known format whose header is cut off or broken (corrupt_image), or no image at all."""
+    fmt = _format_by_magic(data)
+    if fmt is None:
+        return NotAnImageError("not a recognised image format")
+    if fmt == "TIFF":
+        layout = _tiff_layout(data)
+        if layout is not None and layout["samples"] > 4:
+            return UnsupportedModeError(_too_many_samples(layout))
+        if layout is not None:
+            return UnsupportedModeError(
+                f"unsupported TIFF layout ({layout['samples']} channels, {layout['bits']}-bit "
+                f"{layout['sampleformat']}, photometric {layout['photometric']})")
+    return CorruptImageError(f"{fmt} signature but the header cannot be parsed (truncated or corrupt file)")
+
+
+def _too_many_samples(layout: dict) -> str:
+    return (f"unsupported TIFF with {layout['samples']} channels ({layout['bits']}-bit, photometric "
+            f"{layout['photometric']}); sr-batch reads 1 to 4 (grey, grey + alpha, RGB, RGBA, CMYK)")
 
 
 def check_size(width: int, height: int, max_pixels: int) -> None:
@@ -119,10 +186,15 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     if _is_png16(data):
         return _decode_png16(data, max_pixels)
     if data[:4] in _TIFF_MAGICS:
-        page_info = _tiff16_layout(data)
-        if page_info is not None:
-            return _decode_tiff16(data, page_info, max_pixels)
+        layout = _tiff_layout(data)
+        if layout is not None and layout["samples"] > 4:
+            check_size(*layout["size"], max_pixels)
+            raise UnsupportedModeError(_too_many_samples(layout))
+        if layout is not None and layout["deep"]:
+            return _decode_tiff16(data, layout, max_pixels)
     image = open_image(data, max_pixels)
+    if image.format == "PNG":
+        _check_png_complete(data)
     notes: list[str] = []
     n_frames = getattr(image, "n_frames", 1)
     if n_frames > 1:
@@ -133,12 +205,15 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     try:
         image.load()
         exif_obj = image.getexif()
-        if exif_obj.get(_ORIENTATION, 1) not in (1, None):
+        orientation = exif_obj.get(_ORIENTATION, 1)
+        if orientation in _ORIENT:
             image = ImageOps.exif_transpose(image)
-            notes.append(f"EXIF orientation {exif_obj.get(_ORIENTATION)} applied")
+            notes.append(f"EXIF orientation {orientation} applied")
             exif_obj = image.getexif()  # exif_transpose resets the orientation tag to 1
+        elif orientation not in (1, None):
+            notes.append(_invalid_orientation(exif_obj))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise CorruptImageError(f"cannot decode image data: {exc}") from None
+        raise CorruptImageError(f"cannot decode image data (truncated or corrupt file): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises assorted errors on broken EXIF
         raise CorruptImageError(f"cannot decode image metadata: {type(exc).__name__}: {exc}") from None
     exif = _exif_bytes(exif_obj)
@@ -148,6 +223,60 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     pixels, alpha = _to_planes(image, notes)
     return DecodedImage(pixels=pixels, alpha=alpha, mode=mode, format=fmt,
                         icc_profile=icc, exif=exif, notes=notes)
+
+
+def _invalid_orientation(exif_obj: Image.Exif) -> str:
+    """Drop an Orientation tag outside 1-8 (so viewers get no meaningless value) and say so."""
+    value = exif_obj.pop(_ORIENTATION)
+    return f"EXIF orientation {str(value)[:20]!s} invalid, ignored"
+
+
+def _png_data_size(width: int, height: int, depth: int, colour: int, interlace: int) -> int:
+    """Bytes the IDAT stream of this IHDR inflates to: every row of every pass, plus its filter byte."""
+    bits = _PNG_SAMPLES[colour] * depth
+    if not interlace:
+        return height * (1 + (width * bits + 7) // 8)
+    total = 0
+    for x0, y0, dx, dy in _ADAM7:
+        columns, rows = max(0, (width - x0 + dx - 1) // dx), max(0, (height - y0 + dy - 1) // dy)
+        if columns and rows:
+            total += rows * (1 + (columns * bits + 7) // 8)
+    return total
+
+
+def _check_png_complete(data: bytes) -> None:
+    """Raise CorruptImageError unless the IDAT chunks inflate to every row the IHDR declares.
+
+    Pillow and libpng both leave the rows after a short pixel stream zero-filled and call
+    the image decoded (a one-row IDAT under a 10000x10000 header comes out black). The
+    stream must also reach its end (its Adler-32 checked); a missing IEND after it is let
+    pass, as the decoders do. Costs one extra inflate of the pixel data, counted, not kept.
+    """
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if colour not in _PNG_SAMPLES or depth not in (1, 2, 4, 8, 16):
+        return  # an invalid header: the decoder reports it
+    expected = _png_data_size(width, height, depth, colour, interlace)
+    inflater = zlib.decompressobj()
+    inflated, pos = 0, 8
+    try:
+        while pos + 8 <= len(data) and not inflater.eof:
+            length, name = struct.unpack(">I4s", data[pos:pos + 8])
+            if name == b"IEND":
+                break
+            if name == b"IDAT":
+                pending = data[pos + 8:pos + 8 + length]
+                while pending and not inflater.eof:
+                    inflated += len(inflater.decompress(pending, 1 << 20))
+                    pending = inflater.unconsumed_tail
+            pos += 12 + length
+    except zlib.error as exc:
+        raise CorruptImageError(f"PNG pixel data is corrupt: {exc}") from None
+    if inflated < expected:
+        what = (f"{inflated // (expected // height)} of {height} rows" if not interlace
+                else f"{inflated} of {expected} bytes")
+        raise CorruptImageError(f"truncated PNG: its pixel data holds {what} ({width}x{height} declared)")
+    if not inflater.eof:  # every row is there, but not the stream's end and its checksum
+        raise CorruptImageError("truncated PNG: its pixel data stops before the end of its stream")
 
 
 def _to_planes(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, np.ndarray | None]:
@@ -212,6 +341,7 @@ def _decode_png16(data: bytes, max_pixels: int) -> DecodedImage:
     import imagecodecs
 
     image = open_image(data, max_pixels)  # header: size check, ICC, frame count
+    _check_png_complete(data)  # before libpng allocates the declared size
     notes: list[str] = []
     n_frames = getattr(image, "n_frames", 1)
     if n_frames > 1:
@@ -234,19 +364,26 @@ def _decode_png16(data: bytes, max_pixels: int) -> DecodedImage:
     return _sixteen_bit_image(array, "PNG", image.info.get("icc_profile"), exif_obj, notes)
 
 
-def _tiff16_layout(data: bytes):
-    """The first page of a 16-bit grey or RGB TIFF (tifffile), else None (Pillow reads it)."""
+def _tiff_layout(data: bytes) -> dict | None:
+    """The first page's layout from its tags (tifffile), or None where tifffile cannot parse it.
+
+    `deep` marks a 16-bit grey or RGB page, which tifffile decodes (Pillow would cut it to
+    8 bits); `samples` counts every channel, extra samples included.
+    """
     import tifffile
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages.first
-            if (page.bitspersample == 16 and page.sampleformat == 1
-                    and page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB)):
-                return {"shape": page.shape, "pages": len(tif.pages)}
+            deep = (page.bitspersample == 16 and page.sampleformat == 1
+                    and page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB))
+            return {"shape": page.shape, "size": (page.imagewidth, page.imagelength),
+                    "pages": len(tif.pages), "deep": deep, "samples": page.samplesperpixel,
+                    "bits": page.bitspersample,
+                    "sampleformat": tifffile.SAMPLEFORMAT(page.sampleformat).name.lower(),
+                    "photometric": tifffile.PHOTOMETRIC(page.photometric).name}
     except Exception:  # noqa: BLE001 - not for us; Pillow reports what is wrong with it
         return None
-    return None
 
 
 def _decode_tiff16(data: bytes, layout: dict, max_pixels: int) -> DecodedImage:
@@ -292,6 +429,8 @@ def _sixteen_bit_image(array: np.ndarray, fmt: str, icc: bytes | None, exif_obj:
         pixels = _ORIENT[orientation](pixels)
         alpha = None if alpha is None else _ORIENT[orientation](alpha)
         notes.append(f"EXIF orientation {orientation} applied")
+    elif orientation not in (1, None):
+        notes.append(_invalid_orientation(exif_obj))
     if _ORIENTATION in exif_obj:
         del exif_obj[_ORIENTATION]
     mode = {1: "I;16", 2: "LA;16", 3: "RGB;16", 4: "RGBA;16"}[channels]

@@ -66,8 +66,15 @@ class OutputLock:
                     f"(pid {current.get('pid')}, refreshed {age:.0f} s ago); it goes stale after "
                     f"{self.stale_s:.0f} s, or delete the file if that run is dead")
         storage.write_bytes_atomic(self.uri, self._record())
-        time.sleep(self.settle_s)
-        if (self._read() or {}).get("token") != self.token:
+        try:
+            time.sleep(self.settle_s)
+            mine = (self._read() or {}).get("token") == self.token
+        except BaseException:  # interrupted while settling: leave no lock behind
+            if (self._read() or {}).get("token") == self.token:
+                fs, path = storage.get_fs(self.uri)
+                fs.rm_file(path)
+            raise
+        if not mine:
             raise LockHeldError(f"{self.uri} was taken by another run at the same moment")
         self.held = True
         return self

@@ -11,7 +11,10 @@ import datetime as dt
 import hashlib
 import io
 import json
+import logging
+import os
 import posixpath
+from dataclasses import dataclass
 from typing import Iterable
 
 import pyarrow as pa
@@ -22,7 +25,9 @@ import pyarrow.parquet as pq
 from fsspec.utils import get_protocol
 
 from sr_batch import storage
-from sr_batch.errors import ManifestError
+from sr_batch.errors import ManifestError, ReadError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 MANIFEST_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
@@ -76,11 +81,52 @@ def _etag(info: dict) -> str | None:
     return str(value).strip('"') if value else None
 
 
-def _list_source(source: str) -> list[dict]:
-    """Rows for one directory, glob or file source."""
+@dataclass
+class Skipped:
+    """Files a listing left out, by reason."""
+
+    not_image: int = 0
+    """Regular files whose name has no image extension (IMAGE_EXTENSIONS)."""
+    not_regular: int = 0
+    """Local FIFOs, sockets and devices: never opened, since opening one can block forever."""
+
+    def add(self, other: "Skipped") -> None:
+        self.not_image += other.not_image
+        self.not_regular += other.not_regular
+
+    def describe(self) -> str | None:
+        """One line for the user, or None when nothing was skipped."""
+        parts = []
+        if self.not_image:
+            parts.append(f"{self.not_image} without an image extension ({', '.join(IMAGE_EXTENSIONS)}; "
+                         "name such files in a manifest to include them)")
+        if self.not_regular:
+            parts.append(f"{self.not_regular} not a regular file (FIFO, socket or device)")
+        if not parts:
+            return None
+        return f"skipped {self.not_image + self.not_regular} file(s): {'; '.join(parts)}"
+
+
+def _local_kind(fs, name: str) -> str:
+    """'file', 'directory', 'special' or 'missing' for a local entry, symlinks followed."""
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        return "missing"
+    if storage.special_file_kind(mode) is not None:
+        return "special"
+    return "directory" if fs.isdir(name) else "file"
+
+
+def _list_source(source: str) -> tuple[list[dict], Skipped]:
+    """Rows for one directory, glob or file source, and what the listing left out."""
     uri = storage.to_uri(source)
-    fs, path = storage.get_fs(uri)
+    try:
+        fs, path = storage.get_fs(uri)
+    except ReadError as exc:
+        raise ManifestError(f"cannot list {storage.display(source)}: {exc}") from None
     protocol = get_protocol(uri)
+    local = storage.is_local(fs)
     # A path that exists is taken literally, so a folder named `scans[2019]` is
     # listed rather than read as a glob that matches nothing.
     if fs.isdir(path):
@@ -89,15 +135,28 @@ def _list_source(source: str) -> list[dict]:
     elif fs.isfile(path):
         root = posixpath.dirname(path)
         found = {path: fs.info(path)}
+    elif local and _local_kind(fs, path) == "special":
+        raise ManifestError(f"source is not a regular file or a directory (a FIFO, socket or "
+                            f"device): {storage.display(source)}")
     elif any(ch in path for ch in _GLOB_CHARS):
         root = path[: min(path.index(ch) for ch in _GLOB_CHARS if ch in path)]
         root = root.rsplit("/", 1)[0] if "/" in root else ""
         found = fs.glob(path, detail=True)
     else:
-        raise ManifestError(f"source not found: {source}")
-    rows = []
+        raise ManifestError(f"source not found: {storage.display(source)}")
+    rows, skipped = [], Skipped()
     for name, info in sorted(found.items()):
-        if info.get("type") == "directory" or not _has_image_extension(name):
+        kind = info.get("type")
+        if local and kind not in ("file", "directory"):
+            # fsspec calls symlinks and special files "other"; stat (no open) tells them apart.
+            kind = _local_kind(fs, name)
+            if kind == "special":
+                skipped.not_regular += 1
+                continue
+        if kind == "directory":
+            continue
+        if not _has_image_extension(name):
+            skipped.not_image += 1
             continue
         name_uri = fs.unstrip_protocol(name) if protocol != "file" else "file://" + name
         relative = name[len(root):].lstrip("/") if root else name.lstrip("/")
@@ -109,25 +168,37 @@ def _list_source(source: str) -> list[dict]:
             "mtime": _mtime(info),
             "etag": _etag(info),
         })
-    return rows
+    return rows, skipped
 
 
 def build_manifest(sources: Iterable[str]) -> pa.Table:
-    """Recursively list image files under directories, globs or URIs."""
+    """Recursively list image files under directories, globs or URIs.
+
+    Files without an image extension and local FIFOs, sockets and devices are left out;
+    how many is logged in one warning line.
+    """
     rows: list[dict] = []
+    skipped = Skipped()
     for source in sources:
-        found = _list_source(source)
+        found, left_out = _list_source(source)
         if not found:
-            raise ManifestError(
-                f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {source}")
+            why = left_out.describe()
+            raise ManifestError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under "
+                                f"{storage.display(source)}" + (f" ({why})" if why else ""))
         rows.extend(found)
+        skipped.add(left_out)
+    if skipped.describe():
+        log.warning("%s", skipped.describe())
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     return validate_manifest(table, "the listed sources")
 
 
 def read_manifest(uri: str) -> pa.Table:
     """Read a Parquet, CSV or JSON Lines manifest and validate it."""
-    fs, path = storage.get_fs(storage.to_uri(uri))
+    try:
+        fs, path = storage.get_fs(storage.to_uri(uri))
+    except ReadError as exc:
+        raise ManifestError(f"cannot read manifest: {exc}") from None
     lower = path.lower()
     try:
         with fs.open(path, "rb") as handle:
@@ -138,9 +209,9 @@ def read_manifest(uri: str) -> pa.Table:
             else:
                 table = pa_json.read_json(handle)
     except FileNotFoundError:
-        raise ManifestError(f"manifest not found: {uri}") from None
+        raise ManifestError(f"manifest not found: {storage.display(uri)}") from None
     except (OSError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ManifestError(f"cannot read manifest {uri}: {exc}") from None
+        raise ManifestError(f"cannot read manifest {storage.display(uri)}: {exc}") from None
     return validate_manifest(table, uri)
 
 

@@ -20,10 +20,14 @@ in the runtime_env and never written to OUT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import shlex
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,15 @@ from sr_batch.plan import new_run_id, plan_run
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Refresh the lock this often while the job runs (far below any sane stale_s).
 REFRESH_S = 60.0
+# Every Jobs API request waits at most this long for a connection and for each answer.
+# The SDK sets no timeout, so a head that accepts connections and never answers (a hung
+# dashboard, a proxy with no backend) would hang the nightly, and hold its lock, for good.
+JOBS_API_CONNECT_S = 10.0
+JOBS_API_READ_S = 20.0
+# With no log line for this long, ask for the job's status: is the API still there?
+LOG_SILENCE_S = 60.0
+# After the job was submitted, keep asking for its status through errors this long.
+FOLLOW_PATIENCE_S = 60.0
 
 
 class JobSubmitError(SrBatchError):
@@ -85,7 +98,8 @@ def run_nightly(config: JobConfig, address: str, options: list[str], *,
     """Build the incremental manifest and run it as a Ray job; see the module docstring."""
     run_id = config.run_id or new_run_id()
     layout = OutLayout.of(config.output)
-    with OutputLock(layout.lock, stale_s, purpose=f"sr-batch nightly {run_id}") as lock:
+    with _sigterm_as_interrupt(), OutputLock(layout.lock, stale_s,
+                                             purpose=f"sr-batch nightly {run_id}") as lock:
         # The cluster sizes its own calls and probes a user's model file: no header reads
         # and no TensorFlow here (an unprobed file's earlier outputs match any overlap).
         plan = plan_run(config, run_id=run_id, probe=None, size_calls=False)
@@ -118,18 +132,62 @@ def enable_token_auth() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-def _client(address: str):
-    enable_token_auth()
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Let SIGTERM (cron's `timeout`, `kill`) unwind like Ctrl-C: the lock is released and
+    the job stopped, where the default action would end the process and leave both."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@functools.cache
+def _bounded_client_class():
+    """JobSubmissionClient whose every HTTP request has connect and read timeouts."""
     from ray.job_submission import JobSubmissionClient
 
+    class BoundedJobSubmissionClient(JobSubmissionClient):
+        # Every SDK call (the version check in __init__, submit, status, stop, uploads)
+        # goes through _do_request, which passes its keyword arguments to requests.
+        def _do_request(self, method, endpoint, **kwargs):
+            kwargs.setdefault("timeout", (JOBS_API_CONNECT_S, JOBS_API_READ_S))
+            return super()._do_request(method, endpoint, **kwargs)
+
+    return BoundedJobSubmissionClient
+
+
+def _failure_text(exc: BaseException) -> str:
+    """One line for a failed Jobs API call; timeouts say how long was waited."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return f"timed out after {JOBS_API_CONNECT_S:g} s (no connection)"
+    if isinstance(exc, (requests.exceptions.Timeout, TimeoutError)):
+        return f"timed out after {JOBS_API_READ_S:g} s (connected, no answer)"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return storage.display(text)
+
+
+def _client(address: str):
+    enable_token_auth()
     try:
-        return JobSubmissionClient(address)
+        return _bounded_client_class()(address)
     except Exception as exc:  # noqa: BLE001 - connection and auth errors come in many types
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = _failure_text(exc)
         hint = ""
         if "401" in text or "403" in text or "auth" in text.lower() or "token" in text.lower():
             hint = " (set RAY_AUTH_TOKEN or ~/.ray/auth_token to the cluster's token)"
-        raise JobSubmitError(f"cannot reach the Ray Jobs API at {address}: {text}{hint}") from None
+        raise JobSubmitError(
+            f"cannot reach the Ray Jobs API at {storage.display(address)}: {text}{hint}") from None
 
 
 def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputLock,
@@ -138,17 +196,27 @@ def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputL
     workdir, cleanup = working_dir()
     submission_id = f"sr-batch-{run_id}"
     try:
-        _submit(client, entrypoint, submission_id, workdir, run_id)
+        _submit(client, entrypoint, submission_id, workdir, run_id, address)
     finally:
         if cleanup:
             shutil.rmtree(cleanup, ignore_errors=True)
-    echo(f"nightly {run_id}: submitted job {submission_id} to {address}")
+    echo(f"nightly {run_id}: submitted job {submission_id} to {storage.display(address)}")
     try:
-        asyncio.run(_stream_logs(client, submission_id, lock, echo))
-        return _wait(client, submission_id, lock)
+        try:
+            asyncio.run(_stream_logs(client, submission_id, lock, echo))
+        except JobSubmitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken log stream is not a failed job
+            echo(f"nightly {run_id}: lost the job's log stream ({_failure_text(exc)}); "
+                 "waiting for its status")
+        return _wait(client, submission_id, lock, address)
     except KeyboardInterrupt:
-        client.stop_job(submission_id)
-        echo(f"nightly {run_id}: interrupted; asked the cluster to stop {submission_id}")
+        try:
+            client.stop_job(submission_id)
+            echo(f"nightly {run_id}: interrupted; asked the cluster to stop {submission_id}")
+        except Exception as exc:  # noqa: BLE001 - the interrupt is what the user must see
+            echo(f"nightly {run_id}: interrupted; could not ask the cluster to stop "
+                 f"{submission_id} ({_failure_text(exc)}): ray job stop {submission_id}")
         raise
 
 
@@ -157,8 +225,11 @@ def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputL
 SUBMIT_PATIENCE_S = 90.0
 
 
-def _submit(client, entrypoint: str, submission_id: str, workdir: str, run_id: str) -> None:
+def _submit(client, entrypoint: str, submission_id: str, workdir: str, run_id: str,
+            address: str = "the cluster") -> None:
     """Submit, retrying while the cluster says to try again later."""
+    import requests
+
     deadline = time.monotonic() + SUBMIT_PATIENCE_S
     delay = 1.0
     while True:
@@ -167,8 +238,13 @@ def _submit(client, entrypoint: str, submission_id: str, workdir: str, run_id: s
                               runtime_env={"working_dir": workdir},
                               metadata={"sr_batch_run_id": run_id})
             return
+        except (requests.exceptions.Timeout, TimeoutError) as exc:
+            raise JobSubmitError(
+                f"cannot reach the Ray Jobs API at {storage.display(address)}: {_failure_text(exc)} "
+                f"while submitting {submission_id}; if it went through, `ray job status "
+                f"{submission_id}` shows it") from None
         except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError with the HTTP text
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            text = _failure_text(exc)
             if "already exists" in text and delay > 1.0:
                 return  # an earlier attempt went through before its answer was lost
             if "try again" not in text.lower() or time.monotonic() + delay > deadline:
@@ -177,25 +253,72 @@ def _submit(client, entrypoint: str, submission_id: str, workdir: str, run_id: s
             delay = min(delay * 2, 10.0)
 
 
+_TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def _status_name(status) -> str:
+    """'SUCCEEDED', 'RUNNING', ... from the SDK's JobStatus (a str enum)."""
+    return str(getattr(status, "value", status))
+
+
 async def _stream_logs(client, submission_id: str, lock: OutputLock, echo: Echo) -> None:
+    """Echo the job's log lines until the stream ends, refreshing the lock.
+
+    The SDK's log stream has no timeout of its own: after LOG_SILENCE_S without a line,
+    the job's status is asked (a bounded request) so that a dead API ends the stream with
+    an error, and a job that ended while its stream hangs ends it too.
+    """
+    logs = client.tail_job_logs(submission_id).__aiter__()
     last_refresh = time.monotonic()
-    async for chunk in client.tail_job_logs(submission_id):
-        for line in chunk.splitlines():
-            echo(f"  | {line}")
-        if time.monotonic() - last_refresh > REFRESH_S:
-            lock.refresh()
-            last_refresh = time.monotonic()
+    step = None
+    try:
+        while True:
+            step = asyncio.ensure_future(logs.__anext__())
+            while not (await asyncio.wait({step}, timeout=LOG_SILENCE_S))[0]:
+                status = await asyncio.to_thread(client.get_job_status, submission_id)
+                if _status_name(status) in _TERMINAL:
+                    return  # the job is over; its stream hangs: _wait reads the result
+                if time.monotonic() - last_refresh > REFRESH_S:
+                    lock.refresh()
+                    last_refresh = time.monotonic()
+            try:
+                chunk = step.result()
+            except StopAsyncIteration:
+                return
+            for line in chunk.splitlines():
+                echo(f"  | {line}")
+            if time.monotonic() - last_refresh > REFRESH_S:
+                lock.refresh()
+                last_refresh = time.monotonic()
+    finally:
+        if step is not None and not step.done():
+            step.cancel()
+            with contextlib.suppress(BaseException):
+                await step
 
 
-def _wait(client, submission_id: str, lock: OutputLock) -> str:
-    """Final status; tail_job_logs ends with the job, but the status can lag a moment."""
-    from ray.job_submission import JobStatus
+def _wait(client, submission_id: str, lock: OutputLock, address: str = "the cluster") -> str:
+    """Final status; tail_job_logs ends with the job, but the status can lag a moment.
 
+    Errors are retried for FOLLOW_PATIENCE_S (a head restarting); then the job is given
+    up on with one line, since it may still be running on the cluster.
+    """
     last_refresh = time.monotonic()
+    failing_since = None
     while True:
-        status = client.get_job_status(submission_id)
-        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-            return str(status.value)
+        try:
+            status = _status_name(client.get_job_status(submission_id))
+            failing_since = None
+        except Exception as exc:  # noqa: BLE001 - timeouts, refused connections, HTTP errors
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since >= FOLLOW_PATIENCE_S:
+                raise JobSubmitError(
+                    f"lost the Ray Jobs API at {storage.display(address)} while following "
+                    f"{submission_id}: {_failure_text(exc)}; the job may still be running "
+                    f"(ray job status {submission_id})") from None
+            status = None
+        if status in _TERMINAL:
+            return status
         if time.monotonic() - last_refresh > REFRESH_S:
             lock.refresh()
             last_refresh = time.monotonic()

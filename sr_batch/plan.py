@@ -201,7 +201,8 @@ def plan_outputs(table: pa.Table, layout: OutLayout, requested: str) -> pa.Table
 # --- header sampling -------------------------------------------------------------------
 
 
-def sample_pixels(todo: pa.Table, retries: int, timeout_s: float = HEADER_SAMPLE_TIMEOUT_S) -> list[int]:
+def sample_pixels(todo: pa.Table, retries: int, timeout_s: float = HEADER_SAMPLE_TIMEOUT_S,
+                  read_timeout_s: float | None = None) -> list[int]:
     """Pixel counts from the headers of up to CALL_SIZE_SAMPLE images spread evenly over the
     rows to do; rows whose header cannot be read in time, or at all, are left out (the job
     itself reports those images). Local files that are not regular files (a FIFO, a device)
@@ -220,7 +221,7 @@ def sample_pixels(todo: pa.Table, retries: int, timeout_s: float = HEADER_SAMPLE
         try:
             if uri.startswith("file://") and not stat.S_ISREG(os.stat(uri[len("file://"):]).st_mode):
                 return
-            with storage.open_input(uri, retries, storage.HEADER_BLOCK_SIZE) as handle:
+            with storage.open_input(uri, retries, storage.HEADER_BLOCK_SIZE, read_timeout_s) as handle:
                 pixels = streaming.count_pixels(handle)
             if pixels:
                 found.append(pixels)
@@ -242,7 +243,7 @@ def images_per_call(config: JobConfig, todo: pa.Table) -> int:
     of a sample of the images' headers, 1 to DEFAULT_IMAGES_PER_CALL images."""
     if config.images_per_call is not None:
         return config.images_per_call
-    pixels = sorted(sample_pixels(todo, config.retries))
+    pixels = sorted(sample_pixels(todo, config.retries, read_timeout_s=config.read_timeout_s))
     if not pixels:
         return DEFAULT_IMAGES_PER_CALL
     median = pixels[len(pixels) // 2]

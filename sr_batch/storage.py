@@ -1,21 +1,33 @@
-"""The one I/O door: every path is an fsspec URI; retries and atomic writes live here."""
+"""The one I/O door: every path is an fsspec URI; retries and atomic writes live here.
+
+Reads can be bounded in time (`timeout_s`): for http(s) it is aiohttp's connect and
+per-read socket timeout, for s3 botocore's connect and read timeout. Both bound each
+wait for the server, not the whole transfer (a server that trickles bytes is not cut
+off), and each retry waits again. Other object stores (gcs, ...) keep their client's
+defaults. Local reads are not bounded: a hung network mount blocks in the kernel; FIFOs,
+sockets and devices, which would block or misbehave when opened, are refused before open.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import posixpath
 import random
 import re
+import stat
 import tempfile
 import time
+import unicodedata
 import uuid
 from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.utils import get_protocol
 
 from sr_batch.errors import MissingFileError, PathEscapeError, ReadError, WriteError
 
@@ -30,7 +42,29 @@ _TRANSIENT_ERRNOS = {
 }
 # Fragments of messages object stores put on throttling and 5xx errors.
 _TRANSIENT_TEXT = ("slowdown", "slow down", "throttl", "503", "500 ", "internal error",
-                   "service unavailable", "connection reset", "timed out", "reduce your request rate")
+                   "service unavailable", "connection reset", "timed out", "timeout",
+                   "reduce your request rate")
+# Characters that would break a one-line message or make it lie about a name: C0/C1
+# controls, line and paragraph separators, and the bidirectional embeddings, overrides
+# and isolates (U+202A-U+202E, U+2066-U+2069) that reorder what a terminal shows.
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+
+
+def display(uri: str) -> str:
+    """`uri` fit for a one-line message: control characters escaped (a newline shows as \\n)."""
+    text = str(uri)
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    if ch in _BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+    return ch
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -40,6 +74,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    status = getattr(exc, "status", None)  # aiohttp's HTTP errors carry the status code
+    if isinstance(status, int) and (status >= 500 or status == 429):
         return True
     text = str(exc).lower()
     return any(fragment in text for fragment in _TRANSIENT_TEXT)
@@ -55,7 +92,7 @@ def retry(call: Callable[[], T], retries: int, what: str, base_delay_s: float = 
                 raise
             delay = base_delay_s * (2 ** attempt) * (0.5 + random.random())
             log.warning("transient error on %s (%s); retry %d/%d in %.2fs",
-                        what, exc, attempt + 1, retries, delay)
+                        display(what), display(str(exc)), attempt + 1, retries, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -69,22 +106,40 @@ def to_uri(path: str) -> str:
     return "file://" + os.path.abspath(os.path.expanduser(path))
 
 
-def get_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Filesystem and protocol-less path for a URI."""
-    return url_to_fs(uri)
+def get_fs(uri: str, timeout_s: float | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Filesystem and protocol-less path for a URI.
+
+    Raises ReadError for a protocol fsspec does not know (`foo://...`) or whose package is
+    not installed; `timeout_s` bounds reads where the backend allows (module docstring).
+    """
+    protocol = get_protocol(uri)
+    try:
+        return url_to_fs(uri, **_timeout_options(protocol, timeout_s))
+    except ValueError as exc:
+        if "protocol not known" not in str(exc).lower():
+            raise
+        raise ReadError(f"unknown protocol {protocol!r} in {display(uri)}") from None
+    except ImportError as exc:
+        raise ReadError(f"cannot open {display(uri)}: the {protocol!r} protocol needs a package "
+                        f"that is not installed ({' '.join(str(exc).split())})") from None
+
+
+def _timeout_options(protocol: str, timeout_s: float | None) -> dict:
+    """fsspec storage options that bound each wait for the server, where the backend has them."""
+    if timeout_s is None:
+        return {}
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        return {"client_kwargs": {"timeout": aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_s, sock_read=timeout_s)}}
+    if protocol in ("s3", "s3a"):
+        return {"config_kwargs": {"connect_timeout": timeout_s, "read_timeout": timeout_s}}
+    return {}
 
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
-
-
-# Control characters (a newline in a file name) would break a one-line message.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def display(uri: str) -> str:
-    """A URI or path for a one-line message: control characters escaped (\\n, \\t, \\x1b)."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(uri))
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -92,30 +147,97 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
-def _call_reading(uri: str, call: Callable[[], T], retries: int) -> T:
+@functools.cache
+def _read_failures() -> tuple[type[BaseException], ...]:
+    """Exception types a backend raises for a read that did not work (not a bug of ours)."""
+    failures: list[type[BaseException]] = [OSError]
+    with contextlib.suppress(ImportError):
+        import aiohttp  # fsspec's http: HTTP errors are not OSErrors
+
+        failures.append(aiohttp.ClientError)
+    with contextlib.suppress(ImportError):
+        import botocore.exceptions  # s3fs passes timeouts and connection errors through
+
+        failures.append(botocore.exceptions.BotoCoreError)
+    return tuple(failures)
+
+
+def _unmask_not_found(call: Callable[[], T]) -> Callable[[], T]:
+    """`call`, raising the real cause where fsspec reported any failure as FileNotFoundError.
+
+    fsspec's HTTP info() (file_size) turns a refused connection, a timeout or an HTTP 500
+    into FileNotFoundError; only an actual 404/410 means the file is missing.
+    """
+    def unmasked() -> T:
+        try:
+            return call()
+        except FileNotFoundError as exc:
+            cause = exc.__cause__
+            if (not isinstance(cause, _read_failures()) or isinstance(cause, FileNotFoundError)
+                    or getattr(cause, "status", None) in (404, 410)):
+                raise
+            raise cause from None
+    return unmasked
+
+
+def _reason(exc: BaseException, timeout_s: float | None) -> str:
+    if isinstance(exc, TimeoutError) and timeout_s is not None:
+        return f"timed out after {timeout_s:g} s"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _call_reading(uri: str, call: Callable[[], T], retries: int, timeout_s: float | None = None) -> T:
     """Run a read of `uri` with retries; missing files and permanent errors become ImageErrors."""
     try:
-        return retry(call, retries, uri)
+        return retry(_unmask_not_found(call), retries, uri)
     except FileNotFoundError:
-        raise MissingFileError(f"no such file: {uri}") from None
+        raise MissingFileError(f"no such file: {display(uri)}") from None
     except IsADirectoryError:
-        raise MissingFileError(f"is a directory, not a file: {uri}") from None
-    except OSError as exc:
-        raise ReadError(f"cannot read {uri}: {exc}") from None
+        raise MissingFileError(f"is a directory, not a file: {display(uri)}") from None
+    except _read_failures() as exc:
+        raise ReadError(f"cannot read {display(uri)}: {_reason(exc, timeout_s)}") from None
 
 
-def read_bytes(uri: str, retries: int = 3) -> bytes:
+# What a local path that is neither a regular file nor a directory is, for the message.
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file_kind(mode: int) -> str | None:
+    """'a FIFO', 'a socket', ... for a stat mode that is no regular file or directory, else None."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((kind for test, kind in _SPECIAL_KINDS if test(mode)), "not a regular file")
+
+
+def _refuse_special(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> None:
+    """ReadError for a local FIFO, socket or device, checked without opening it (a FIFO's
+    open blocks until a writer comes; a device's open can have effects)."""
+    if not is_local(fs):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: the read itself reports it
+    kind = special_file_kind(mode)
+    if kind is not None:
+        raise ReadError(f"not a regular file ({kind}): {display(uri)}")
+
+
+def read_bytes(uri: str, retries: int = 3, timeout_s: float | None = None) -> bytes:
     """Whole file as bytes."""
-    fs, path = get_fs(uri)
-    return _call_reading(uri, lambda: fs.cat_file(path), retries)
+    fs, path = get_fs(uri, timeout_s)
+    _refuse_special(fs, path, uri)
+    return _call_reading(uri, lambda: fs.cat_file(path), retries, timeout_s)
 
 
-def file_size(uri: str, retries: int = 3) -> int:
+def file_size(uri: str, retries: int = 3, timeout_s: float | None = None) -> int:
     """Size in bytes (one stat, or one HEAD on object stores)."""
-    fs, path = get_fs(uri)
-    info = _call_reading(uri, lambda: fs.info(path), retries)
+    fs, path = get_fs(uri, timeout_s)
+    _refuse_special(fs, path, uri)
+    info = _call_reading(uri, lambda: fs.info(path), retries, timeout_s)
     if info.get("type") == "directory":
-        raise MissingFileError(f"is a directory, not a file: {uri}")
+        raise MissingFileError(f"is a directory, not a file: {display(uri)}")
     return int(info.get("size") or 0)
 
 
@@ -125,14 +247,18 @@ HEADER_BLOCK_SIZE = 256 << 10
 
 
 @contextlib.contextmanager
-def open_input(uri: str, retries: int = 3, block_size: int | None = None) -> Iterator[BinaryIO]:
+def open_input(uri: str, retries: int = 3, block_size: int | None = None,
+               timeout_s: float | None = None) -> Iterator[BinaryIO]:
     """A seekable read handle, for files read in ranges rather than whole.
 
     `block_size` is the object-store read granularity (s3fs reads 50 MB by default);
-    pass HEADER_BLOCK_SIZE where only the header is wanted."""
-    fs, path = get_fs(uri)
+    pass HEADER_BLOCK_SIZE where only the header is wanted. `timeout_s` bounds the
+    opening and each ranged read the handle makes, where the backend allows. Errors
+    of the later reads are the backend's own (not retried, not turned into ReadError)."""
+    fs, path = get_fs(uri, timeout_s)
+    _refuse_special(fs, path, uri)
     options = {} if block_size is None else {"block_size": block_size}
-    handle = _call_reading(uri, lambda: fs.open(path, "rb", **options), retries)
+    handle = _call_reading(uri, lambda: fs.open(path, "rb", **options), retries, timeout_s)
     try:
         yield handle
     finally:
@@ -179,6 +305,13 @@ def remove_orphan_temps(directories: Iterable[str], older_than: float) -> int:
     return removed
 
 
+def _output_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    try:
+        return get_fs(uri)
+    except ReadError as exc:
+        raise WriteError(f"cannot write: {exc}") from None
+
+
 def write_file_atomic(uri: str, write: Callable[[str], None], retries: int = 3) -> int:
     """Let `write(local_path)` fill a temporary file, then move it into place; return its size.
 
@@ -186,14 +319,14 @@ def write_file_atomic(uri: str, write: Callable[[str], None], retries: int = 3) 
     in the same directory, then a rename. Object stores: a local temporary
     file, then one upload (retried), so a reader never sees a partial object.
     """
-    fs, path = get_fs(uri)
+    fs, path = _output_fs(uri)
     local = is_local(fs)
     if local:
         directory, name = os.path.split(path)
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as exc:
-            raise WriteError(f"cannot write {uri}: {exc}") from None
+            raise WriteError(f"cannot write {display(uri)}: {exc}") from None
         tmp = temp_name(directory, name)
     else:
         handle, tmp = tempfile.mkstemp(prefix="sr-batch-", suffix=posixpath.splitext(path)[1])
@@ -207,7 +340,7 @@ def write_file_atomic(uri: str, write: Callable[[str], None], retries: int = 3) 
             retry(lambda: fs.put_file(tmp, path), retries, uri)
         return size
     except OSError as exc:
-        raise WriteError(f"cannot write {uri}: {exc}") from None
+        raise WriteError(f"cannot write {display(uri)}: {exc}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -220,7 +353,7 @@ def write_bytes_atomic(uri: str, data: bytes, retries: int = 3) -> None:
     rename (atomic on POSIX). Object stores: a single PUT is already atomic, a
     reader sees the old object or the whole new one.
     """
-    fs, path = get_fs(uri)
+    fs, path = _output_fs(uri)
 
     def write() -> None:
         if is_local(fs):
@@ -241,7 +374,7 @@ def write_bytes_atomic(uri: str, data: bytes, retries: int = 3) -> None:
     try:
         retry(write, retries, uri)
     except OSError as exc:
-        raise WriteError(f"cannot write {uri}: {exc}") from None
+        raise WriteError(f"cannot write {display(uri)}: {exc}") from None
 
 
 def resolve_inside(root: str, relative: str) -> str:
@@ -256,12 +389,15 @@ def resolve_inside(root: str, relative: str) -> str:
 def check_inside(root: str, uri: str) -> str:
     """Return `uri` if it lies under `root` (same protocol), else raise PathEscapeError."""
     root_fs, root_path = get_fs(root)
-    fs, path = get_fs(uri)
+    try:
+        fs, path = get_fs(uri)
+    except ReadError as exc:
+        raise PathEscapeError(f"output_uri is not on the output filesystem {display(root)}: {exc}") from None
     if type(fs) is not type(root_fs):
-        raise PathEscapeError(f"output_uri {uri} is not on the output filesystem {root}")
+        raise PathEscapeError(f"output_uri {display(uri)} is not on the output filesystem {display(root)}")
     if ".." in path.split("/"):
-        raise PathEscapeError(f"output_uri {uri} contains '..'")
+        raise PathEscapeError(f"output_uri {display(uri)} contains '..'")
     root_path = root_path.rstrip("/")
     if not path.startswith(root_path + "/"):
-        raise PathEscapeError(f"output_uri {uri} is outside the output root {root}")
+        raise PathEscapeError(f"output_uri {display(uri)} is outside the output root {display(root)}")
     return uri

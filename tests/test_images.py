@@ -175,6 +175,36 @@ def test_exif_orientation_is_applied():
     assert carried.get(ORIENTATION, 1) == 1
 
 
+@pytest.mark.parametrize("value", [0, 9, 255])
+def test_exif_orientation_outside_one_to_eight_is_ignored(value):
+    stored = scene(10, 20)
+    exif = Image.Exif()
+    exif[ORIENTATION] = value
+    exif[MAKE] = "TestCam"
+    data = saved(Image.fromarray(stored), "PNG", exif=exif.tobytes())
+
+    decoded = decode_image(data, MAX_PIXELS)
+
+    np.testing.assert_array_equal(decoded.pixels, stored)
+    assert decoded.notes == [f"EXIF orientation {value} invalid, ignored"]
+    carried = Image.Exif()
+    carried.load(decoded.exif)
+    assert carried.get(MAKE) == "TestCam" and ORIENTATION not in carried
+
+
+def test_sixteen_bit_exif_orientation_outside_one_to_eight_is_ignored():
+    import tifffile
+
+    deep = deep_planes(5, 8, 1)[..., 0]
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, deep, extratags=[(274, "H", 1, 9, True)])
+
+    decoded = decode_image(buffer.getvalue(), MAX_PIXELS)
+
+    np.testing.assert_array_equal(decoded.pixels[..., 0], deep)
+    assert decoded.notes == ["EXIF orientation 9 invalid, ignored"]
+
+
 def test_animated_gif_notes_first_frame_only():
     frames = [Image.fromarray(scene(8, 8, seed=s)).convert("P") for s in range(3)]
     buffer = io.BytesIO()
@@ -207,6 +237,140 @@ def test_truncated_png_is_corrupt():
     with pytest.raises(CorruptImageError) as info:
         decode_image(data[: len(data) // 2], MAX_PIXELS)
     assert info.value.error_type == "corrupt_image"
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_from_rows(width: int, height: int, depth: int, colour: int, raw: bytes,
+                   interlace: int = 0) -> bytes:
+    """A PNG from its raw (filtered) pixel stream, whatever the IHDR says."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw, 9))
+            + _png_chunk(b"IEND", b""))
+
+
+def _adam7_png(grey: np.ndarray) -> bytes:
+    """An interlaced 8-bit grey PNG (Pillow cannot write Adam7): each pass's rows, filter 0."""
+    raw = b""
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+                           (1, 0, 2, 2), (0, 1, 1, 2)):
+        sub = grey[y0::dy, x0::dx]
+        if sub.size:
+            raw += b"".join(b"\x00" + row.tobytes() for row in sub)
+    return _png_from_rows(grey.shape[1], grey.shape[0], 8, 0, raw, interlace=1)
+
+
+@pytest.mark.parametrize("depth, colour, bytes_per_row", [(8, 0, 10_000), (16, 2, 60_000)])
+def test_one_row_of_data_under_a_huge_png_header_is_corrupt(depth, colour, bytes_per_row):
+    # 10000x10000 declared, one row of pixel data: decoders zero-fill the other 9999 rows
+    # (a black image "ok") unless the stream's length is checked against the header.
+    bomb = _png_from_rows(10_000, 10_000, depth, colour, b"\x00" + b"\x80" * bytes_per_row)
+    assert len(bomb) < 200
+
+    with pytest.raises(CorruptImageError, match="truncated PNG: its pixel data holds 1 of 10000 rows"):
+        decode_image(bomb, 10**9)
+
+
+def _cut(data: bytes, fraction: float = 0.6) -> bytes:
+    return data[: int(len(data) * fraction)]
+
+
+def _deep_tiff(array: np.ndarray, **options) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, **options)
+    return buffer.getvalue()
+
+
+TRUNCATED = {
+    "png": lambda: saved(Image.fromarray(scene(64, 64)), "PNG"),
+    "png-16": lambda: encode_image(deep_planes(64, 64, 3), None, "png"),
+    "jpeg": lambda: saved(Image.fromarray(scene(64, 64)), "JPEG"),
+    "jpeg-progressive": lambda: saved(Image.fromarray(scene(64, 64)), "JPEG", progressive=True),
+    "tiff": lambda: saved(Image.fromarray(scene(64, 64)), "TIFF"),
+    "tiff-deflate": lambda: saved(Image.fromarray(scene(64, 64)), "TIFF", compression="tiff_deflate"),
+    "tiff-16-strips": lambda: _deep_tiff(deep_planes(64, 64, 3), rowsperstrip=8),
+    "tiff-16-deflate": lambda: _deep_tiff(deep_planes(64, 64, 1)[..., 0], compression="zlib"),
+    "webp": lambda: saved(Image.fromarray(scene(64, 64)), "WEBP"),
+    "webp-lossless": lambda: saved(Image.fromarray(scene(64, 64)), "WEBP", lossless=True),
+    "gif": lambda: saved(Image.fromarray(scene(64, 64)).convert("P"), "GIF"),
+    "png-interlaced": lambda: _adam7_png(scene(37, 29)[..., 1]),
+}
+
+
+@pytest.mark.parametrize("fraction", [0.6, 0.9])
+@pytest.mark.parametrize("kind", sorted(TRUNCATED))
+def test_truncated_images_are_corrupt(kind, fraction):
+    data = TRUNCATED[kind]()
+    assert decode_image(data, MAX_PIXELS).width > 0  # whole, it decodes
+
+    with pytest.raises(CorruptImageError) as info:
+        decode_image(_cut(data, fraction), MAX_PIXELS)
+    assert info.value.error_type == "corrupt_image"
+
+
+def test_truncated_jpeg_fails_even_where_pillow_was_told_to_pad_it(monkeypatch):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as some other library might
+    data = saved(Image.fromarray(scene(64, 64)), "JPEG")
+
+    with pytest.raises(CorruptImageError, match="truncated"):
+        decode_image(data[:-40], MAX_PIXELS)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_truncated_webp_says_how_much_is_missing():
+    data = saved(Image.fromarray(scene(64, 64)), "WEBP")
+
+    with pytest.raises(CorruptImageError, match=f"truncated WebP: the file has 100 of the {len(data)} bytes"):
+        decode_image(data[:100], MAX_PIXELS)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _adam7_png(scene(37, 29)[..., 1]),                                  # interlaced
+    lambda: _adam7_png(scene(1, 1)[..., 1]),                                    # passes left empty
+    lambda: saved(Image.fromarray(scene(13, 13)[..., 0] > 128), "PNG"),         # 1 bit a pixel
+    lambda: saved(Image.fromarray(scene(9, 11)).convert("P", colors=4), "PNG", bits=2),  # 2-bit palette
+    lambda: encode_image(deep_planes(7, 5, 1), deep_planes(7, 5, 1)[..., 0], "png"),  # 16-bit LA
+])
+def test_complete_pngs_of_every_layout_pass_the_length_check(make):
+    data = make()
+    with Image.open(io.BytesIO(data)) as image:
+        expected = np.asarray(image.convert("RGBA" if "A" in image.mode else "L")
+                              if image.mode != "I;16" else image)
+
+    decoded = decode_image(data, MAX_PIXELS)
+
+    assert (decoded.height, decoded.width) == expected.shape[:2]
+
+
+def test_interlaced_png_decodes_to_its_pixels():
+    grey = scene(37, 29)[..., 1]
+
+    np.testing.assert_array_equal(decode_image(_adam7_png(grey), MAX_PIXELS).pixels[..., 0], grey)
+
+
+def test_png_cut_inside_its_stream_checksum_is_corrupt():
+    # Every row inflates, but the zlib stream's last bytes (its Adler-32) are gone.
+    grey = scene(16, 16)[..., 0]
+    raw = zlib.compress(b"".join(b"\x00" + row.tobytes() for row in grey), 9)[:-2]
+    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", raw)
+            + _png_chunk(b"IEND", b""))
+
+    with pytest.raises(CorruptImageError, match="stops before the end of its stream"):
+        decode_image(data, MAX_PIXELS)
+
+
+def test_png_with_all_its_rows_but_no_iend_still_decodes():
+    # Every pixel is there and checked (zlib's Adler-32); only the end marker is missing.
+    data = saved(Image.fromarray(scene(16, 16)), "PNG")
+
+    np.testing.assert_array_equal(decode_image(data[:-12], MAX_PIXELS).pixels, scene(16, 16))
 
 
 def _with_png_size(data: bytes, width: int, height: int) -> bytes:
@@ -244,6 +408,35 @@ def test_float_tiff_is_unsupported():
 
     with pytest.raises(UnsupportedModeError, match="'F'"):
         decode_image(saved(image, "TIFF"), MAX_PIXELS)
+
+
+@pytest.mark.parametrize("photometric, extrasamples", [
+    ("minisblack", ["unspecified"] * 4),        # Pillow cannot open it at all
+    ("rgb", ["unassalpha", "unspecified"]),     # Pillow would open it as RGBA, dropping one
+])
+def test_five_channel_tiff_is_an_unsupported_mode(photometric, extrasamples):
+    data = _deep_tiff(np.zeros((6, 8, 5), np.uint8), photometric=photometric,
+                      planarconfig="contig", extrasamples=extrasamples)
+
+    with pytest.raises(UnsupportedModeError, match="TIFF with 5 channels") as info:
+        decode_image(data, MAX_PIXELS)
+    assert info.value.error_type == "unsupported_mode"
+
+
+def test_five_channel_tiff_above_the_limit_is_too_many_pixels():
+    data = _deep_tiff(np.zeros((20, 20, 5), np.uint8), photometric="minisblack",
+                      planarconfig="contig", extrasamples=["unspecified"] * 4)
+
+    with pytest.raises(TooManyPixelsError):
+        decode_image(data, 399)
+
+
+def test_tiff_cut_before_its_header_ends_is_corrupt_not_unrecognised():
+    # Pillow writes the IFD after the pixels: cut short, Pillow cannot identify the file.
+    data = saved(Image.fromarray(scene(32, 32)), "TIFF", compression="tiff_deflate")
+
+    with pytest.raises(CorruptImageError, match="TIFF signature but the header cannot be parsed"):
+        decode_image(_cut(data, 0.7), MAX_PIXELS)
 
 
 # --- output format ---------------------------------------------------------------------

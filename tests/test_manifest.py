@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
+import logging
+import os
+import socket
+import threading
 import uuid
 
 import fsspec
@@ -148,6 +153,115 @@ def test_source_without_images_is_a_clear_error(tmp_path):
         build_manifest([str(tmp_path)])
     with pytest.raises(ManifestError, match="no images"):
         build_manifest([str(tmp_path / "*.png")])
+
+
+def bounded(call, limit_s: float = 60.0):
+    """Run `call` in a daemon thread and return its result; fail, not hang, if it blocks."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert not thread.is_alive(), f"still blocked after {limit_s} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+@contextlib.contextmanager
+def special_files(folder):
+    """A FIFO, a Unix socket and a symlink to the FIFO, all named like images; removed after
+    (a reader stuck in the FIFO's open() is released first)."""
+    fifo, link = folder / "fifo.png", folder / "link-to-fifo.png"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    sock = socket.socket(socket.AF_UNIX)
+    cwd = os.getcwd()
+    os.chdir(folder)  # a relative name keeps the socket path under the 108-byte limit
+    try:
+        sock.bind("s.png")
+    finally:
+        os.chdir(cwd)
+    try:
+        yield
+    finally:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        for path in (fifo, link, folder / "s.png"):
+            path.unlink()
+
+
+def test_listing_skips_fifos_sockets_and_devices_without_opening_them(image_dir, caplog):
+    (image_dir / "sub" / "link-to-im0.png").symlink_to(image_dir / "im0.png")
+
+    with special_files(image_dir), caplog.at_level(logging.WARNING, logger="sr_batch.manifest"):
+        table = bounded(lambda: build_manifest([str(image_dir)]), limit_s=30)
+
+    assert sorted(_by_relative(table)) == ["im0.png", "im1.png", "im2.png", "sub/im3.png",
+                                           "sub/im4.png", "sub/link-to-im0.png"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sr_batch.manifest"]
+    assert lines == ["skipped 3 file(s): 3 not a regular file (FIFO, socket or device)"]
+
+
+def test_a_fifo_given_as_the_source_is_refused(tmp_path):
+    with special_files(tmp_path):
+        with pytest.raises(ManifestError, match="not a regular file or a directory"):
+            bounded(lambda: build_manifest([str(tmp_path / "fifo.png")]), limit_s=30)
+
+
+def test_listing_counts_files_without_an_image_extension(mixed_dir, caplog):
+    (mixed_dir / "scan0001").write_bytes(png_bytes(scene(8, 8)))  # an image, by its content
+
+    with caplog.at_level(logging.WARNING, logger="sr_batch.manifest"):
+        table = build_manifest([str(mixed_dir)])
+
+    assert "scan0001" not in _by_relative(table)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sr_batch.manifest"]
+    assert len(lines) == 1
+    assert lines[0].startswith("skipped 3 file(s): 3 without an image extension (.png, .jpg")
+
+
+def test_folder_of_extensionless_images_says_they_were_skipped(tmp_path):
+    (tmp_path / "scan0001").write_bytes(png_bytes(scene(8, 8)))
+
+    with pytest.raises(ManifestError, match=r"no images .* found under .*\(skipped 1 file\(s\): 1 without"):
+        build_manifest([str(tmp_path)])
+
+
+def test_a_manifest_row_may_name_an_extensionless_image(tmp_path):
+    from sr_batch import storage
+    from sr_batch.images import decode_image
+
+    (tmp_path / "scan0001").write_bytes(png_bytes(scene(8, 10)))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"uri\n{tmp_path / 'scan0001'}\n")
+
+    table = read_manifest(str(manifest))
+
+    row = table.to_pylist()[0]
+    assert row["relative_path"] == "scan0001"
+    decoded = decode_image(storage.read_bytes(row["uri"]), 10_000)
+    assert (decoded.format, decoded.width, decoded.height) == ("PNG", 10, 8)
+
+
+def test_unknown_protocol_source_or_manifest_is_a_manifest_error():
+    with pytest.raises(ManifestError, match="cannot list foo://bar/: unknown protocol 'foo'"):
+        build_manifest(["foo://bar/"])
+    with pytest.raises(ManifestError, match="cannot read manifest: unknown protocol 'foo'"):
+        read_manifest("foo://bar/m.csv")
+
+
+def test_source_names_with_control_characters_stay_on_one_line(tmp_path):
+    with pytest.raises(ManifestError) as info:
+        build_manifest([str(tmp_path / "a\nb")])
+    assert "\n" not in str(info.value) and "a\\nb" in str(info.value)
 
 
 # --- writing and reading ---------------------------------------------------------------

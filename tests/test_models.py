@@ -17,7 +17,8 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from sr_batch import quality, resample, tiling  # noqa: E402
-from sr_batch.errors import ModelChecksumError, ModelNotFoundError, ModelScaleError  # noqa: E402
+from sr_batch.errors import (ModelChecksumError, ModelError, ModelNotFoundError,  # noqa: E402
+                             ModelScaleError)
 from sr_batch.models import registry  # noqa: E402
 from sr_batch.models.architectures import ARCHITECTURES, build_model, receptive_radius  # noqa: E402
 from sr_batch.models.layers import DepthToSpace  # noqa: E402
@@ -190,6 +191,84 @@ def test_missing_file_is_model_not_found(tmp_path):
     spec = registry.resolve_model(str(tmp_path / "absent.keras"), 2)
     with pytest.raises(ModelNotFoundError):
         registry.load_keras_model(spec)
+
+
+def _lambda_model(path: Path) -> None:
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Lambda(lambda x: keras.ops.repeat(keras.ops.repeat(x, 2, axis=1), 2, axis=2))(inputs)
+    keras.Model(inputs, outputs).save(path)
+
+
+def _tfsm_model(path: Path) -> None:
+    class Upscale(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        def serve(self, x):
+            return {"y": tf.image.resize(x, (16, 16))}
+
+    module = Upscale()
+    saved = path.parent / "savedmodel"
+    tf.saved_model.save(module, str(saved), signatures={"serving_default": module.serve})
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.TFSMLayer(str(saved), call_endpoint="serving_default")(inputs)["y"]
+    keras.Model(inputs, outputs).save(path)
+
+
+def _zip_without_config(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("hello.txt", "not a model")
+
+
+def _half_a_model(path: Path) -> None:
+    data = Path(registry.resolve_model(None, 2).uri.removeprefix("file://")).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _config_not_json(path: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", "{not json")
+        archive.writestr("metadata.json", "{}")
+
+
+def _two_inputs(path: Path) -> None:
+    a, b = keras.Input((None, None, 3)), keras.Input((None, None, 3))
+    keras.Model([a, b], keras.layers.Add()([a, b])).save(path)
+
+
+REFUSED_MODELS = {
+    "lambda": (_lambda_model, "it contains a Lambda layer (Python code inside the file), which "
+                              "loading with safe_mode=True refuses"),
+    "tfsmlayer": (_tfsm_model, "it contains a TFSMLayer (it loads an external TensorFlow SavedModel)"),
+    "zip-without-config": (_zip_without_config, "not a .keras file (a zip archive without config.json)"),
+    "random-bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(1000)),
+                     "not a .keras file (1000 bytes that are not a zip archive)"),
+    "cut-in-half": (_half_a_model, "that are not a zip archive"),
+    "empty": (lambda p: p.write_bytes(b""), "the file is empty"),
+    "config-not-json": (_config_not_json, "not a .keras file (its config.json is not JSON"),
+    "two-inputs": (_two_inputs, "cannot run model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_MODELS))
+def test_refused_model_file_is_one_line_naming_the_users_file(tmp_path, case):
+    import re
+
+    make, reason = REFUSED_MODELS[case]
+    path = tmp_path / "user model.keras"
+    make(path)
+    spec = registry.resolve_model(str(path), 2)
+
+    with pytest.raises(ModelError) as info:
+        registry.load_keras_model(spec)
+
+    message = str(info.value)
+    assert message.startswith(("cannot load model file://", "cannot run model file://"))
+    assert f" {spec.uri}: " in message and reason in message
+    assert "\n" not in message
+    assert not re.search(r"/tmp/tmp\w+\.keras", message)  # never the temporary copy
 
 
 def test_register_adds_replaces_and_sets_default(tmp_path):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -134,3 +138,126 @@ def test_driver_killed_with_sigkill_then_rerun(ray_head, tmp_path):
             image.load()
     skipped = [r for r in stats.read_stats(str(out)).to_pylist() if r["status"] == "skipped"]
     assert len(skipped) == done_before
+
+
+# --- a Jobs API that never answers ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers; yields its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def plain_env(home: Path) -> dict[str, str]:
+    """This environment without Ray's settings, and a HOME with no cluster token."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(home)}
+
+
+def test_silent_jobs_api_ends_in_one_line_with_the_lock_released(tmp_path):
+    from sr_batch import nightly
+
+    make_folder(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    with silent_server() as port:
+        proc = run_cli(["nightly", str(tmp_path / "in"), "--output", str(out), "--address",
+                        f"http://127.0.0.1:{port}", "--model", "bicubic"], plain_env(tmp_path),
+                       timeout=180)
+
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"sr-batch: error: cannot reach the Ray Jobs API at http://127.0.0.1:{port}: "
+        f"timed out after {nightly.JOBS_API_READ_S:g} s (connected, no answer)")
+    assert "Traceback" not in proc.stderr
+    assert not (out / "nightly.lock").exists()
+
+
+def test_sigterm_releases_the_lock(tmp_path):
+    """cron's `timeout` sends SIGTERM to a nightly stuck on a silent API: the lock must go."""
+    make_folder(tmp_path / "in", 1)
+    out, log = tmp_path / "out", tmp_path / "stderr.txt"
+    with silent_server() as port, open(log, "wb") as stderr_file:
+        proc = subprocess.Popen(
+            sr_batch_cmd("nightly", str(tmp_path / "in"), "--output", str(out), "--address",
+                         f"http://127.0.0.1:{port}", "--model", "bicubic"),
+            env=plain_env(tmp_path), stdout=subprocess.DEVNULL, stderr=stderr_file,
+            start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+        try:
+            deadline = time.monotonic() + 120
+            # The listing line comes once the lock is held, before the Jobs API is asked.
+            while "new or changed" not in log.read_text():
+                assert proc.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "the nightly never got to listing"
+                time.sleep(0.05)
+            assert (out / "nightly.lock").exists()
+            proc.send_signal(signal.SIGTERM)
+            returncode = proc.wait(timeout=60)
+        finally:
+            stop_process(proc, signal.SIGKILL, timeout_s=10)
+    stderr = log.read_text()
+    assert returncode == 130, stderr[-2000:]
+    assert "sr-batch: interrupted; rerun the same command to finish" in stderr.splitlines(), stderr[-2000:]
+    assert not (out / "nightly.lock").exists(), stderr[-2000:]
+
+
+class SilentClient:
+    """The part of JobSubmissionClient the follow-up uses, from a head that stopped answering:
+    the log stream never yields, and every status request fails as a timeout would."""
+
+    def __init__(self, status=None):
+        self.status, self.status_calls = status, 0
+
+    async def tail_job_logs(self, submission_id):
+        await asyncio.Event().wait()  # never set
+        yield ""
+
+    def get_job_status(self, submission_id):
+        self.status_calls += 1
+        if self.status is None:
+            raise TimeoutError("timed out")
+        return self.status
+
+
+def test_log_stream_that_hangs_ends_when_the_job_has(tmp_path, monkeypatch):
+    from sr_batch import nightly
+    from sr_batch.lock import OutputLock
+
+    monkeypatch.setattr(nightly, "LOG_SILENCE_S", 0.05)
+    client = SilentClient(status="SUCCEEDED")
+    with OutputLock(f"file://{tmp_path}/nightly.lock", 3600, "test", settle_s=0) as lock:
+        asyncio.run(asyncio.wait_for(nightly._stream_logs(client, "job", lock, print), 60))
+        assert nightly._wait(client, "job", lock) == "SUCCEEDED"
+
+
+def test_silent_api_while_following_gives_up_in_one_line(tmp_path, monkeypatch):
+    from sr_batch import nightly
+    from sr_batch.lock import OutputLock
+
+    monkeypatch.setattr(nightly, "LOG_SILENCE_S", 0.05)
+    monkeypatch.setattr(nightly, "FOLLOW_PATIENCE_S", 0.0)
+    client = SilentClient()
+    with OutputLock(f"file://{tmp_path}/nightly.lock", 3600, "test", settle_s=0) as lock:
+        with pytest.raises(TimeoutError):  # _submit_and_follow then falls back to _wait
+            asyncio.run(asyncio.wait_for(nightly._stream_logs(client, "job", lock, print), 60))
+        with pytest.raises(nightly.JobSubmitError, match=(
+                "lost the Ray Jobs API at http://h:8265 while following job: timed out after "
+                r"20 s \(connected, no answer\); the job may still be running")):
+            nightly._wait(client, "job", lock, "http://h:8265")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import http.server
 import os
+import socket
+import threading
 import time
 import uuid
 
@@ -11,7 +15,7 @@ import fsspec
 import pytest
 
 from sr_batch import storage
-from sr_batch.errors import MissingFileError, PathEscapeError, WriteError
+from sr_batch.errors import MissingFileError, PathEscapeError, ReadError, WriteError
 
 
 @pytest.fixture
@@ -259,3 +263,190 @@ def test_transient(exc):
 ])
 def test_not_transient(exc):
     assert not storage.is_transient(exc)
+
+
+# --- inputs that must fail as read errors, never crash or hang ---------------------------
+
+
+def bounded(call, limit_s: float = 60.0):
+    """Run `call` in a daemon thread; return its result or exception. A call still running
+    after `limit_s` fails the test instead of hanging the suite (it is a guard, not a timing)."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit_s)
+    assert not thread.is_alive(), f"still blocked after {limit_s} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def open_and_read(uri: str, **options) -> bytes:
+    with storage.open_input(uri, **options) as handle:
+        return handle.read()
+
+
+READERS = {
+    "read_bytes": storage.read_bytes,
+    "file_size": storage.file_size,
+    "open_input": open_and_read,
+}
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_unknown_protocol_is_a_read_error(reader):
+    with pytest.raises(ReadError, match="unknown protocol 'foo' in foo://bar/x.png") as info:
+        READERS[reader]("foo://bar/x.png")
+    assert info.value.error_type == "read_error"
+
+
+def test_unknown_protocol_output_is_a_write_error_or_an_escape(tmp_path):
+    with pytest.raises(WriteError, match="unknown protocol 'foo'"):
+        storage.write_bytes_atomic("foo://bar/x.png", b"data")
+    with pytest.raises(PathEscapeError, match="unknown protocol 'foo'"):
+        storage.check_inside(storage.to_uri(str(tmp_path)), "foo://bar/x.png")
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_refused_connection_is_a_read_error_not_a_missing_file(reader):
+    uri = f"http://127.0.0.1:{closed_port()}/x.png"
+
+    with pytest.raises(ReadError, match="cannot read http://127.0.0.1:.*Cannot connect"):
+        bounded(lambda: READERS[reader](uri, retries=0))
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers; yields its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def accept():
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_timeout_bounds_a_read_from_a_server_that_never_answers(reader):
+    with silent_server() as port:
+        with pytest.raises(ReadError, match="timed out after 0.5 s"):
+            bounded(lambda: READERS[reader](f"http://127.0.0.1:{port}/x.png", retries=0, timeout_s=0.5))
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A real HTTP server over tmp_path; `boom.png` answers 500. Yields (base URL, hit counts)."""
+    hits: dict[str, int] = {}
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+        def send_head(self):
+            hits[self.path] = hits.get(self.path, 0) + 1
+            if self.path == "/boom.png":
+                self.send_error(500)
+                return None
+            return super().send_head()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_file_missing_or_failing(http_root, tmp_path):
+    base, hits = http_root
+    (tmp_path / "a.png").write_bytes(b"12345")
+
+    assert storage.file_size(f"{base}/a.png", timeout_s=10) == 5
+    assert storage.read_bytes(f"{base}/a.png", timeout_s=10) == b"12345"
+    with pytest.raises(MissingFileError, match="no such file"):
+        storage.file_size(f"{base}/absent.png", retries=0)
+    with pytest.raises(MissingFileError, match="no such file"):
+        storage.read_bytes(f"{base}/absent.png", retries=0)
+    # A 500 is a read error, retried as transient (two attempts with retries=1).
+    with pytest.raises(ReadError, match="500"):
+        storage.read_bytes(f"{base}/boom.png", retries=1)
+    assert hits["/boom.png"] == 2
+
+
+@contextlib.contextmanager
+def fifo_at(path):
+    """A FIFO at `path`; afterwards, a reader stuck in open() is released and the FIFO removed."""
+    os.mkfifo(path)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):  # ENXIO: no reader waiting, as it should be
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        os.unlink(path)
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_fifo_is_refused_without_being_opened(tmp_path, reader):
+    with fifo_at(tmp_path / "fifo.png") as fifo:
+        with pytest.raises(ReadError, match=r"not a regular file \(a FIFO\): file://.*fifo.png"):
+            bounded(lambda: READERS[reader](storage.to_uri(str(fifo))), limit_s=20)
+
+
+def test_device_is_refused():
+    with pytest.raises(ReadError, match=r"not a regular file \(a character device\)"):
+        storage.read_bytes("file:///dev/null")  # not /dev/zero: read whole, it never ends
+
+
+# --- display -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("file:///a/plain name é 😀.png", "file:///a/plain name é 😀.png"),
+    ("file:///a/two\nlines.png", "file:///a/two\\nlines.png"),
+    ("cr\rtab\t.png", "cr\\rtab\\t.png"),
+    ("esc\x1b[31mred.png", "esc\\x1b[31mred.png"),
+    ("nel\x85.png", "nel\\x85.png"),
+    ("line\u2028sep.png", "line\\u2028sep.png"),
+    ("gnp.\u202eexe", "gnp.\\u202eexe"),
+])
+def test_display_escapes_control_characters(name, shown):
+    assert storage.display(name) == shown
+    assert storage.display(name).isprintable() or "😀" in name
+
+
+def test_messages_about_a_name_with_a_newline_stay_on_one_line(tmp_path):
+    uri = storage.to_uri(str(tmp_path / "two\nlines.png"))
+
+    with pytest.raises(MissingFileError) as info:
+        storage.read_bytes(uri)
+    assert "\n" not in str(info.value) and "two\\nlines.png" in str(info.value)

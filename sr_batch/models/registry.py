@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import posixpath
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,27 +176,39 @@ def load_keras_model(spec: ModelSpec, scale: int | None = None, denoise: float |
         strong = _load_verified(spec.denoise_uri, spec.denoise_sha256)
         mild_weights, strong_weights = model.get_weights(), strong.get_weights()
         if [w.shape for w in mild_weights] != [w.shape for w in strong_weights]:
-            raise ModelError(f"model {spec.name!r}: {spec.uri} and {spec.denoise_uri} differ in shape")
+            raise ModelError(f"model {spec.name!r}: {storage.display(spec.uri)} and "
+                             f"{storage.display(spec.denoise_uri)} differ in shape")
         model.set_weights([(1.0 - strength) * a + strength * b
                            for a, b in zip(mild_weights, strong_weights)])
 
     expected = spec.scale if scale is None else scale
-    measured = measure_scale(model)
+    try:
+        measured = measure_scale(model)
+    except ModelScaleError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model that loads but cannot run on an image
+        raise ModelError(f"cannot run model {storage.display(spec.uri)}: it fails on a "
+                         f"{_SCALE_PROBE}x{_SCALE_PROBE} test image ({_first_line(exc)}); "
+                         "sr-batch needs one image in, one out") from exc
     if expected is not None and measured != expected:
         raise ModelScaleError(f"model {spec.name!r} upscales by x{measured}, but x{expected} was requested")
     return model
 
 
 def _load_verified(uri: str, sha256: str | None):
-    """One .keras file: read, check its SHA-256, load with safe_mode=True."""
+    """One .keras file: read, check its SHA-256, load with safe_mode=True; refusals in one line."""
+    shown = storage.display(uri)
     try:
         data = storage.read_bytes(uri)
     except ImageError as exc:  # storage reports missing/unreadable files as image errors
-        raise ModelNotFoundError(f"cannot read model {uri}: {exc}") from None
+        raise ModelNotFoundError(f"cannot read model {shown}: {exc}") from None
     if sha256 is not None and sha256_of(data) != sha256:
         raise ModelChecksumError(
-            f"model {uri} has SHA-256 {sha256_of(data)}, the index expects {sha256}; "
+            f"model {shown} has SHA-256 {sha256_of(data)}, the index expects {sha256}; "
             f"the file is corrupt or was replaced")
+    not_keras = _not_a_keras_archive(data)
+    if not_keras:
+        raise ModelError(f"cannot load model {shown}: {not_keras}")
 
     import keras
 
@@ -207,9 +221,73 @@ def _load_verified(uri: str, sha256: str | None):
         try:
             return keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as exc:  # noqa: BLE001 - any failure here means "not a loadable model"
-            raise ModelError(f"cannot load {uri} as a Keras model: {exc}") from exc
+            reason = _refusal(data, exc).replace(path, shown)
+            raise ModelError(f"cannot load model {shown}: {reason}") from exc
     finally:
         os.unlink(path)
+
+
+# Layers that run code or files from outside the .keras file; safe_mode never loads them.
+_REFUSED_LAYERS = {
+    "Lambda": "a Lambda layer (Python code inside the file)",
+    "TFSMLayer": "a TFSMLayer (it loads an external TensorFlow SavedModel)",
+}
+
+
+def _not_a_keras_archive(data: bytes) -> str | None:
+    """Why `data` cannot be a .keras file (a zip archive with config.json), or None."""
+    if not data:
+        return "the file is empty"
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        return f"not a .keras file ({len(data)} bytes that are not a zip archive)"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            if "config.json" not in archive.namelist():
+                return "not a .keras file (a zip archive without config.json)"
+            json.loads(archive.read("config.json"))
+    except json.JSONDecodeError as exc:
+        return f"not a .keras file (its config.json is not JSON: {_first_line(exc)})"
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return f"not a .keras file (a broken zip archive: {_first_line(exc)})"
+    return None
+
+
+def _refusal(data: bytes, exc: Exception) -> str:
+    """One line on why Keras refused the archive: a refused layer by name, else Keras's words."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            config = json.loads(archive.read("config.json"))
+        classes = _layer_classes(config)
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError):
+        classes = set()
+    refused = [what for name, what in _REFUSED_LAYERS.items() if name in classes]
+    if refused:
+        return (f"it contains {' and '.join(refused)}, which loading with safe_mode=True refuses; "
+                "rebuild the model from layers registered with "
+                "@keras.saving.register_keras_serializable()")
+    return _first_line(exc)
+
+
+def _layer_classes(config) -> set[str]:
+    """Every `class_name` anywhere in a Keras config tree."""
+    found: set[str] = set()
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str):
+                found.add(node["class_name"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one short line: its first sentence-ish, without a dumped config."""
+    text = " ".join(str(exc).split()).split(" Full object config:")[0]
+    text = text or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # Layers kept in float32 under bfloat16: the bicubic skip/upsample, which carries the
