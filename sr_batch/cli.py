@@ -180,6 +180,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from sr_batch.models import onnx
+
+    result = onnx.export_model(args.model, args.output, scale=args.scale, opset=args.opset)
+    print(result.check.line(), file=sys.stderr)
+    print(result.summary_line(), file=sys.stderr)
+    return EXIT_OK
+
+
 def _card_score(card: dict, dataset: str) -> str:
     """`37.53/0.9587` from a model card's eval of `dataset`, or `-`."""
     result = card.get("eval", {}).get(dataset)
@@ -299,6 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the model zoo", epilog="example: sr-batch models")
     models.set_defaults(func=cmd_models)
+
+    export = sub.add_parser(
+        "export", help="write a zoo model or a .keras file as ONNX, checked against Keras",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  sr-batch export residual --scale 2 --format onnx -o residual_x2.onnx\n"
+               "  sr-batch export mine_x4.keras -o s3://bucket/models/mine_x4.onnx\n"
+               "  sr-batch run photos/ --output out/ --model residual_x2.onnx")
+    export.add_argument("model", metavar="MODEL", help="zoo name or path/URI to a .keras file")
+    export.add_argument("--scale", type=int, default=None, choices=(2, 3, 4),
+                        help="the zoo model's scale (default 2); for a file, checked when given")
+    export.add_argument("--format", default="onnx", choices=("onnx",), help="export format")
+    export.add_argument("--output", "-o", required=True, help="file to write (fsspec URI)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tf2onnx's)")
+    export.set_defaults(func=cmd_export)
 
     evaluate = sub.add_parser(
         "evaluate", help="Y-PSNR/SSIM, FLOPs and speed of every model vs bicubic (see jobs/evaluate.py --help)",

@@ -97,6 +97,18 @@ class ModelScaleError(ModelError):
     error_type = "model_scale"
 
 
+class ModelFormatError(ModelError):
+    """The file is no model sr-batch can run: malformed, or its input is not an image batch."""
+
+    error_type = "model_format"
+
+
+class ModelExportError(ModelError):
+    """A model cannot be exported, or its export does not reproduce it."""
+
+    error_type = "model_export"
+
+
 class ReportError(SrBatchError):
     """A report cannot be made: no stats, an unknown run or metric, bad SQL."""
 

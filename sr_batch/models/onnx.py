@@ -1,0 +1,477 @@
+"""Models in and out as ONNX: export a Keras model, and run an ONNX file with ONNX Runtime.
+
+Export (`export_model`) goes through Keras 3's own `model.export(format="onnx")`
+(tf2onnx underneath) with dynamic batch, height and width, and writes the file
+only when ONNX Runtime reproduces Keras on a check image within one 8-bit level.
+
+The runtime side (`probe_onnx`, `load_session`, `make_onnx_batch_fn`) imports
+ONNX Runtime, never TensorFlow: the job's probe task and actors use it for
+`--model file.onnx`. A model takes float32 (or float16) RGB in [0, 1], NHWC
+(Keras, TensorFlow) or NCHW (PyTorch exports such as Real-ESRGAN's); its
+height and width may be dynamic, or fixed and square (then every tile has that
+side); its batch may be fixed too (then tiles go through it that many at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from sr_batch import storage, tiling
+from sr_batch.errors import (ImageError, ModelChecksumError, ModelError, ModelExportError,
+                             ModelFormatError, ModelNotFoundError, ModelScaleError)
+from sr_batch.models import registry
+from sr_batch.models.registry import ModelSpec
+from sr_batch.upscaler import to_integer
+
+# An export may differ from Keras by float rounding only: at most one 8-bit level
+# (two float32 results a hair either side of a .5 boundary round one level apart).
+MAX_LEVELS = 1
+# The check image: odd and not square, so the exported graph runs at a shape it was
+# never traced at (dynamic height and width) and every border case of the resize shows.
+CHECK_HEIGHT, CHECK_WIDTH = 45, 67
+# Side of the zeros probe that measures the scale of a dynamic model: larger than any
+# kernel, so 'same' padding cannot change the output size (as registry._SCALE_PROBE).
+SCALE_PROBE = 8
+# Sides of the impulse probe that measures a dynamic model's receptive radius, tried in
+# turn until the impulse stays inside (a deep model reaches past 32 px).
+IMPULSE_SIDES = (64, 128, 256)
+# Names the exported graph gives its input and output (tf2onnx's would be `Identity:0`).
+INPUT_NAME, OUTPUT_NAME = "lr", "sr"
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_INSTALL_HINT = "pip install 'sr-batch[onnx]'"
+
+
+# --- running ONNX files ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OnnxLayout:
+    """How an ONNX model takes and gives images, read from its declared input."""
+
+    input_name: str
+    output_name: str
+    channels_first: bool
+    """NCHW (PyTorch exports); False for NHWC (Keras, TensorFlow)."""
+    side: int | None
+    """Fixed input height = width in pixels; None where height and width are dynamic."""
+    batch: int | None
+    """Fixed batch size (many exports fix it to 1); None where the batch is dynamic."""
+    dtype: type
+    """What the input takes: np.float32 or np.float16."""
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelError(f"ONNX models need ONNX Runtime: {_INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def session_providers() -> list[str]:
+    """CUDA first where this ONNX Runtime build has it (onnxruntime-gpu), then the CPU."""
+    available = _onnxruntime().get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def open_session(data: bytes, name: str, threads: int = 0):
+    """An ONNX Runtime session over the model's bytes; `threads` 0 keeps ONNX Runtime's own choice."""
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(0, int(threads))
+    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
+    try:
+        return ort.InferenceSession(data, sess_options=options, providers=session_providers())
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for every kind of bad file
+        raise ModelFormatError(f"cannot load {name} as an ONNX model: {_first_line(exc)}") from None
+
+
+def read_model_bytes(spec: ModelSpec) -> bytes:
+    """The spec's file, checked against `spec.sha256` where the spec pins one."""
+    try:
+        data = storage.read_bytes(spec.uri)
+    except ImageError as exc:  # storage reports missing/unreadable files as image errors
+        raise ModelNotFoundError(f"cannot read model {spec.uri}: {exc}") from None
+    if spec.sha256 is not None and registry.sha256_of(data) != spec.sha256:
+        raise ModelChecksumError(
+            f"model {spec.uri} has SHA-256 {registry.sha256_of(data)}, expected {spec.sha256}; "
+            f"the file was replaced since the run started")
+    return data
+
+
+def load_session(spec: ModelSpec, threads: int = 0):
+    """Fetch a spec's ONNX file from any fsspec URI, verify it, and open a session on it."""
+    return open_session(read_model_bytes(spec), spec.uri, threads)
+
+
+def read_layout(session, name: str = "the model") -> OnnxLayout:
+    """The model's image layout; ModelFormatError where its input is not an RGB image batch."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        raise ModelFormatError(f"{name} takes {len(inputs)} inputs; an upscaler takes one image batch")
+    declared = inputs[0]
+    shape = list(declared.shape)
+    not_image = (f"{name} takes {declared.name!r} of shape {_shape_text(shape)}: "
+                 f"not an image batch (rank 4 with 3 channels, NHWC or NCHW)")
+    if len(shape) != 4:
+        raise ModelFormatError(not_image)
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in shape]
+    if fixed[3] == 3:
+        channels_first, height, width = False, fixed[1], fixed[2]
+    elif fixed[1] == 3:
+        channels_first, height, width = True, fixed[2], fixed[3]
+    else:
+        raise ModelFormatError(not_image)
+    if declared.type not in _DTYPES:
+        raise ModelFormatError(f"{name} takes {declared.type} input; sr-batch feeds float32 or "
+                               f"float16 images in [0, 1]")
+    if height != width:
+        raise ModelFormatError(f"{name} takes fixed {height or '?'}x{width or '?'} images; "
+                               f"sr-batch's tiles are square (export it with dynamic height and width)")
+    return OnnxLayout(input_name=declared.name, output_name=outputs[0].name,
+                      channels_first=channels_first, side=height, batch=fixed[0],
+                      dtype=_DTYPES[declared.type])
+
+
+def run_nhwc(session, layout: OnnxLayout, batch: np.ndarray) -> np.ndarray:
+    """Run (N, H, W, 3) float32 through the model whatever its layout; (N, H*s, W*s, C) float32 out."""
+    x = batch.astype(layout.dtype, copy=False)
+    if layout.channels_first:
+        x = x.transpose(0, 3, 1, 2)
+    x = np.ascontiguousarray(x)
+    step = layout.batch or max(1, len(x))
+    outputs = []
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step]
+        missing = step - len(chunk)
+        if missing:  # a fixed-batch model takes whole batches only: pad with black tiles
+            chunk = np.concatenate([chunk, np.zeros((missing, *chunk.shape[1:]), chunk.dtype)])
+        out = session.run([layout.output_name], {layout.input_name: chunk})[0]
+        outputs.append(out[:step - missing])
+    out = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+    if out.ndim != 4:
+        raise ModelFormatError(f"the model returned shape {out.shape}: not an image batch")
+    if layout.channels_first:
+        out = out.transpose(0, 2, 3, 1)
+    return out.astype(np.float32, copy=False)
+
+
+def make_onnx_batch_fn(session, tile_size: int | Sequence[int], name: str = "the model"):
+    """Same contract as upscaler.make_tf_batch_fn: `run` maps (N, T, T, 3) float32 in [0, 1]
+    to (N, T*s, T*s, 3) for every tile side T; ONNX Runtime traces nothing, so the trace
+    counter stays 0. A fixed-shape model serves its own side only."""
+    layout = read_layout(session, name)
+    sizes = {tile_size} if isinstance(tile_size, int) else set(tile_size)
+    if layout.side is not None and sizes != {layout.side}:
+        raise ModelFormatError(f"{name} takes fixed {layout.side} px tiles only, "
+                               f"not {'/'.join(map(str, sorted(sizes)))} px")
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        if batch.shape[1] not in sizes:
+            raise ValueError(f"no tile side {batch.shape[1]} px; have {sorted(sizes)}")
+        return run_nhwc(session, layout, batch)
+
+    return run, (lambda: 0)
+
+
+def measure_scale(session, layout: OnnxLayout, name: str) -> int:
+    """The model's upscaling factor, from one run on black input of the probe's (or its fixed) side."""
+    side = layout.side or SCALE_PROBE
+    try:
+        out = run_nhwc(session, layout, np.zeros((1, side, side, 3), np.float32))
+    except ModelFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the graph itself failed on an image input
+        raise ModelFormatError(f"ONNX Runtime cannot run {name} on a {side}x{side} RGB image: "
+                               f"{_first_line(exc)}") from None
+    height, width, channels = out.shape[1:]
+    if channels != 3:
+        raise ModelFormatError(f"{name} returns {channels} channels; an RGB upscaler returns 3")
+    if height != width or height % side:
+        raise ModelScaleError(f"model {name} maps {side}x{side} input to {width}x{height}: "
+                              f"not an integer upscale")
+    return height // side
+
+
+def measure_radius(session, layout: OnnxLayout, scale: int, name: str) -> int:
+    """Receptive radius by the impulse method (tiling.receptive_radius_from_impulse), as for
+    .keras files: on the fixed side, or on growing sides until the impulse stays inside."""
+    run = lambda batch: run_nhwc(session, layout, batch)  # noqa: E731
+    sides = (layout.side,) if layout.side is not None else IMPULSE_SIDES
+    for side in sides:
+        try:
+            radius = tiling.receptive_radius_from_impulse(run, scale, size=side)
+        except ValueError:
+            continue
+        if layout.side is None or layout.side - 2 * radius >= 1:
+            return radius
+    if layout.side is not None:
+        raise ModelFormatError(
+            f"{name} takes fixed {layout.side}x{layout.side} tiles, and its receptive field "
+            f"leaves no core in them (side - 2 x radius < 1); export it with dynamic height and width")
+    raise ModelFormatError(f"the receptive field of {name} reaches past {sides[-1] // 2 - 1} px "
+                           f"(impulse probe on {sides[-1]} px): too wide to tile without seams")
+
+
+def count_params(data: bytes) -> int | None:
+    """Weights stored in the graph (its initializers); None without the `onnx` package."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    graph = onnx.load_model_from_string(data).graph
+    return int(sum(int(np.prod(t.dims)) for t in graph.initializer))
+
+
+def probe_onnx(spec: ModelSpec, scale: int | None) -> ModelSpec:
+    """The spec of a user's ONNX file completed: SHA-256 pinned, scale checked against `scale`
+    (None accepts any), receptive radius and fixed input side measured. No TensorFlow."""
+    data = read_model_bytes(spec)
+    # Pin the bytes we measured: the actors verify the same SHA-256 when they load.
+    spec = replace(spec, sha256=registry.sha256_of(data))
+    session = open_session(data, spec.uri, threads=1)
+    layout = read_layout(session, spec.uri)
+    measured = measure_scale(session, layout, spec.uri)
+    if scale is not None and measured != scale:
+        raise ModelScaleError(f"model {spec.name!r} upscales by x{measured}, but x{scale} was requested")
+    return replace(spec, scale=measured, channels=3, params=count_params(data),
+                   receptive_radius=measure_radius(session, layout, measured, spec.uri),
+                   input_side=layout.side)
+
+
+# --- exporting Keras models ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportCheck:
+    """How closely ONNX Runtime reproduced Keras on the check image."""
+
+    levels: int
+    """Largest difference of the two outputs, each clipped and rounded to 8 bits."""
+    max_abs: float
+    """Largest difference of the two float outputs."""
+    height: int
+    width: int
+
+    @property
+    def ok(self) -> bool:
+        return self.levels <= MAX_LEVELS
+
+    def line(self) -> str:
+        verdict = "ok" if self.ok else "FAILED"
+        return (f"check {verdict}: ONNX Runtime vs Keras on a {self.width}x{self.height} image: "
+                f"{self.levels} 8-bit level(s) apart at most (allowed {MAX_LEVELS}), "
+                f"max |difference| {self.max_abs:.1e}")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_model` wrote."""
+
+    uri: str
+    name: str
+    scale: int
+    bytes: int
+    sha256: str
+    opset: int
+    check: ExportCheck
+
+    def summary_line(self) -> str:
+        return (f"wrote {self.uri}: {self.name} x{self.scale} as ONNX (opset {self.opset}, "
+                f"{self.bytes / 1e6:.2f} MB, SHA-256 {self.sha256})")
+
+
+def make_check_image(height: int = CHECK_HEIGHT, width: int = CHECK_WIDTH, seed: int = 0) -> np.ndarray:
+    """A photo-like float32 RGB image in [0, 1]: gradients, a dark disk, stripes, mild noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y, x = y / height, x / width
+    a, b, c = rng.uniform(1, 6, 3)
+    image = np.stack([np.sin(a * x), np.cos(b * y), np.sin(c * (x + y))], axis=2) * 0.35 + 0.5
+    image[((y - 0.5) ** 2 + (x - 0.4) ** 2) < 0.08] *= 0.5
+    image[((x * width / 2).astype(int) % 2 == 0) & (y > 0.7)] += 0.15
+    image += rng.normal(0, 0.02, image.shape)
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def _upsampling_layer_class():
+    """A Keras layer that computes UpSampling2D's resize with TensorFlow directly.
+
+    Keras 3.15's `ops.image.resize` checks `size[0] <= 0` in Python, which fails
+    when the size is a symbolic tensor, i.e. for every UpSampling2D with a
+    bilinear/bicubic interpolation traced at dynamic height and width
+    (keras-team/keras PR 22079). This layer runs the same op Keras' TensorFlow
+    backend runs there: `tf.image.resize(x, (h * sy, w * sx), method)`, no antialias.
+    """
+    import keras
+    import tensorflow as tf
+
+    class TracedUpSampling2D(keras.layers.Layer):
+        def __init__(self, size, interpolation, **kwargs):
+            super().__init__(**kwargs)
+            self.size, self.interpolation = tuple(size), interpolation
+
+        def call(self, inputs):
+            shape = tf.shape(inputs)
+            target = tf.stack([shape[1] * self.size[0], shape[2] * self.size[1]])
+            return tf.image.resize(inputs, target, method=self.interpolation)
+
+    return TracedUpSampling2D
+
+
+def traceable_copy(model):
+    """The model itself, or where it has interpolating UpSampling2D layers (channels_last), a
+    copy with the same weights whose resizes trace at dynamic height and width."""
+    import keras
+
+    def needs_swap(layer) -> bool:
+        return (isinstance(layer, keras.layers.UpSampling2D) and layer.interpolation != "nearest"
+                and layer.data_format == "channels_last")
+
+    if not any(needs_swap(layer) for layer in model.layers):
+        return model
+    layer_class = _upsampling_layer_class()
+
+    def clone(layer):
+        if needs_swap(layer):
+            return layer_class(layer.size, layer.interpolation, name=layer.name)
+        return type(layer).from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def convert_keras(model, opset: int | None = None, name: str | None = None) -> bytes:
+    """The Keras model as ONNX bytes, input `lr` (N, H, W, C) and output `sr`, all dynamic."""
+    import tensorflow as tf
+
+    name = name or model.name
+    channels = model.input_shape[-1]
+    signature = [tf.TensorSpec((None, None, None, channels), tf.float32, name=INPUT_NAME)]
+    errors = _ErrorLog()
+    tf2onnx_log = logging.getLogger("tf2onnx")
+    # tf2onnx logs an op it cannot convert and writes the graph anyway: collect those
+    # lines for the one-line error instead of letting them reach the user's terminal.
+    tf2onnx_log.addHandler(errors)
+    propagate, tf2onnx_log.propagate = tf2onnx_log.propagate, False
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tf2onnx's numpy-2 shims warn on every export
+                traceable_copy(model).export(path, format="onnx", verbose=False,
+                                             input_signature=signature, opset_version=opset)
+        except ImportError as exc:
+            raise ModelExportError(f"ONNX export needs tf2onnx and onnx ({exc}): {_INSTALL_HINT}") from None
+        except Exception as exc:  # noqa: BLE001 - tracing or tf2onnx: either way no export
+            raise ModelExportError(f"cannot convert {name} to ONNX: {_first_line(exc)}") from None
+        finally:
+            tf2onnx_log.removeHandler(errors)
+            tf2onnx_log.propagate = propagate
+        if errors.messages:
+            raise ModelExportError(f"cannot convert {name} to ONNX: {errors.messages[0]}")
+        with open(path, "rb") as handle:
+            return _name_graph(handle.read())
+
+
+class _ErrorLog(logging.Handler):
+    """Keeps the messages of ERROR log records."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _name_graph(data: bytes) -> bytes:
+    """Give the graph readable names: output `sr` (not tf2onnx's `Identity:0`), dims
+    batch/height/width (not `unk__172`), so tools and users see what the model takes."""
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    graph = model.graph
+    old = graph.output[0].name
+    for node in graph.node:
+        node.input[:] = [OUTPUT_NAME if name == old else name for name in node.input]
+        node.output[:] = [OUTPUT_NAME if name == old else name for name in node.output]
+    graph.output[0].name = OUTPUT_NAME
+    for value, dims in ((graph.input[0], ("batch", "height", "width")),
+                        (graph.output[0], ("batch", "out_height", "out_width"))):
+        for dim, label in zip(value.type.tensor_type.shape.dim, dims):
+            if not dim.HasField("dim_value"):
+                dim.dim_param = label
+    return model.SerializeToString()
+
+
+def check_against_keras(model, data: bytes, image: np.ndarray | None = None) -> ExportCheck:
+    """Run the Keras model and ONNX Runtime on the same image and compare at 8 bits."""
+    image = make_check_image() if image is None else image
+    batch = image[None].astype(np.float32)
+    expected = np.asarray(model(batch, training=False), dtype=np.float32)
+    session = open_session(data, "the exported model")
+    got = run_nhwc(session, read_layout(session, "the exported model"), batch)
+    if got.shape != expected.shape:
+        return ExportCheck(levels=255, max_abs=float("inf"), height=image.shape[0], width=image.shape[1])
+    levels = np.abs(to_integer(expected, np.uint8).astype(np.int16) - to_integer(got, np.uint8))
+    return ExportCheck(levels=int(levels.max()), max_abs=float(np.abs(expected - got).max()),
+                       height=image.shape[0], width=image.shape[1])
+
+
+def _keras_spec(model: str, scale: int | None) -> ModelSpec:
+    """The spec of a zoo model (at `scale`, default x2) or of a user's .keras file."""
+    if model.lower().endswith(".onnx"):
+        raise ModelExportError(f"{model} is already an ONNX model")
+    spec = registry.resolve_model(model, scale or 2)
+    if spec.is_bicubic:
+        raise ModelExportError("bicubic is Pillow's resampling, not a network: nothing to export")
+    return spec
+
+
+def export_model(model: str, output: str, scale: int | None = None,
+                 opset: int | None = None) -> ExportResult:
+    """Export a zoo model (name at `scale`, default x2) or a user's .keras file (its scale checked
+    when `scale` is given) as ONNX to `output` (any fsspec URI). Written only when ONNX Runtime
+    reproduces Keras within MAX_LEVELS on the check image; else ModelExportError, nothing written."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    spec = _keras_spec(model, scale)
+    keras_model = registry.load_keras_model(spec, scale)
+    channels = keras_model.input_shape[-1]
+    if channels != 3:
+        raise ModelExportError(f"{spec.name} takes {channels} channels; sr-batch runs RGB models (3)")
+    data = convert_keras(keras_model, opset, spec.name)
+    check = check_against_keras(keras_model, data)
+    if not check.ok:
+        raise ModelExportError(f"ONNX export of {spec.name} does not reproduce Keras: {check.line()}; "
+                               f"nothing written")
+    uri = storage.to_uri(output)
+    storage.write_bytes_atomic(uri, data)
+    return ExportResult(uri=uri, name=spec.name, scale=registry.measure_scale(keras_model),
+                        bytes=len(data), sha256=registry.sha256_of(data), opset=_opset_of(data),
+                        check=check)
+
+
+def _opset_of(data: bytes) -> int:
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _shape_text(shape: list) -> str:
+    return "(" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in shape) + ")"
