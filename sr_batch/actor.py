@@ -75,16 +75,24 @@ class _Work:
 
 
 def build_upscaler(settings: ActorSettings) -> tuple[Upscaler, callable]:
-    """Load the model (TF imported here, inside the actor) and wrap it as an Upscaler."""
+    """Load the model (TensorFlow or ONNX Runtime imported here, inside the actor) and wrap it
+    as an Upscaler."""
     tiling = settings.tiling
     if settings.model.arch == "bicubic":
         upscaler = Upscaler(None, settings.scale, tiling.sides, tiling.overlap, settings.batch_size)
         return upscaler, (lambda: 0)
-    configure_tensorflow(settings.intra_op_threads)
-    from sr_batch.models.registry import load_keras_model, with_precision
+    if settings.model.arch == "onnx":  # ONNX Runtime: no TensorFlow in this actor
+        from sr_batch.models.onnx import load_session, make_onnx_batch_fn
 
-    model = with_precision(load_keras_model(settings.model, denoise=settings.denoise), settings.precision)
-    run, traces = make_tf_batch_fn(model, tiling.sides)
+        session = load_session(settings.model, settings.intra_op_threads)
+        run, traces = make_onnx_batch_fn(session, tiling.sides, settings.model.name)
+    else:
+        configure_tensorflow(settings.intra_op_threads)
+        from sr_batch.models.registry import load_keras_model, with_precision
+
+        model = with_precision(load_keras_model(settings.model, denoise=settings.denoise),
+                               settings.precision)
+        run, traces = make_tf_batch_fn(model, tiling.sides)
     if settings.self_ensemble:
         run = self_ensemble(run)
     return Upscaler(run, settings.scale, tiling.sides, tiling.overlap, settings.batch_size), traces

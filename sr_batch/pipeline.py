@@ -212,6 +212,10 @@ def _probe_task():
     def probe(spec: ModelSpec):
         """The spec completed, or (error class, one-line message naming the user's file)."""
         try:
+            if spec.arch == "onnx":  # ONNX Runtime only: no TensorFlow in this task
+                from sr_batch.models.onnx import probe_onnx
+
+                return probe_onnx(spec, spec.scale)
             from sr_batch import tiling
             from sr_batch.models.registry import load_keras_model, sha256_of
             from sr_batch.runtime import configure_tensorflow

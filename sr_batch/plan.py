@@ -72,10 +72,15 @@ class Tiling:
         return self.sides[-1]
 
 
-def resolve_tiling(config: JobConfig, radius: int) -> Tiling:
+def resolve_tiling(config: JobConfig, radius: int, fixed_side: int | None = None) -> Tiling:
     """--tile-size/--tile-overlap as given, else two tiles (128 and 256 px cores) around the
-    model's receptive radius."""
+    model's receptive radius; a model with a fixed input side (some ONNX exports) takes
+    tiles of that side only."""
     overlap = radius if config.tile_overlap is None else config.tile_overlap
+    if fixed_side is not None:
+        if config.tile_size not in (None, fixed_side):
+            raise ConfigError(f"this model takes fixed {fixed_side} px tiles; drop --tile-size {config.tile_size}")
+        config = config.replace(tile_size=fixed_side)
     if config.tile_size is None:
         return Tiling((DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap), overlap)
     if config.tile_size - 2 * overlap < 1:
@@ -281,6 +286,9 @@ def resolve_model(config: JobConfig, probe: Probe | None) -> ModelSpec:
     """The spec of --model at --scale; a user's file is probed (scale, radius, SHA-256) when a
     probe is given."""
     spec = registry.resolve_model(config.model, config.scale)
+    if spec.arch == "onnx" and config.precision != "float32":
+        raise ConfigError(f"--precision {config.precision} applies to Keras models; {spec.name} is "
+                          f"ONNX and runs in the precision it was exported in (use float32)")
     if spec.receptive_radius is None and probe is not None:
         spec = probe(spec, config.scale)
     return spec
@@ -303,7 +311,8 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
     layout = OutLayout.of(config.output)
     table = manifest.load_sources(config.sources)
     spec = resolve_model(config, probe)
-    tiling = resolve_tiling(config, spec.receptive_radius) if spec.receptive_radius is not None else None
+    tiling = (resolve_tiling(config, spec.receptive_radius, spec.input_side)
+              if spec.receptive_radius is not None else None)
     denoise = resolve_denoise(config, spec)
     identity = spec.identity
     if spec.uri is not None and spec.sha256 is None:  # an unprobed user file: hash its bytes

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from sr_batch import storage, tiling
-from sr_batch.errors import (ImageError, ModelChecksumError, ModelError, ModelExportError,
-                             ModelFormatError, ModelNotFoundError, ModelScaleError)
+from sr_batch.errors import (ModelError, ModelExportError,
+                             ModelFormatError, ModelScaleError)
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
 from sr_batch.upscaler import to_integer
@@ -93,22 +93,9 @@ def open_session(data: bytes, name: str, threads: int = 0):
         raise ModelFormatError(f"cannot load {name} as an ONNX model: {_first_line(exc)}") from None
 
 
-def read_model_bytes(spec: ModelSpec) -> bytes:
-    """The spec's file, checked against `spec.sha256` where the spec pins one."""
-    try:
-        data = storage.read_bytes(spec.uri)
-    except ImageError as exc:  # storage reports missing/unreadable files as image errors
-        raise ModelNotFoundError(f"cannot read model {spec.uri}: {exc}") from None
-    if spec.sha256 is not None and registry.sha256_of(data) != spec.sha256:
-        raise ModelChecksumError(
-            f"model {spec.uri} has SHA-256 {registry.sha256_of(data)}, expected {spec.sha256}; "
-            f"the file was replaced since the run started")
-    return data
-
-
 def load_session(spec: ModelSpec, threads: int = 0):
     """Fetch a spec's ONNX file from any fsspec URI, verify it, and open a session on it."""
-    return open_session(read_model_bytes(spec), spec.uri, threads)
+    return open_session(registry.read_verified(spec.uri, spec.sha256), spec.uri, threads)
 
 
 def read_layout(session, name: str = "the model") -> OnnxLayout:
@@ -233,7 +220,7 @@ def count_params(data: bytes) -> int | None:
 def probe_onnx(spec: ModelSpec, scale: int | None) -> ModelSpec:
     """The spec of a user's ONNX file completed: SHA-256 pinned, scale checked against `scale`
     (None accepts any), receptive radius and fixed input side measured. No TensorFlow."""
-    data = read_model_bytes(spec)
+    data = registry.read_verified(spec.uri, spec.sha256)
     # Pin the bytes we measured: the actors verify the same SHA-256 when they load.
     spec = replace(spec, sha256=registry.sha256_of(data))
     session = open_session(data, spec.uri, threads=1)

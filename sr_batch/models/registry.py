@@ -43,7 +43,7 @@ class ModelSpec:
     name: str
     """Zoo name (`subpixel`), `bicubic`, or the file name of a user-supplied model."""
     arch: str
-    """Architecture: basic, residual, subpixel, bicubic, or `keras` for a user file."""
+    """Architecture: basic, residual, subpixel, bicubic, or `keras` / `onnx` for a user file."""
     scale: int | None
     """Upscaling factor; None for a user file until it is loaded."""
     channels: int | None
@@ -56,6 +56,8 @@ class ModelSpec:
     """Parameter count; 0 for bicubic, None for a user file until it is loaded."""
     receptive_radius: int | None
     """Input pixels that can reach an output pixel; None for a user file (measure it)."""
+    input_side: int | None = None
+    """Side of the square input a fixed-shape (ONNX) model takes: every tile has it; None: any."""
     denoise_uri: str | None = None
     """For a model shipped as a pair (`real`): the strong-denoise file; `uri` is the mild one,
     and `--denoise S` interpolates their weights, (1 - S) * mild + S * strong."""
@@ -120,7 +122,7 @@ def bicubic_spec(scale: int) -> ModelSpec:
 
 def is_model_uri(name_or_uri: str) -> bool:
     """True when `--model` names a file rather than a zoo entry."""
-    return "/" in name_or_uri or "://" in name_or_uri or name_or_uri.endswith(".keras")
+    return "/" in name_or_uri or "://" in name_or_uri or name_or_uri.endswith((".keras", ".onnx"))
 
 
 def resolve_model(name_or_uri: str | None, scale: int, index_path: Path | str = INDEX_PATH) -> ModelSpec:
@@ -140,13 +142,14 @@ def resolve_model(name_or_uri: str | None, scale: int, index_path: Path | str = 
         return bicubic_spec(scale)
     if is_model_uri(name_or_uri):
         uri = storage.to_uri(name_or_uri)
-        return ModelSpec(name=posixpath.basename(uri.rstrip("/")), arch="keras", scale=None,
+        arch = "onnx" if uri.lower().endswith(".onnx") else "keras"
+        return ModelSpec(name=posixpath.basename(uri.rstrip("/")), arch=arch, scale=None,
                          channels=None, uri=uri, sha256=None, params=None, receptive_radius=None)
     entries = [e for e in index["models"] if e["name"] == name_or_uri]
     if not entries:
         names = sorted({e["name"] for e in index["models"]} | {BICUBIC})
         raise ModelNotFoundError(
-            f"unknown model {name_or_uri!r}; choose one of {', '.join(names)} or a path to a .keras file")
+            f"unknown model {name_or_uri!r}; choose one of {', '.join(names)} or a path to a .keras or .onnx file")
     for entry in entries:
         if int(entry["scale"]) == scale:
             return _spec_from_entry(entry)
@@ -195,17 +198,24 @@ def load_keras_model(spec: ModelSpec, scale: int | None = None, denoise: float |
     return model
 
 
-def _load_verified(uri: str, sha256: str | None):
-    """One .keras file: read, check its SHA-256, load with safe_mode=True; refusals in one line."""
-    shown = storage.display(uri)
+def read_verified(uri: str, sha256: str | None) -> bytes:
+    """A model file's bytes, checked against `sha256` where one is pinned (the zoo's index, or
+    the hash the run's probe measured)."""
     try:
         data = storage.read_bytes(uri)
     except ImageError as exc:  # storage reports missing/unreadable files as image errors
-        raise ModelNotFoundError(f"cannot read model {shown}: {exc}") from None
+        raise ModelNotFoundError(f"cannot read model {storage.display(uri)}: {exc}") from None
     if sha256 is not None and sha256_of(data) != sha256:
         raise ModelChecksumError(
-            f"model {shown} has SHA-256 {sha256_of(data)}, the index expects {sha256}; "
+            f"model {storage.display(uri)} has SHA-256 {sha256_of(data)}, {sha256} was expected; "
             f"the file is corrupt or was replaced")
+    return data
+
+
+def _load_verified(uri: str, sha256: str | None):
+    """One .keras file: read, check its SHA-256, load with safe_mode=True; refusals in one line."""
+    shown = storage.display(uri)
+    data = read_verified(uri, sha256)
     not_keras = _not_a_keras_archive(data)
     if not_keras:
         raise ModelError(f"cannot load model {shown}: {not_keras}")

@@ -21,7 +21,9 @@ from sr_batch.config import JobConfig  # noqa: E402
 from sr_batch.errors import ConfigError, ModelFormatError, ModelScaleError  # noqa: E402
 from sr_batch.models import onnx as onnx_models  # noqa: E402
 from sr_batch.models import registry  # noqa: E402
-from sr_batch.pipeline import resolve_model, run_job  # noqa: E402
+from sr_batch.layout import OutLayout  # noqa: E402
+from sr_batch.pipeline import probe_on_ray, run_job  # noqa: E402
+from sr_batch.plan import Tiling, resolve_model, resolve_tiling  # noqa: E402
 from sr_batch.upscaler import Upscaler, to_float, to_integer  # noqa: E402
 
 from conftest import scene  # noqa: E402
@@ -216,11 +218,13 @@ def test_fixed_shape_with_no_core_left_fails(tmp_path):
 @pytest.mark.slow
 def test_job_takes_a_fixed_model_s_side_as_its_tile(ray_local, tmp_path):
     path = tiny_model(tmp_path / "fixed.onnx", channels_first=True, side=24, kernel=3)
-    spec, config = resolve_model(JobConfig(sources=("x",), output=str(tmp_path), model=str(path)))
+    config = JobConfig(sources=("x",), output=str(tmp_path), model=str(path))
+    spec = resolve_model(config, probe_on_ray(None))
     assert (spec.arch, spec.input_side, spec.receptive_radius) == ("onnx", 24, 1)
-    assert config.tile_sizes == (24,) and config.tile_overlap == 1
+    tiling = resolve_tiling(config, spec.receptive_radius, spec.input_side)
+    assert tiling.sides == (24,) and tiling.overlap == 1
     with pytest.raises(ConfigError, match="takes fixed 24 px tiles; drop --tile-size 32"):
-        resolve_model(JobConfig(sources=("x",), output=str(tmp_path), model=str(path), tile_size=32))
+        resolve_tiling(config.replace(tile_size=32), spec.receptive_radius, spec.input_side)
 
 
 @pytest.mark.parametrize("shape", [["batch", 10], ["batch", 1, "height", "width"]],
@@ -261,11 +265,13 @@ def test_probe_and_actor_run_onnx_without_tensorflow(tmp_path):
 import sys
 import numpy as np
 from sr_batch.actor import ActorSettings, build_upscaler
+from sr_batch.layout import OutLayout
 from sr_batch.models import onnx, registry
+from sr_batch.plan import Tiling
 spec = onnx.probe_onnx(registry.resolve_model({str(path)!r}, 2), 2)
-settings = ActorSettings(model=spec, scale=2, tile_size=20, tile_overlap=1, batch_size=4,
-                         format="png", quality=95, png_compress_level=1, max_pixels=10**8,
-                         retries=0, intra_op_threads=1)
+settings = ActorSettings(model=spec, scale=2, tiling=Tiling((20,), 1), layout=OutLayout.of("out"),
+                         batch_size=4, format="png", quality=95, png_compress_level=1,
+                         max_pixels=10**8, retries=0, intra_op_threads=1)
 upscaler, _ = build_upscaler(settings)
 (result,) = upscaler.upscale([np.zeros((30, 30, 3), np.uint8)])
 assert result.pixels.shape == (60, 60, 3), result.pixels.shape
@@ -285,7 +291,8 @@ def test_wrong_scale_raises_the_scale_error(exported):
 
 def test_self_ensemble_wraps_the_onnx_model_as_the_keras_one(exported):
     path, _ = exported("residual")
-    common = {"scale": 2, "tile_size": 40, "tile_overlap": 4, "batch_size": 4, "format": "png",
+    common = {"scale": 2, "tiling": Tiling((40,), 4), "layout": OutLayout.of("out"),
+              "batch_size": 4, "format": "png",
               "quality": 95, "png_compress_level": 1, "max_pixels": 10**8, "retries": 0,
               "intra_op_threads": 0, "self_ensemble": True}
     onnx_spec = onnx_models.probe_onnx(file_spec(path), 2)
