@@ -48,6 +48,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="actor pool size (default: fit the cluster, keeping 1 CPU for I/O tasks)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, metavar="F")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="F")
+    p.add_argument("--arrangement", default="auto", choices=c.ARRANGEMENTS,
+                   help="fused: decode, encode, write and metrics inside the model actor (fastest on "
+                        "one machine); staged: as Ray Data CPU stages on any node, so GPUs only upscale; "
+                        "auto (default): staged when actors take GPUs")
     p.add_argument("--tf-threads", type=int, default=0, metavar="N",
                    help="TensorFlow threads per actor (default: local Ray splits the cores "
                         "between actors; a cluster uses the actor's CPU share)")

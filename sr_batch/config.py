@@ -15,6 +15,10 @@ SCALES = (2, 3, 4)
 # Model arithmetic: float32, or bfloat16 convolutions (Keras mixed_bfloat16) with the
 # bicubic skip and the output layer in float32; see models.registry.with_precision.
 PRECISIONS = ("float32", "bfloat16")
+# Where the work around the model runs: `fused` in the model actor (fastest on one machine:
+# no pixel leaves the process), `staged` as Ray Data CPU stages that Ray places on any node
+# with free CPUs (a cluster's GPUs then only upscale), `auto` staged when actors take GPUs.
+ARRANGEMENTS = ("auto", "fused", "staged")
 
 # Default tile: a 128 px core plus the model's context on each side (136 px for
 # a radius-4 model). A 128-multiple core cuts common sizes (128, 512, 4096) into
@@ -104,6 +108,9 @@ class JobConfig:
     """Ray GPU request per actor (fractional allowed)."""
     cpus_per_actor: float = 1.0
     """Ray CPU request per actor."""
+    arrangement: str = "auto"
+    """fused (decode, encode, write and metrics in the model actor), staged (as separate Ray Data
+    CPU stages on any node), or auto: staged when the actors take GPUs, else fused."""
     tf_threads: int = 0
     """TensorFlow threads per actor; 0: local Ray splits this machine's cores between actors,
     a cluster uses max(1, round(cpus_per_actor))."""
@@ -143,6 +150,8 @@ class JobConfig:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.arrangement not in ARRANGEMENTS:
+            raise ConfigError(f"--arrangement must be one of {', '.join(ARRANGEMENTS)}, got {self.arrangement!r}")
         if self.alpha not in ALPHA_MODES:
             raise ConfigError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
         if self.tile_size is not None and self.tile_size < 8:
@@ -180,6 +189,11 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def staged(self) -> bool:
+        """Decode and finish as CPU stages apart from the model actors."""
+        return self.arrangement == "staged" or (self.arrangement == "auto" and self.gpus_per_actor > 0)
 
     @property
     def intra_op_threads(self) -> int:

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import sr_batch
-from sr_batch import errors, stats, storage
-from sr_batch.actor import ActorSettings, UpscaleActor
+from sr_batch import errors, stages, stats, storage
+from sr_batch.actor import ActorSettings, ModelActor, UpscaleActor
 from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
 from sr_batch.errors import ImageError, ModelError, StorageError
 from sr_batch.layout import OutLayout
@@ -141,11 +141,17 @@ def _header(plan: RunPlan, pool: tuple[int, int]) -> str:
     return (f"run {plan.run_id}: {plan.listed.num_rows} images ({plan.skipped.num_rows} unchanged, skipped), "
             f"model {plan.model.name} x{config.scale}{denoise} (tiles {'/'.join(map(str, tiling.sides))} px, "
             f"overlap {tiling.overlap}), {pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
-            f"{config.gpus_per_actor:g} GPU, {plan.images_per_call} images a call")
+            f"{config.gpus_per_actor:g} GPU, {plan.images_per_call} images a call, "
+            f"{'decode and encode as CPU stages' if config.staged else 'all steps in the actors'}")
 
 
 def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
-    """The Ray Data graph: manifest blocks -> actor pool -> stats batches, streamed back."""
+    """The Ray Data graph, streamed back as stats batches:
+
+        fused:   manifest blocks -> [model actors: decode, upscale, encode, write, measure]
+        staged:  manifest blocks -> decode (CPU tasks) -> [model actors: upscale]
+                                 -> encode, write, measure (CPU tasks)
+    """
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -153,19 +159,27 @@ def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
     # Ray Data logs every dataset start/finish at INFO (set up when ray.data is first
     # imported, so only now can it be lowered); our progress lines say the same.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    config = plan.config
-    ds = ray.data.from_arrow(_blocks(plan.todo, plan.images_per_call, pool[1]))
-    ds = ds.map_batches(
-        UpscaleActor, fn_constructor_kwargs={"settings": settings},
-        batch_size=plan.images_per_call, batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
-                                  max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-                                  enable_true_multi_threading=CALLS_PER_ACTOR > 1,
-                                  # no queue beyond the running calls: blocks spread
-                                  # over every actor as soon as it is up
-                                  max_tasks_in_flight_per_actor=CALLS_PER_ACTOR),
-        num_cpus=config.cpus_per_actor, num_gpus=config.gpus_per_actor or None,
-        udf_modifying_row_count=False)
+    config, per_call = plan.config, plan.images_per_call
+    model_actors = ActorPoolStrategy(min_size=pool[0], max_size=pool[1],
+                                     max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                     enable_true_multi_threading=CALLS_PER_ACTOR > 1,
+                                     # no queue beyond the running calls: blocks spread
+                                     # over every actor as soon as it is up
+                                     max_tasks_in_flight_per_actor=CALLS_PER_ACTOR)
+    resources = {"num_cpus": config.cpus_per_actor, "num_gpus": config.gpus_per_actor or None}
+    ds = ray.data.from_arrow(_blocks(plan.todo, per_call, pool[1]))
+    if not config.staged:
+        ds = ds.map_batches(UpscaleActor, fn_constructor_kwargs={"settings": settings},
+                            batch_size=per_call, batch_format="pyarrow", compute=model_actors,
+                            udf_modifying_row_count=False, **resources)
+    else:
+        cpu_task = {"batch_size": per_call, "batch_format": "pyarrow", "num_cpus": 1,
+                    "fn_kwargs": {"settings": settings}, "udf_modifying_row_count": False}
+        ds = ds.map_batches(stages.decode_batch, **cpu_task)
+        ds = ds.map_batches(ModelActor, fn_constructor_kwargs={"settings": settings},
+                            batch_size=per_call, batch_format="pyarrow", compute=model_actors,
+                            udf_modifying_row_count=False, **resources)
+        ds = ds.map_batches(stages.finish_batch, **cpu_task)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 

@@ -73,8 +73,9 @@ def make_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 
-def write_part(layout: OutLayout, run_id: str, table: pa.Table, seq: int, retries: int = 3) -> str:
-    """Write one Parquet part file of a run atomically; return its URI."""
+def write_part(output: OutLayout | str, run_id: str, table: pa.Table, seq: int, retries: int = 3) -> str:
+    """Write one Parquet part file of a run (under OUT, a layout or a URI) atomically; return its URI."""
+    layout = output if isinstance(output, OutLayout) else OutLayout.of(output)
     buffer = io.BytesIO()
     pq.write_table(table.cast(SCHEMA), buffer, compression="zstd")
     uri = storage.join(layout.stats_run(run_id), f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet")

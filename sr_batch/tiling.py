@@ -111,14 +111,15 @@ def extract_tiles(image: np.ndarray, plan: TilePlan) -> np.ndarray:
 
 
 def stitch_tiles(outputs: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
-    """Assemble per-tile model outputs (N, T*s, T*s, C) into the (H*s, W*s, C) float32 image."""
+    """Assemble per-tile model outputs (N, T*s, T*s, C) into the (H*s, W*s, C) image, in the
+    outputs' dtype (float32, or the job's uint8/uint16)."""
     out_size = plan.tile_size * scale
     if outputs.ndim != 4 or outputs.shape[:3] != (plan.n_tiles, out_size, out_size):
         raise ValueError(
             f"expected outputs of shape ({plan.n_tiles}, {out_size}, {out_size}, C), got {outputs.shape}"
         )
     # np.empty is safe: the destinations partition the image, so every pixel is written.
-    image = np.empty((plan.height * scale, plan.width * scale, outputs.shape[3]), dtype=np.float32)
+    image = np.empty((plan.height * scale, plan.width * scale, outputs.shape[3]), dtype=outputs.dtype)
     for index, (source, destination) in enumerate(zip(plan.sources, plan.destinations)):
         src_y0, src_y1, src_x0, src_x1 = (v * scale for v in source)
         dst_y0, dst_y1, dst_x0, dst_x1 = (v * scale for v in destination)

@@ -1,0 +1,380 @@
+"""The work on one image, in three steps that run fused in one actor or apart as Ray Data stages.
+
+    decode  (CPU)          manifest row -> Work: pixels, or a TIFF to stream, or a failure
+    upscale (model actor)  Works -> integer output pixels (actor.py)
+    finish  (CPU)          encode, write, measure -> the stats row
+
+Fused (actor.UpscaleActor) hands numpy arrays from step to step in one process. Staged, the
+hand-offs go through Ray's object store as Arrow rows (`to_arrow` / `from_arrow`): the pixels
+as uint8/uint16 bytes, never float, one copy each way.
+
+Errors are data: a bad image becomes a `failed` row with `error_type` and a one-line
+`error_message`, and the other images of the batch go on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import pickle
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pyarrow as pa
+
+from sr_batch import images, quality, resample, stats, storage, streaming
+from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError, UnsupportedModeError
+from sr_batch.layout import OutLayout
+from sr_batch.models.registry import ModelSpec
+from sr_batch.plan import EXTENSION_FORMAT, FORMAT_EXTENSION, Tiling
+from sr_batch.runtime import worker_name
+
+log = logging.getLogger(__name__)
+
+# Files up to this size are read whole; a bigger one is opened for ranged reads and
+# its header checked first, so an image that must be streamed is never read whole.
+WHOLE_READ_BYTES = 16 << 20
+# A bug in one image must not stop a million-image run: it fails that image with this type.
+INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """What the model actors and CPU stages of a run need; built once from the plan."""
+
+    model: ModelSpec
+    scale: int
+    tiling: Tiling
+    layout: OutLayout
+    """OUT: every write is checked to land under OUT/images (after links, on local disks)."""
+    batch_size: int
+    format: str
+    """--format as asked (keep, png, ...); each row's planned name decides the actual format."""
+    quality: int
+    png_compress_level: int
+    max_pixels: int
+    retries: int
+    intra_op_threads: int
+    read_timeout_s: float | None = None
+    """Seconds an http(s)/s3 read may wait for the server, per attempt."""
+    alpha: str = "model"
+    """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
+    self_ensemble: bool = False
+    """Average the model over the 8 flips/rotations of each tile batch."""
+    precision: str = "float32"
+    """Model arithmetic (config.PRECISIONS)."""
+    denoise: float | None = None
+    """Interpolation strength of a mild/strong model pair; None for other models."""
+
+
+@dataclass
+class Work:
+    """One image between the steps."""
+
+    row: dict
+    """The manifest row with its planned output names."""
+    stats: dict
+    """The stats row so far; `status` is failed until the image is written."""
+    decoded: images.DecodedImage | None = None
+    stream: streaming.TiffLayout | None = None
+    """An image above --max-pixels that the model actor streams (set instead of `decoded`)."""
+    output: np.ndarray | None = None
+    """The upscaled colour planes, in the input's integer dtype."""
+    alpha: np.ndarray | None = None
+    """The alpha plane upscaled by the model (--alpha model), or None."""
+    n_tiles: int = 0
+    tile_size: int = 0
+    infer_s: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to do: failed, or already written (a streamed image)."""
+        return self.decoded is None and self.stream is None
+
+
+# --- decode ----------------------------------------------------------------------------
+
+
+def start(settings: ActorSettings, row: dict, worker: str) -> Work:
+    """The image's base stats row, then read and decode; failures are recorded, not raised."""
+    s = settings
+    began = time.perf_counter()
+    w = Work(row=row, stats={
+        "image_id": row["image_id"], "source_uri": row["uri"],
+        "reference_uri": row.get("reference_uri"), "status": stats.STATUS_FAILED,
+        "scale": s.scale, "model": s.model.name, "model_sha256": s.model.identity,
+        "tile_size": s.tiling.largest, "tile_overlap": s.tiling.overlap,
+        "requested_format": s.format, "self_ensemble": s.self_ensemble,
+        "precision": s.precision, "denoise": s.denoise,
+        "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),
+        "source_etag": row.get("etag"), "worker": worker,
+    })
+    try:
+        if row.get("plan_error_type"):
+            fail(w, row["plan_error_type"], row["plan_error_message"])
+        else:
+            image, w.stats["bytes_in"] = read_and_decode(s, row)
+            if isinstance(image, streaming.TiffLayout):
+                w.stream = image
+            else:
+                w.decoded = image
+            w.stats.update(width=image.width, height=image.height, channels=image.channels,
+                           bit_depth=image.bit_depth)
+    except ImageError as exc:
+        fail(w, exc.error_type, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop a million-image run
+        fail_internally(w, "decoding", exc)
+    w.timings["decode_s"] = time.perf_counter() - began
+    if w.done:
+        finish_timing(w)
+    return w
+
+
+def read_and_decode(s: ActorSettings, row: dict) -> tuple[images.DecodedImage | streaming.TiffLayout, int]:
+    """(the decoded image, or the layout of a TIFF to stream; its size in bytes).
+
+    Above max_pixels, a TIFF that can be streamed is streamed; anything else raises
+    too_many_pixels saying why it cannot be.
+    """
+    uri = row["uri"]
+    size = row.get("bytes")
+    if size is None:
+        size = storage.file_size(uri, s.retries, s.read_timeout_s)
+    if size > WHOLE_READ_BYTES:
+        # Headers only: the image is then streamed or read whole, never in this block.
+        with storage.open_input(uri, s.retries, storage.HEADER_BLOCK_SIZE, s.read_timeout_s) as handle:
+            pixels = streaming.count_pixels(handle)
+            if pixels is not None and pixels > s.max_pixels:
+                too_many = TooManyPixelsError(
+                    f"{pixels} pixels exceeds the limit of {s.max_pixels} (--max-pixels)")
+                return streaming.check_streamable(handle, too_many), size
+    data = storage.read_bytes(uri, s.retries, s.read_timeout_s)
+    try:
+        return images.decode_image(data, s.max_pixels), len(data)
+    except TooManyPixelsError as exc:
+        return streaming.check_streamable(io.BytesIO(data), exc), len(data)
+
+
+# --- finish ----------------------------------------------------------------------------
+
+
+class Finisher:
+    """Encode, write and measure upscaled images; the metrics of an image run on their own
+    thread while it is encoded and written."""
+
+    def __init__(self, settings: ActorSettings) -> None:
+        self.settings = settings
+        self._measurer = ThreadPoolExecutor(1, thread_name_prefix="metrics")
+
+    def finish(self, w: Work) -> None:
+        """Write the image and complete its stats row; failures are recorded, not raised."""
+        try:
+            self._write_and_measure(w)
+        except ImageError as exc:
+            fail(w, exc.error_type, str(exc))
+        except Exception as exc:  # noqa: BLE001
+            fail_internally(w, "writing", exc)
+        w.decoded = w.output = w.alpha = None  # the pixels are no longer needed: free them
+        finish_timing(w)
+
+    def _write_and_measure(self, w: Work) -> None:
+        s, decoded = self.settings, w.decoded
+        began = time.perf_counter()
+        out_pixels = w.output
+        alpha = w.alpha
+        if alpha is None and decoded.alpha is not None:
+            alpha = resample.upscale_bicubic(decoded.alpha, s.scale)
+        planned = EXTENSION_FORMAT[w.row["output_exts"][0]]
+        fmt, note = images.output_format(decoded, planned, s.format)
+        notes = list(decoded.notes) + ([note] if note else [])
+        output_uri = output_uri_for(w.row, fmt, note)
+        metrics = self._measurer.submit(self._consistency_metrics, out_pixels, decoded.pixels)
+        data = images.encode_image(out_pixels, alpha, fmt, quality=s.quality,
+                                   png_compress_level=s.png_compress_level,
+                                   icc_profile=decoded.icc_profile, exif=decoded.exif)
+        storage.write_bytes_atomic(s.layout.check_output(output_uri, cached=False), data, s.retries)
+        w.timings["encode_s"] = time.perf_counter() - began
+        w.stats.update(
+            status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
+            out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
+            n_tiles=w.n_tiles, tile_size=w.tile_size or s.tiling.largest,
+            alpha_mode=s.alpha if decoded.alpha is not None else None,
+            **metrics.result(),
+        )
+        if w.row.get("reference_uri"):
+            try:
+                w.stats.update(self._reference_metrics(w.row["reference_uri"], out_pixels, decoded.pixels))
+            except ImageError as exc:
+                notes.append(f"reference not scored ({exc.error_type}): {exc}")
+        w.stats["notes"] = "; ".join(notes) or None
+
+    def _consistency_metrics(self, output: np.ndarray, lr: np.ndarray) -> dict:
+        """The metrics that need no reference: output against its own input."""
+        scale = self.settings.scale
+        return {"psnr_y_consistency": _finite(quality.psnr_y_consistency(output, lr, scale)),
+                "sharpness_ratio": _finite(quality.sharpness_ratio(output, lr, scale))}
+
+    def _reference_metrics(self, uri: str, output: np.ndarray, lr: np.ndarray) -> dict:
+        s = self.settings
+        reference = images.decode_image(storage.read_bytes(uri, s.retries, s.read_timeout_s),
+                                        s.max_pixels * s.scale ** 2)
+        try:
+            metrics = quality.reference_metrics(output, lr, reference.pixels, s.scale)
+        except ValueError as exc:
+            raise ReferenceImageError(str(exc)) from None
+        return {k: _finite(v) for k, v in metrics.items()}
+
+
+def output_uri_for(row: dict, fmt: str, note: str | None) -> str:
+    """The planned name for the format written; a format the plan did not reserve a name
+    for (an output_uri whose extension cannot hold the image) fails the image."""
+    ext = FORMAT_EXTENSION[fmt]
+    if ext in row["output_exts"]:
+        return row["output_uris"][row["output_exts"].index(ext)]
+    raise UnsupportedModeError(f"output_uri {storage.display(row['output_uris'][0])} cannot be "
+                               f"written as {fmt} ({note}); give it a .{ext} name")
+
+
+def stream(settings: ActorSettings, w: Work, upscaler) -> None:
+    """Upscale an oversize TIFF block by block into a tiled BigTIFF; metrics are skipped."""
+    s = settings
+    began = time.perf_counter()
+    notes = ["streamed in bounded memory: tiled BigTIFF output, metrics skipped"]
+    if s.format not in ("keep", "tiff"):
+        notes.append(f"streamed: {s.format} cannot be written block by block, wrote TIFF")
+    result = None
+    try:
+        output_uri = s.layout.check_output(output_uri_for(w.row, "tiff", "streamed"), cached=False)
+        with storage.open_input(w.row["uri"], s.retries, timeout_s=s.read_timeout_s) as handle:
+            def write(path: str) -> None:
+                nonlocal result
+                result = streaming.upscale_tiff(handle, path, upscaler, alpha_mode=s.alpha,
+                                                zlib_level=s.png_compress_level)
+            bytes_out = storage.write_file_atomic(output_uri, write, s.retries)
+        notes += result.notes
+        if w.row.get("reference_uri"):
+            notes.append("reference not scored (streamed)")
+        w.stats.update(status=stats.STATUS_OK, output_uri=output_uri, format="tiff",
+                       bytes_out=bytes_out, out_width=result.out_width,
+                       out_height=result.out_height, n_tiles=result.n_tiles,
+                       psnr_y_consistency=None, sharpness_ratio=None,
+                       notes="; ".join(notes))
+    except ImageError as exc:
+        fail(w, exc.error_type, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop a million-image run
+        fail_internally(w, "streaming", exc)
+    w.infer_s = result.infer_s if result else 0.0
+    w.timings["encode_s"] = time.perf_counter() - began - w.infer_s
+    w.stream = None
+    finish_timing(w)
+
+
+# --- bookkeeping -----------------------------------------------------------------------
+
+
+def fail(w: Work, error_type: str, message: str) -> None:
+    w.decoded = w.stream = w.output = w.alpha = None
+    w.stats.update(status=stats.STATUS_FAILED, error_type=error_type,
+                   error_message=storage.display(" ".join(str(message).split()))[:500], output_uri=None)
+
+
+def fail_internally(w: Work, doing: str, exc: Exception) -> None:
+    """A bug, not the image's fault: one log line (the traceback at debug level), the image fails."""
+    log.warning("unexpected error %s %s: %s: %s", doing, storage.display(w.row["uri"]),
+                type(exc).__name__, exc)
+    log.debug("traceback", exc_info=True)
+    fail(w, INTERNAL_ERROR, f"{type(exc).__name__} while {doing}: {exc}")
+
+
+def finish_timing(w: Work) -> None:
+    w.stats.update(decode_s=w.timings.get("decode_s"), infer_s=w.infer_s,
+                   encode_s=w.timings.get("encode_s"),
+                   total_s=sum(w.timings.values()) + w.infer_s,
+                   finished_at=dt.datetime.now(dt.timezone.utc))
+
+
+def _finite(value: float | None) -> float | None:
+    """NaN (undefined, e.g. the sharpness of a flat image) is stored as null; inf is kept."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+# --- hand-offs through the object store (staged) ----------------------------------------
+
+_ARRAYS = ("pixels", "alpha", "output", "output_alpha")
+
+
+def to_arrow(works: list[Work]) -> pa.Table:
+    """Works as Arrow rows: every array's bytes in one large_binary column (one copy), the rest
+    (rows, stats, metadata, array shapes) pickled beside them; finished works carry no arrays."""
+    columns: dict[str, list] = {name: [] for name in _ARRAYS}
+    states = []
+    for w in works:
+        arrays = {"pixels": w.decoded.pixels if w.decoded else None,
+                  "alpha": w.decoded.alpha if w.decoded else None,
+                  "output": w.output, "output_alpha": w.alpha}
+        shapes = {}
+        for name, array in arrays.items():
+            columns[name].append(None if array is None else np.ascontiguousarray(array))
+            shapes[name] = None if array is None else (array.shape, array.dtype.str)
+        decoded = replace(w.decoded, pixels=None, alpha=None) if w.decoded else None
+        state = replace(w, decoded=decoded, output=None, alpha=None)
+        states.append(pickle.dumps((state, shapes), protocol=pickle.HIGHEST_PROTOCOL))
+    return pa.table({"state": pa.array(states, pa.binary()),
+                     **{name: _binary_column(columns[name]) for name in _ARRAYS}})
+
+
+def from_arrow(table: pa.Table) -> list[Work]:
+    """The Works of `to_arrow`; arrays are read-only views of the Arrow buffers (no copy)."""
+    works = []
+    columns = {name: table.column(name) for name in _ARRAYS}
+    for i, blob in enumerate(table.column("state").to_pylist()):
+        w, shapes = pickle.loads(blob)
+        arrays = {name: None if shapes[name] is None else
+                  np.frombuffer(columns[name][i].as_buffer(), np.dtype(shapes[name][1])).reshape(shapes[name][0])
+                  for name in _ARRAYS}
+        if w.decoded is not None:
+            w.decoded = replace(w.decoded, pixels=arrays["pixels"], alpha=arrays["alpha"])
+        w.output, w.alpha = arrays["output"], arrays["output_alpha"]
+        works.append(w)
+    return works
+
+
+def _binary_column(arrays: list[np.ndarray | None]) -> pa.Array:
+    """One large_binary array over the arrays' bytes, built with a single copy into one buffer."""
+    sizes = np.array([0 if a is None else a.nbytes for a in arrays], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    data = np.empty(int(offsets[-1]), np.uint8)
+    for array, start in zip(arrays, offsets[:-1]):
+        if array is not None:
+            data[start:start + array.nbytes] = array.reshape(-1).view(np.uint8)
+    valid = np.array([a is not None for a in arrays])
+    mask = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(arrays),
+                                            [mask, pa.py_buffer(offsets), pa.py_buffer(data)],
+                                            null_count=int((~valid).sum()))
+
+
+# --- the CPU stages of the staged arrangement (Ray Data tasks) ---------------------------
+
+
+def decode_batch(batch: pa.Table, settings: ActorSettings) -> pa.Table:
+    """Manifest rows -> decoded Works (Arrow), on any node with a free CPU."""
+    worker = worker_name()
+    return to_arrow([start(settings, row, worker) for row in batch.to_pylist()])
+
+
+def finish_batch(batch: pa.Table, settings: ActorSettings) -> pa.Table:
+    """Upscaled Works (Arrow) -> stats rows: encode, write and measure, on any node with a free CPU."""
+    works = from_arrow(batch)
+    finisher = Finisher(settings)
+    for w in works:
+        if w.output is not None:
+            finisher.finish(w)
+    return stats.make_table([w.stats for w in works])
