@@ -18,6 +18,8 @@ import pyarrow as pa
 
 from sr_batch import stats, stages
 from sr_batch.runtime import configure_tensorflow, worker_name
+from sr_batch.models.registry import ModelSpec
+from sr_batch.plan import Tiling
 from sr_batch.stages import ActorSettings, Work
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, quantized, self_ensemble
 
@@ -26,32 +28,33 @@ log = logging.getLogger(__name__)
 __all__ = ["ActorSettings", "UpscaleActor", "ModelActor", "build_upscaler"]
 
 
-def build_upscaler(settings: ActorSettings) -> tuple[Upscaler, callable]:
-    """Load the model (TensorFlow or ONNX Runtime imported here, inside the actor) and wrap it
-    as an integer Upscaler: outputs come back rounded to each image's own dtype."""
-    tiling = settings.tiling
-    if settings.model.arch == "bicubic":
-        upscaler = Upscaler(None, settings.scale, tiling.sides, tiling.overlap, settings.batch_size,
+def build_upscaler(settings: ActorSettings, spec: ModelSpec | None = None,
+                   tiling: Tiling | None = None) -> tuple[Upscaler, callable]:
+    """Load a model (the run's, unless `spec` says another; TensorFlow or ONNX Runtime imported
+    here, inside the actor) and wrap it as an integer Upscaler: outputs come back rounded to
+    each image's own dtype."""
+    spec, tiling = spec or settings.model, tiling or settings.tiling
+    if spec.arch == "bicubic":
+        upscaler = Upscaler(None, spec.scale, tiling.sides, tiling.overlap, settings.batch_size,
                             integer=True)
         return upscaler, (lambda: 0)
-    if settings.model.arch == "onnx":  # ONNX Runtime: no TensorFlow in this actor
+    if spec.arch == "onnx":  # ONNX Runtime: no TensorFlow in this actor
         from sr_batch.models.onnx import load_session, make_onnx_batch_fn
 
-        session = load_session(settings.model, settings.intra_op_threads)
-        run, traces = make_onnx_batch_fn(session, tiling.sides, settings.model.name)
+        session = load_session(spec, settings.intra_op_threads)
+        run, traces = make_onnx_batch_fn(session, tiling.sides, spec.name)
         run = quantized(self_ensemble(run) if settings.self_ensemble else run)
     else:
         configure_tensorflow(settings.intra_op_threads)
         from sr_batch.models.registry import load_keras_model, with_precision
 
-        model = with_precision(load_keras_model(settings.model, denoise=settings.denoise),
-                               settings.precision)
+        model = with_precision(load_keras_model(spec, denoise=settings.denoise), settings.precision)
         if settings.self_ensemble:  # the 8 outputs are averaged in float, then rounded
             float_run, traces = make_tf_batch_fn(model, tiling.sides)
             run = quantized(self_ensemble(float_run))
         else:  # rounded inside the traced function: 4x fewer bytes leave the device
             run, traces = make_tf_batch_fn(model, tiling.sides, integer=True)
-    return (Upscaler(run, settings.scale, tiling.sides, tiling.overlap, settings.batch_size, integer=True),
+    return (Upscaler(run, spec.scale, tiling.sides, tiling.overlap, settings.batch_size, integer=True),
             traces)
 
 
@@ -61,6 +64,10 @@ class _ModelRunner:
     def __init__(self, settings: ActorSettings) -> None:
         self.settings = settings
         self.upscaler, self.trace_count = build_upscaler(settings)
+        # Second passes (an asked size beyond the model's scale): the other scales, by scale.
+        self.passes = {settings.scale: self.upscaler}
+        for spec, tiling in settings.pass_models:
+            self.passes[spec.scale], _ = build_upscaler(settings, spec, tiling)
         self.worker = worker_name()
 
     def chunks(self, ready: list[Work]):
@@ -78,37 +85,52 @@ class _ModelRunner:
             yield chunk
 
     def upscale(self, ready: list[Work]) -> None:
-        """Set each Work's output (and model-upscaled alpha); an image the model fails on fails."""
-        # Alpha planes ride in the same packed batches as grey images (R=G=B in, mean out).
-        inputs = [w.decoded.pixels for w in ready]
-        with_alpha = [i for i, w in enumerate(ready)
-                      if w.decoded.alpha is not None and self.settings.alpha == "model"]
-        inputs += [ready[i].decoded.alpha[..., None] for i in with_alpha]
+        """Set each Work's output (and model-upscaled alpha), pass after pass; an image the model
+        fails on fails."""
+        for w in ready:
+            w.output = w.decoded.pixels
+            w.alpha = w.decoded.alpha if self.settings.alpha == "model" else None
+            w.stats["worker"] = self.worker
+        for step in range(max(len(w.passes) for w in ready)):
+            for scale in dict.fromkeys(w.passes[step] for w in ready if len(w.passes) > step):
+                group = [w for w in ready if len(w.passes) > step and w.passes[step] == scale
+                         and w.output is not None]
+                if group:
+                    self._run_pass(self.passes[scale], group, first=step == 0)
+
+    def _run_pass(self, upscaler: Upscaler, group: list[Work], first: bool) -> None:
+        """One model pass over a group of images: their tiles (and alpha planes, as grey images)
+        share packed batches; each Work's output becomes the next pass's input."""
+        inputs = [w.output for w in group]
+        with_alpha = [i for i, w in enumerate(group) if w.alpha is not None]
+        inputs += [group[i].alpha[..., None] for i in with_alpha]
         try:
-            results = self.upscaler.upscale(inputs)
+            results = upscaler.upscale(inputs)
         except Exception:  # noqa: BLE001 - isolate the image that broke the packed batch
             log.warning("packed upscale failed; retrying image by image", exc_info=True)
             results = []
             for image in inputs:
                 try:
-                    results.extend(self.upscaler.upscale([image]))
+                    results.extend(upscaler.upscale([image]))
                 except Exception as exc:  # noqa: BLE001
                     results.append(exc)
-        alpha_results = dict(zip(with_alpha, results[len(ready):]))
-        for i, (w, result) in enumerate(zip(ready, results)):
+        alpha_results = dict(zip(with_alpha, results[len(group):]))
+        for i, (w, result) in enumerate(zip(group, results)):
             alpha = alpha_results.get(i)
             failed = next((r for r in (result, alpha) if isinstance(r, Exception)), None)
             if failed is not None:
                 stages.fail(w, "model_error", f"{type(failed).__name__}: {failed}")
                 stages.finish_timing(w)
                 continue
-            w.output, w.n_tiles, w.tile_size, w.infer_s = (result.pixels, result.n_tiles,
-                                                            result.tile_size, result.infer_s)
+            w.output = result.pixels
+            w.n_tiles += result.n_tiles
+            w.infer_s += result.infer_s
+            if first:
+                w.tile_size = result.tile_size
             if alpha is not None:
                 w.alpha = alpha.pixels[..., 0]
                 w.n_tiles += alpha.n_tiles
                 w.infer_s += alpha.infer_s
-            w.stats["worker"] = self.worker
 
     def stream_all(self, works: list[Work]) -> None:
         for w in works:

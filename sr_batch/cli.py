@@ -25,6 +25,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="zoo name, 'bicubic', or a path/URI to a .keras file (default: zoo default)")
     p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
+    p.add_argument("--outscale", type=float, default=None, metavar="F",
+                   help="output size as a factor of the input, any F >= 1 (e.g. 1.5, 8): the model runs "
+                        "at its scale (twice for x8: x4 then x2), then a Lanczos resize to the exact size")
+    p.add_argument("--width", type=int, default=None, metavar="PX",
+                   help="output width (the height keeps the aspect unless --height is given too)")
+    p.add_argument("--height", type=int, default=None, metavar="PX",
+                   help="output height (the width keeps the aspect unless --width is given too)")
+    p.add_argument("--fit", default=None, metavar="WxH",
+                   help="the largest output with the input's aspect inside W x H, e.g. 3840x2160")
     p.add_argument("--denoise", type=float, default=None, metavar="S",
                    help="for models shipped with a denoise pair (`real`): how hard to clean JPEG "
                         "blocks and noise, 0 (keep texture) to 1 (strongest); default 0.5")

@@ -86,6 +86,14 @@ class JobConfig:
     denoise: float | None = None
     """How hard a model shipped as a mild/strong pair (`real`) cleans, 0 to 1; None: the
     model's default. Other models refuse it."""
+    outscale: float | None = None
+    """Output size as a factor of the input (any F >= 1, e.g. 1.5 or 8); None: the model's scale."""
+    width: int | None = None
+    """Output width in px (the height keeps the aspect unless --height is given too)."""
+    height: int | None = None
+    """Output height in px (the width keeps the aspect unless --width is given too)."""
+    fit: str | None = None
+    """WxH: the largest output with the input's aspect that fits inside W x H px."""
     tile_size: int | None = None
     """Input-pixel side of the fixed square tile the model sees; None: two tiles, a 128 px and
     a 256 px core plus the overlap on each side, each image taking the cheaper one."""
@@ -182,6 +190,14 @@ class JobConfig:
         if self.retries < 0:
             raise ConfigError("--retries must be >= 0")
         object.__setattr__(self, "actors", parse_actors(self.actors))
+        self.output_size  # checked here, once
+
+    @property
+    def output_size(self):
+        """The output size options as one sizing.OutputSize."""
+        from sr_batch.sizing import OutputSize, parse_fit
+
+        return OutputSize(self.outscale, self.width, self.height, parse_fit(self.fit))
 
     def replace(self, **changes) -> "JobConfig":
         """Return a copy with some fields changed (validated again)."""

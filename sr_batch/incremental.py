@@ -38,6 +38,8 @@ class ReuseKey:
     precision: str = "float32"
     denoise: float | None = None
     """--denoise of a model pair; None for every other model."""
+    output_size: str | None = None
+    """--outscale/--width/--height/--fit (sizing.OutputSize.key); None: the model's scale."""
 
     @classmethod
     def of(cls, config, model_sha256: str, overlap: int | None, denoise: float | None) -> "ReuseKey":
@@ -46,7 +48,7 @@ class ReuseKey:
         return cls(model_sha256=model_sha256, scale=config.scale, tile_size=config.tile_size,
                    tile_overlap=overlap, requested_format=config.format,
                    alpha_mode=config.alpha, self_ensemble=config.self_ensemble,
-                   precision=config.precision, denoise=denoise)
+                   precision=config.precision, denoise=denoise, output_size=config.output_size.key())
 
 
 _DONE_SQL = """
@@ -59,7 +61,7 @@ WITH standing AS (
 ),
 previous AS (
     SELECT image_id, source_uri, bytes_in, source_mtime, source_etag, output_uri, run_id,
-           width, height, channels, bit_depth, out_width, out_height, format, model
+           width, height, channels, bit_depth, out_width, out_height, format, model, passes, outscale
     FROM standing
     WHERE model_sha256 = $model_sha256 AND scale = $scale
       AND ($tile_size IS NULL OR tile_size = $tile_size)
@@ -69,6 +71,7 @@ previous AS (
       AND coalesce(self_ensemble, false) = $self_ensemble
       AND coalesce(precision, 'float32') = $precision
       AND denoise IS NOT DISTINCT FROM $denoise
+      AND output_size IS NOT DISTINCT FROM $output_size
     QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY finished_at DESC) = 1
 )
 SELECT p.*
@@ -126,7 +129,7 @@ def skipped_rows(done: pa.Table, manifest_rows: pa.Table, key: ReuseKey) -> pa.T
             **{k: previous[k] for k in ("image_id", "source_uri", "output_uri", "width", "height",
                                         "channels", "bit_depth", "out_width", "out_height",
                                         "format", "model", "bytes_in", "source_mtime",
-                                        "source_etag")},
+                                        "source_etag", "passes", "outscale")},
             "reference_uri": by_id.get(previous["image_id"], {}).get("reference_uri"),
             **dataclasses.asdict(key),
             "status": stats.STATUS_SKIPPED,

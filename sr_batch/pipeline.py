@@ -192,7 +192,8 @@ def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
         png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
         retries=config.retries, read_timeout_s=config.read_timeout_s,
         intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
-        self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise)
+        self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise,
+        size=config.output_size, pass_models=plan.pass_models)
 
 
 # --- Ray -------------------------------------------------------------------------------

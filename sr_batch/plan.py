@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from sr_batch import incremental, manifest, stats, storage
 from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_CALL, DEFAULT_TILE_CORE,
-                             LARGE_TILE_CORE, PIXELS_PER_CALL, JobConfig)
+                             LARGE_TILE_CORE, PIXELS_PER_CALL, SCALES, JobConfig)
 from sr_batch.errors import ConfigError, ImageError, PathEscapeError
 from sr_batch.layout import OutLayout
 from sr_batch.models import registry
@@ -272,6 +272,9 @@ class RunPlan:
     """None only where the model's radius is unknown (nightly with a user file)."""
     denoise: float | None
     """--denoise for models shipped as a mild/strong pair; None for the others."""
+    pass_models: tuple[tuple[ModelSpec, Tiling], ...]
+    """Models of the same name at other scales, with their tiling, for images whose asked
+    output size needs a second pass (x8 = x4 then x2); empty when no output size is asked."""
     reuse_key: incremental.ReuseKey
     listed: pa.Table
     """Every manifest row with its planned output names."""
@@ -294,6 +297,18 @@ def resolve_model(config: JobConfig, probe: Probe | None) -> ModelSpec:
     return spec
 
 
+def resolve_pass_models(config: JobConfig, spec: ModelSpec) -> tuple[tuple[ModelSpec, Tiling], ...]:
+    """The models a second pass may use, each with its tiling: the zoo's other scales of the
+    same name (bicubic at every scale; a user's file, its own scale only)."""
+    if not config.output_size.asked or spec.arch in ("keras", "onnx"):
+        return ()
+    if spec.is_bicubic:
+        others = [registry.bicubic_spec(s) for s in SCALES if s != config.scale]
+    else:
+        others = [m for m in registry.list_models() if m.name == spec.name and m.scale != config.scale]
+    return tuple((m, resolve_tiling(config.replace(tile_overlap=None), m.receptive_radius)) for m in others)
+
+
 def resolve_denoise(config: JobConfig, spec: ModelSpec) -> float | None:
     if spec.has_denoise:
         return registry.DEFAULT_DENOISE if config.denoise is None else config.denoise
@@ -314,6 +329,7 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
     tiling = (resolve_tiling(config, spec.receptive_radius, spec.input_side)
               if spec.receptive_radius is not None else None)
     denoise = resolve_denoise(config, spec)
+    pass_models = resolve_pass_models(config, spec)
     identity = spec.identity
     if spec.uri is not None and spec.sha256 is None:  # an unprobed user file: hash its bytes
         identity = registry.sha256_of(storage.read_bytes(spec.uri))
@@ -326,7 +342,8 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
     calls = images_per_call(config, todo) if size_calls and todo.num_rows else (
         config.images_per_call or DEFAULT_IMAGES_PER_CALL)
     return RunPlan(run_id=run_id or config.run_id or new_run_id(), config=config, layout=layout,
-                   model=spec, tiling=tiling, denoise=denoise, reuse_key=key, listed=listed,
+                   model=spec, tiling=tiling, denoise=denoise, pass_models=pass_models,
+                   reuse_key=key, listed=listed,
                    todo=todo, skipped=skipped, images_per_call=calls)
 
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from sr_batch.resample import downscale_bicubic, upscale_bicubic
+from sr_batch.resample import resize_bicubic
 
 # BT.601 studio-swing luma for RGB in [0, 1]: Y = 16 + (65.481 R + 128.553 G + 24.966 B).
 _Y_OFFSET = 16.0
@@ -117,29 +117,22 @@ def ssim_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
     return ssim(shave(rgb_to_y(output), border), shave(rgb_to_y(reference), border))
 
 
-def psnr_y_consistency(output: np.ndarray, lr_input: np.ndarray, scale: int) -> float:
-    """PSNR on Y between the output bicubic-downscaled by scale and the LR input.
+def psnr_y_consistency(output: np.ndarray, lr_input: np.ndarray) -> float:
+    """PSNR on Y between the output bicubic-downscaled to the input's size and the LR input.
 
     No reference needed: a faithful SR output, shrunk the way LR images are made,
     should give its input back. No border is shaved here, to keep it simple;
     expect edge pixels to pull the number down slightly.
     """
-    shrunk = downscale_bicubic(output, scale)
-    _check_same_size(shrunk, lr_input)
+    shrunk = resize_bicubic(output, (lr_input.shape[1], lr_input.shape[0]))
     return psnr(rgb_to_y(shrunk), rgb_to_y(lr_input))
 
 
-def sharpness_ratio(output: np.ndarray, lr_input: np.ndarray, scale: int) -> float:
-    """Gradient energy of the output over that of a bicubic upscale of the input; nan if flat.
-
-    Above 1 means more high-frequency detail than bicubic (real or hallucinated).
+def sharpness_ratio(output: np.ndarray, lr_input: np.ndarray) -> float:
+    """Gradient energy of the output over that of a bicubic upscale of the input to the output's
+    size; nan if flat. Above 1 means more high-frequency detail than bicubic (real or hallucinated).
     """
-    if output.shape[:2] != (lr_input.shape[0] * scale, lr_input.shape[1] * scale):
-        raise ValueError(
-            f"output is {output.shape[1]}x{output.shape[0]}, expected "
-            f"{lr_input.shape[1] * scale}x{lr_input.shape[0] * scale} for scale {scale}"
-        )
-    baseline = upscale_bicubic(lr_input, scale)
+    baseline = resize_bicubic(lr_input, (output.shape[1], output.shape[0]))
     denominator = gradient_energy_y(baseline)
     if denominator == 0:
         return math.nan
@@ -204,22 +197,19 @@ def _luma_strip(strip: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def reference_metrics(output: np.ndarray, lr_input: np.ndarray, reference: np.ndarray, scale: int) -> dict:
-    """PSNR/SSIM on Y of the output and of bicubic, against the reference cropped to a multiple of scale."""
-    cropped = crop_to_multiple(reference, scale)
+    """PSNR/SSIM on Y of the output and of bicubic (of the input to the output's size) against
+    the reference: at the output's size, or cropped to a multiple of `scale` as SR sets are."""
+    cropped = reference if reference.shape[:2] == output.shape[:2] else crop_to_multiple(reference, scale)
     if cropped.shape[:2] != output.shape[:2]:
         raise ValueError(
             f"reference is {reference.shape[1]}x{reference.shape[0]} "
             f"({cropped.shape[1]}x{cropped.shape[0]} cropped to a multiple of {scale}), "
-            f"expected {output.shape[1]}x{output.shape[0]}"
+            f"the output {output.shape[1]}x{output.shape[0]}: a reference must have the output's size"
         )
-    bicubic = upscale_bicubic(lr_input, scale)
-    if bicubic.shape[:2] != output.shape[:2]:
-        raise ValueError(
-            f"output is {output.shape[1]}x{output.shape[0]}, expected "
-            f"{bicubic.shape[1]}x{bicubic.shape[0]} (input times {scale})"
-        )
-    # border = scale: the usual SR convention, the pixels a model sees only padding for.
-    border = scale
+    bicubic = resize_bicubic(lr_input, (output.shape[1], output.shape[0]))
+    # border = scale (the output's factor): the SR convention, the pixels a model sees only
+    # padding for.
+    border = max(1, round(output.shape[1] / lr_input.shape[1]))
     return {
         "psnr_y": psnr_y(output, cropped, border),
         "ssim_y": ssim_y(output, cropped, border),

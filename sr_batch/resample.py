@@ -1,4 +1,5 @@
-"""Bicubic resizing with Pillow, the convention SR benchmarks use to make LR images."""
+"""Resizing with Pillow: bicubic, the convention SR benchmarks use to make LR images, and
+Lanczos for the job's final resize to an exact output size."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ _SUPPORTED_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float3
 
 
 def resize_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an HxW or HxWxC array to size=(width, height) with Pillow BICUBIC.
+    """Resize an HxW or HxWxC array to size=(width, height) with Pillow BICUBIC (see `resize`)."""
+    return resize(image, size, Image.BICUBIC)
+
+
+def resize_lanczos(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize with Pillow's LANCZOS (3 lobes, antialiased when shrinking): the job's final
+    resize to an exact output size (--outscale, --width, --height, --fit)."""
+    return resize(image, size, Image.LANCZOS)
+
+
+def resize(image: np.ndarray, size: tuple[int, int], method: int) -> np.ndarray:
+    """Resize an HxW or HxWxC array to size=(width, height) with a Pillow filter.
 
     Keeps dtype and layout. uint8 with 1, 3 or 4 channels goes through Pillow's
     native 8-bit path; everything else is resized channel by channel in float32
@@ -32,9 +44,9 @@ def resize_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     channels = 1 if image.ndim == 2 else image.shape[2]
     if image.dtype == np.uint8 and channels in _UINT8_MODES:
-        resized = _resize_uint8(image.reshape(image.shape[0], image.shape[1], channels), width, height)
+        resized = _resize_uint8(image.reshape(image.shape[0], image.shape[1], channels), width, height, method)
     else:
-        resized = _resize_float(image.reshape(image.shape[0], image.shape[1], channels), width, height)
+        resized = _resize_float(image.reshape(image.shape[0], image.shape[1], channels), width, height, method)
     return resized.reshape((height, width) if image.ndim == 2 else (height, width, channels))
 
 
@@ -56,17 +68,17 @@ def upscale_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
     return resize_bicubic(image, (width * scale, height * scale))
 
 
-def _resize_uint8(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def _resize_uint8(image: np.ndarray, width: int, height: int, method: int) -> np.ndarray:
     """Resize HxWxC uint8 (C in 1, 3, 4) in one Pillow call."""
     mode = _UINT8_MODES[image.shape[2]]
     pixels = np.ascontiguousarray(image)
     source = Image.frombuffer(mode, (image.shape[1], image.shape[0]), pixels, "raw", mode, 0, 1)
-    resized = source.resize((width, height), Image.BICUBIC)
+    resized = source.resize((width, height), method)
     # np.array, not asarray: Pillow hands out a read-only buffer.
     return np.array(resized, dtype=np.uint8).reshape(height, width, image.shape[2])
 
 
-def _resize_float(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def _resize_float(image: np.ndarray, width: int, height: int, method: int) -> np.ndarray:
     """Resize HxWxC channel by channel through Pillow's float32 mode "F"."""
     out = np.empty((height, width, image.shape[2]), dtype=image.dtype)
     is_integer = np.issubdtype(image.dtype, np.integer)
@@ -74,7 +86,7 @@ def _resize_float(image: np.ndarray, width: int, height: int) -> np.ndarray:
     for channel in range(image.shape[2]):
         # float32 holds every uint16 value exactly, so nothing is lost going in.
         plane = np.ascontiguousarray(image[:, :, channel], dtype=np.float32)
-        resized = np.asarray(Image.fromarray(plane).resize((width, height), Image.BICUBIC))
+        resized = np.asarray(Image.fromarray(plane).resize((width, height), method))
         if is_integer:
             resized = np.clip(np.rint(resized), limits.min, limits.max)
         out[:, :, channel] = resized

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import math
 import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from sr_batch.layout import OutLayout
 from sr_batch.models.registry import ModelSpec
 from sr_batch.plan import EXTENSION_FORMAT, FORMAT_EXTENSION, Tiling
 from sr_batch.runtime import worker_name
+from sr_batch.sizing import OutputSize, model_passes, target_size
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,14 @@ class ActorSettings:
     """Model arithmetic (config.PRECISIONS)."""
     denoise: float | None = None
     """Interpolation strength of a mild/strong model pair; None for other models."""
+    size: OutputSize = OutputSize()
+    """--outscale / --width / --height / --fit; nothing asked: the model's scale."""
+    pass_models: tuple[tuple[ModelSpec, Tiling], ...] = ()
+    """The same model at other scales, with their tiling, for second passes (x8 = x4 then x2)."""
+
+    @property
+    def pass_scales(self) -> tuple[int, ...]:
+        return (self.scale, *(m.scale for m, _ in self.pass_models))
 
 
 @dataclass
@@ -85,6 +95,10 @@ class Work:
     """The upscaled colour planes, in the input's integer dtype."""
     alpha: np.ndarray | None = None
     """The alpha plane upscaled by the model (--alpha model), or None."""
+    target: tuple[int, int] | None = None
+    """(width, height) of the output when a size was asked, else None (the model's scale)."""
+    passes: tuple[int, ...] = ()
+    """The model scales to run, in order (a second pass when the asked size needs it)."""
     n_tiles: int = 0
     tile_size: int = 0
     infer_s: float = 0.0
@@ -109,7 +123,7 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
         "scale": s.scale, "model": s.model.name, "model_sha256": s.model.identity,
         "tile_size": s.tiling.largest, "tile_overlap": s.tiling.overlap,
         "requested_format": s.format, "self_ensemble": s.self_ensemble,
-        "precision": s.precision, "denoise": s.denoise,
+        "precision": s.precision, "denoise": s.denoise, "output_size": s.size.key(), "passes": 0,
         "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),
         "source_etag": row.get("etag"), "worker": worker,
     })
@@ -118,12 +132,13 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
             fail(w, row["plan_error_type"], row["plan_error_message"])
         else:
             image, w.stats["bytes_in"] = read_and_decode(s, row)
+            w.stats.update(width=image.width, height=image.height, channels=image.channels,
+                           bit_depth=image.bit_depth)
+            w.passes, w.target = plan_size(s, image)
             if isinstance(image, streaming.TiffLayout):
                 w.stream = image
             else:
                 w.decoded = image
-            w.stats.update(width=image.width, height=image.height, channels=image.channels,
-                           bit_depth=image.bit_depth)
     except ImageError as exc:
         fail(w, exc.error_type, str(exc))
     except Exception as exc:  # noqa: BLE001 - a bug must not stop a million-image run
@@ -132,6 +147,28 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
     if w.done:
         finish_timing(w)
     return w
+
+
+def plan_size(s: ActorSettings, image) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+    """(model scales to run, the exact output size or None) for one image."""
+    if not s.size.asked:
+        return (s.scale,), None
+    if isinstance(image, streaming.TiffLayout):
+        raise TooManyPixelsError(
+            f"images above --max-pixels are streamed at the model's scale only; "
+            f"--{(s.size.key() or '').split('=')[0]} needs the image whole")
+    target = target_size(s.size, image.width, image.height, s.scale)
+    factor = max(target[0] / image.width, target[1] / image.height)
+    try:
+        passes = model_passes(factor, s.scale, s.pass_scales)
+    except ValueError as exc:
+        raise TooManyPixelsError(f"{image.width}x{image.height} to {target[0]}x{target[1]}: {exc}") from None
+    reached = math.prod(passes) ** 2 * image.width * image.height
+    if reached > s.max_pixels * s.scale ** 2:
+        raise TooManyPixelsError(
+            f"{image.width}x{image.height} to {target[0]}x{target[1]} runs through "
+            f"{' then '.join(f'x{p}' for p in passes)} ({reached} pixels), more than --max-pixels x scale^2")
+    return passes, target
 
 
 def read_and_decode(s: ActorSettings, row: dict) -> tuple[images.DecodedImage | streaming.TiffLayout, int]:
@@ -184,10 +221,15 @@ class Finisher:
     def _write_and_measure(self, w: Work) -> None:
         s, decoded = self.settings, w.decoded
         began = time.perf_counter()
-        out_pixels = w.output
-        alpha = w.alpha
+        out_pixels, alpha = w.output, w.alpha
         if alpha is None and decoded.alpha is not None:
-            alpha = resample.upscale_bicubic(decoded.alpha, s.scale)
+            size = w.target or (out_pixels.shape[1], out_pixels.shape[0])
+            alpha = resample.resize_bicubic(decoded.alpha, size)
+        if w.target is not None and (out_pixels.shape[1], out_pixels.shape[0]) != w.target:
+            # The asked size: one antialiased resize of the model's output (and alpha).
+            out_pixels = resample.resize_lanczos(out_pixels, w.target)
+            if alpha is not None and alpha.shape[:2] != out_pixels.shape[:2]:
+                alpha = resample.resize_lanczos(alpha, w.target)
         planned = EXTENSION_FORMAT[w.row["output_exts"][0]]
         fmt, note = images.output_format(decoded, planned, s.format)
         notes = list(decoded.notes) + ([note] if note else [])
@@ -201,6 +243,7 @@ class Finisher:
         w.stats.update(
             status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
             out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
+            outscale=out_pixels.shape[1] / decoded.width, passes=len(w.passes),
             n_tiles=w.n_tiles, tile_size=w.tile_size or s.tiling.largest,
             alpha_mode=s.alpha if decoded.alpha is not None else None,
             **metrics.result(),
@@ -214,9 +257,8 @@ class Finisher:
 
     def _consistency_metrics(self, output: np.ndarray, lr: np.ndarray) -> dict:
         """The metrics that need no reference: output against its own input."""
-        scale = self.settings.scale
-        return {"psnr_y_consistency": _finite(quality.psnr_y_consistency(output, lr, scale)),
-                "sharpness_ratio": _finite(quality.sharpness_ratio(output, lr, scale))}
+        return {"psnr_y_consistency": _finite(quality.psnr_y_consistency(output, lr)),
+                "sharpness_ratio": _finite(quality.sharpness_ratio(output, lr))}
 
     def _reference_metrics(self, uri: str, output: np.ndarray, lr: np.ndarray) -> dict:
         s = self.settings
@@ -259,7 +301,8 @@ def stream(settings: ActorSettings, w: Work, upscaler) -> None:
         if w.row.get("reference_uri"):
             notes.append("reference not scored (streamed)")
         w.stats.update(status=stats.STATUS_OK, output_uri=output_uri, format="tiff",
-                       bytes_out=bytes_out, out_width=result.out_width,
+                       bytes_out=bytes_out, out_width=result.out_width, passes=1,
+                       outscale=result.out_width / w.stats["width"],
                        out_height=result.out_height, n_tiles=result.n_tiles,
                        psnr_y_consistency=None, sharpness_ratio=None,
                        notes="; ".join(notes))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -319,3 +320,57 @@ def test_scale_mismatch_stops_before_any_image(ray_local, image_dir, tmp_path, u
                           model=str(user_model_file), scale=3), echo=quiet)
     assert not (tmp_path / "out" / "images").exists()
     assert not (tmp_path / "out" / "stats").exists()
+
+
+# --- any output size -------------------------------------------------------------------
+
+
+def test_any_output_size_runs_the_model_then_resizes(ray_local, tmp_path):
+    """--outscale 1.5 and 8, --width and --fit: the model at its scale (twice for x8), one
+    Lanczos resize to the exact size, recorded in the stats; a reference at the output size
+    is scored, and another --outscale reprocesses instead of reusing the outputs."""
+    from sr_batch import resample
+
+    (tmp_path / "in").mkdir()
+    hr = scene(120, 96, seed=3)
+    lr = resample.resize_bicubic(hr, (64, 80))  # 1.5x smaller than the reference
+    Image.fromarray(lr).save(tmp_path / "in" / "a.png")
+    Image.fromarray(hr).save(tmp_path / "ref.png")
+    rgba = np.dstack([scene(20, 30, seed=4), np.full((20, 30), 128, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "in" / "b.png")
+    table = manifest.load_sources([str(tmp_path / "in")])
+    refs = [str(tmp_path / "ref.png") if u.endswith("a.png") else None for u in table.column("uri").to_pylist()]
+    manifest.write_manifest(table.set_column(table.schema.get_field_index("reference_uri"),
+                                             "reference_uri", pa.array(refs)),
+                            str(tmp_path / "m.parquet"))
+    base = JobConfig(sources=(str(tmp_path / "m.parquet"),), output=str(tmp_path / "out"),
+                     model="bicubic", scale=2)
+
+    def rows(run_id):
+        return {Path(r["source_uri"]).name: r for r in stats.read_stats(str(tmp_path / "out"), run_id).to_pylist()}
+
+    assert run_job(base.replace(outscale=1.5, run_id="r15"), echo=quiet).counts == {"ok": 2}
+    a = rows("r15")["a.png"]
+    assert (a["out_width"], a["out_height"], a["passes"], a["scale"]) == (96, 120, 1, 2)
+    assert a["outscale"] == pytest.approx(1.5) and a["output_size"] == "outscale=1.5"
+    assert a["psnr_y"] is not None and a["psnr_y_bicubic"] is not None  # reference at the output size
+    assert a["psnr_y_consistency"] > 30
+    out = np.asarray(Image.open(a["output_uri"].removeprefix("file://")))
+    assert out.shape == (120, 96, 3)
+    b = rows("r15")["b.png"]
+    assert Image.open(b["output_uri"].removeprefix("file://")).size == (45, 30)
+    assert Image.open(b["output_uri"].removeprefix("file://")).mode == "RGBA"
+
+    assert run_job(base.replace(outscale=8, run_id="r8"), echo=quiet).counts == {"ok": 2}
+    a8 = rows("r8")["a.png"]
+    assert (a8["out_width"], a8["passes"]) == (64 * 8, 2)  # x2 three times would be 3 passes: x2, x4
+    assert a8["psnr_y"] is None and "reference not scored" in a8["notes"]  # reference is not 8x
+
+    assert run_job(base.replace(width=100, run_id="w"), echo=quiet).counts == {"ok": 2}
+    assert {n: (r["out_width"], r["out_height"]) for n, r in rows("w").items()} == {
+        "a.png": (100, 125), "b.png": (100, 67)}
+    assert run_job(base.replace(fit="50x50", run_id="fit"), echo=quiet).counts == {"ok": 2}
+    assert {n: (r["out_width"], r["out_height"]) for n, r in rows("fit").items()} == {
+        "a.png": (40, 50), "b.png": (50, 33)}
+    # The same size again is reused; the output size is part of the settings.
+    assert run_job(base.replace(fit="50x50", run_id="fit-again"), echo=quiet).counts == {"skipped": 2}

@@ -19,7 +19,7 @@ from sr_batch.quality import (
     ssim,
     ssim_y,
 )
-from sr_batch.resample import downscale_bicubic, upscale_bicubic
+from sr_batch.resample import downscale_bicubic, resize_bicubic, upscale_bicubic
 
 # Y spans 16..235, so a grey step of d / 219 in [0, 1] moves Y by exactly d.
 Y_SPAN = 219.0
@@ -147,27 +147,39 @@ def test_reference_metrics_rejects_wrong_reference_size():
         reference_metrics(output, lr, make_smooth_rgb(40, 46), scale)
 
 
+def test_reference_metrics_at_any_output_size_need_the_reference_at_that_size():
+    reference = make_smooth_rgb(60, 45)
+    lr = downscale_bicubic(reference[:60, :44], 2)  # 22x30
+    output = resize_bicubic(lr, (45, 60))  # an output 1.5x wider than... any size: 45x60
+    metrics = reference_metrics(output, lr, reference, 2)
+    assert metrics["psnr_y"] == pytest.approx(metrics["psnr_y_bicubic"])  # the output is bicubic
+    with pytest.raises(ValueError, match="must have the output's size"):
+        reference_metrics(output, lr, make_smooth_rgb(50, 45), 2)
+
+
 def test_psnr_y_consistency_of_bicubic_round_trip_is_high():
     lr = make_smooth_rgb(24, 32)
     output = upscale_bicubic(lr, 2)
-    assert psnr_y_consistency(output, lr, 2) > 35
-    assert psnr_y_consistency(output.astype(np.float32) / 255, lr, 2) > 35
-    with pytest.raises(ValueError):
-        psnr_y_consistency(output[:-2], lr, 2)
+    assert psnr_y_consistency(output, lr) > 35
+    assert psnr_y_consistency(output.astype(np.float32) / 255, lr) > 35
+    # Any output size (--outscale 1.5): shrunk to the input's size before comparing.
+    assert psnr_y_consistency(resize_bicubic(lr, (48, 36)), lr) > 35
+    assert psnr_y_consistency(output[::-1], lr) < 25
 
 
 def test_sharpness_ratio_of_bicubic_is_one_and_sharpening_raises_it():
     scale = 3
     lr = make_smooth_rgb(20, 24)
     output = upscale_bicubic(lr, scale)
-    assert sharpness_ratio(output, lr, scale) == pytest.approx(1.0, abs=1e-9)
+    assert sharpness_ratio(output, lr) == pytest.approx(1.0, abs=1e-9)
+    assert sharpness_ratio(resize_bicubic(lr, (30, 25)), lr) == pytest.approx(1.0, abs=1e-9)
     # Unsharp mask: add back the difference from a 3x3 box blur, doubling fine detail.
     values = output.astype(np.float32) / 255
     padded = np.pad(values, ((1, 1), (1, 1), (0, 0)), mode="edge")
     height, width = values.shape[:2]
     blurred = sum(padded[dy : dy + height, dx : dx + width] for dy in range(3) for dx in range(3)) / 9
     sharpened = values + 1.0 * (values - blurred)
-    assert sharpness_ratio(sharpened, lr, scale) > 1.0
+    assert sharpness_ratio(sharpened, lr) > 1.0
 
 
 def float64_gradient_energy(luma):
@@ -201,4 +213,4 @@ def test_gradient_energy_in_strips_matches_the_float64_definition(height, width,
 
 def test_sharpness_ratio_of_flat_input_is_nan():
     lr = np.full((8, 8, 3), 128, dtype=np.uint8)
-    assert math.isnan(sharpness_ratio(upscale_bicubic(lr, 2), lr, 2))
+    assert math.isnan(sharpness_ratio(upscale_bicubic(lr, 2), lr))
