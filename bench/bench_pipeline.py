@@ -122,7 +122,7 @@ def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str
         storage.write_bytes_atomic(storage.to_uri(str(work / "steps" / f"{i}.png")), data)
         times["write"] += time.process_time() - began
         began = time.process_time()
-        finisher._consistency_metrics(result.pixels, decoded.pixels)
+        finisher._no_reference_metrics(result.pixels, decoded.pixels)
         times["metrics"] += time.process_time() - began
         w = stages.Work(row={}, stats={}, decoded=decoded, output=result.pixels)
         began = time.process_time()

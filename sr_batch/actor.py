@@ -29,11 +29,12 @@ __all__ = ["ActorSettings", "UpscaleActor", "ModelActor", "build_upscaler"]
 
 
 def build_upscaler(settings: ActorSettings, spec: ModelSpec | None = None,
-                   tiling: Tiling | None = None) -> tuple[Upscaler, callable]:
+                   tiling: Tiling | None = None, denoise: float | None = None) -> tuple[Upscaler, callable]:
     """Load a model (the run's, unless `spec` says another; TensorFlow or ONNX Runtime imported
     here, inside the actor) and wrap it as an integer Upscaler: outputs come back rounded to
     each image's own dtype."""
-    spec, tiling = spec or settings.model, tiling or settings.tiling
+    if spec is None:
+        spec, tiling, denoise = settings.model, settings.tiling, settings.denoise
     if spec.arch == "bicubic":
         upscaler = Upscaler(None, spec.scale, tiling.sides, tiling.overlap, settings.batch_size,
                             integer=True)
@@ -48,7 +49,7 @@ def build_upscaler(settings: ActorSettings, spec: ModelSpec | None = None,
         configure_tensorflow(settings.intra_op_threads)
         from sr_batch.models.registry import load_keras_model, with_precision
 
-        model = with_precision(load_keras_model(spec, denoise=settings.denoise), settings.precision)
+        model = with_precision(load_keras_model(spec, denoise=denoise), settings.precision)
         if settings.self_ensemble:  # the 8 outputs are averaged in float, then rounded
             float_run, traces = make_tf_batch_fn(model, tiling.sides)
             run = quantized(self_ensemble(float_run))
@@ -63,11 +64,16 @@ class _ModelRunner:
 
     def __init__(self, settings: ActorSettings) -> None:
         self.settings = settings
-        self.upscaler, self.trace_count = build_upscaler(settings)
-        # Second passes (an asked size beyond the model's scale): the other scales, by scale.
-        self.passes = {settings.scale: self.upscaler}
-        for spec, tiling in settings.pass_models:
-            self.passes[spec.scale], _ = build_upscaler(settings, spec, tiling)
+        # Every model loaded once: (route, scale) -> Upscaler, one traced function per tile side
+        # each; a second pass (an asked size beyond the model's scale) uses another scale's.
+        self.models: dict[tuple[str, int], Upscaler] = {}
+        counters = []
+        for route in settings.all_routes:
+            for spec, tiling in ((route.model, route.tiling), *route.pass_models):
+                self.models[route.key, spec.scale], traces = build_upscaler(settings, spec, tiling, route.denoise)
+                counters.append(traces)
+        self.upscaler = self.models[settings.all_routes[0].key, settings.scale]
+        self.trace_count = lambda: sum(count() for count in counters)
         self.worker = worker_name()
 
     def chunks(self, ready: list[Work]):
@@ -76,7 +82,7 @@ class _ModelRunner:
         chunk, pixels = [], 0
         for w in ready:
             chunk.append(w)
-            plan = self.upscaler.plan(w.decoded.height, w.decoded.width)
+            plan = self.models[w.route, self.settings.scale].plan(w.decoded.height, w.decoded.width)
             pixels += plan.n_tiles * plan.tile_size ** 2
             if pixels >= self.settings.batch_size * smallest ** 2:
                 yield chunk
@@ -92,11 +98,12 @@ class _ModelRunner:
             w.alpha = w.decoded.alpha if self.settings.alpha == "model" else None
             w.stats["worker"] = self.worker
         for step in range(max(len(w.passes) for w in ready)):
-            for scale in dict.fromkeys(w.passes[step] for w in ready if len(w.passes) > step):
-                group = [w for w in ready if len(w.passes) > step and w.passes[step] == scale
+            # Images of different models (routes) or scales never share a batch.
+            for key in dict.fromkeys((w.route, w.passes[step]) for w in ready if len(w.passes) > step):
+                group = [w for w in ready if len(w.passes) > step and (w.route, w.passes[step]) == key
                          and w.output is not None]
                 if group:
-                    self._run_pass(self.passes[scale], group, first=step == 0)
+                    self._run_pass(self.models[key], group, first=step == 0)
 
     def _run_pass(self, upscaler: Upscaler, group: list[Work], first: bool) -> None:
         """One model pass over a group of images: their tiles (and alpha planes, as grey images)
@@ -136,7 +143,7 @@ class _ModelRunner:
         for w in works:
             if w.stream is not None:
                 w.stats["worker"] = self.worker
-                stages.stream(self.settings, w, self.upscaler)
+                stages.stream(self.settings, w, self.models[w.route, self.settings.scale])
 
 
 class UpscaleActor(_ModelRunner):

@@ -23,7 +23,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="directories, globs or fsspec URIs of images, or one manifest file")
     p.add_argument("--output", "-o", required=True, help="output root (fsspec URI)")
     p.add_argument("--model", default=None,
-                   help="zoo name, 'bicubic', or a path/URI to a .keras file (default: zoo default)")
+                   help="zoo name, 'bicubic', 'auto' (each image gets the clean default or `real` at a "
+                        "denoise strength, by its JPEG quality, blocking and noise), or a path/URI to a "
+                        ".keras or .onnx file (default: the zoo's default)")
     p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
     p.add_argument("--outscale", type=float, default=None, metavar="F",
                    help="output size as a factor of the input, any F >= 1 (e.g. 1.5, 8): the model runs "
@@ -76,6 +78,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="float32", choices=c.PRECISIONS,
                    help="model arithmetic: bfloat16 runs the convolutions in bfloat16 (GPUs, "
                         "CPUs with AMX: about 2x faster) at a small PSNR cost (README)")
+    p.add_argument("--metrics", action="append", default=[], choices=c.OPTIONAL_METRICS,
+                   help="also compute this metric for every image: niqe (no-reference naturalness of "
+                        "the output and of bicubic; adds about a quarter of the default model's time)")
     p.add_argument("--retries", type=int, default=3, help="retries of transient storage errors")
     p.add_argument("--read-timeout-s", type=float, default=60.0, metavar="S",
                    help="seconds an http(s)/s3 read may wait for the server, per attempt (default 60)")
@@ -117,8 +122,11 @@ def config_to_options(config) -> list[str]:
         flag = "--" + field.name.replace("_", "-")
         if isinstance(value, bool):
             options.append(flag)
-        elif isinstance(value, tuple):  # actors (min, max)
+        elif field.name == "actors":  # (min, max)
             options += [flag, f"{value[0]}-{value[1]}"]
+        elif isinstance(value, tuple):  # a repeated option
+            for item in value:
+                options += [flag, str(item)]
         else:
             options += [flag, str(value)]
     return options

@@ -138,8 +138,11 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
 def _header(plan: RunPlan, pool: tuple[int, int]) -> str:
     config, tiling = plan.config, plan.tiling
     denoise = f", denoise {plan.denoise:g}" if plan.denoise is not None else ""
+    model = plan.model.name
+    if plan.routes:
+        model = "auto: " + " / ".join(dict.fromkeys(r.model.name for r in plan.routes)) + " per image"
     return (f"run {plan.run_id}: {plan.listed.num_rows} images ({plan.skipped.num_rows} unchanged, skipped), "
-            f"model {plan.model.name} x{config.scale}{denoise} (tiles {'/'.join(map(str, tiling.sides))} px, "
+            f"model {model} x{config.scale}{denoise} (tiles {'/'.join(map(str, tiling.sides))} px, "
             f"overlap {tiling.overlap}), {pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
             f"{config.gpus_per_actor:g} GPU, {plan.images_per_call} images a call, "
             f"{'decode and encode as CPU stages' if config.staged else 'all steps in the actors'}")
@@ -193,7 +196,8 @@ def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
         retries=config.retries, read_timeout_s=config.read_timeout_s,
         intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
         self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise,
-        size=config.output_size, pass_models=plan.pass_models)
+        size=config.output_size, pass_models=plan.pass_models, routes=plan.routes,
+        identity=plan.identity, metrics=config.metrics)
 
 
 # --- Ray -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from sr_batch import incremental, manifest, stats, storage
 from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_CALL, DEFAULT_TILE_CORE,
                              LARGE_TILE_CORE, PIXELS_PER_CALL, SCALES, JobConfig)
-from sr_batch.errors import ConfigError, ImageError, PathEscapeError
+from sr_batch.errors import ConfigError, ImageError, ModelNotFoundError, PathEscapeError
 from sr_batch.layout import OutLayout
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
@@ -46,6 +46,8 @@ EXTENSION_FORMAT = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp",
                     "tiff": "tiff"}
 
 Probe = Callable[[ModelSpec, int], ModelSpec]
+# `--model auto`: each image gets the clean default or `real` at a denoise strength (routing.py).
+AUTO = "auto"
 
 
 def new_run_id() -> str:
@@ -275,6 +277,10 @@ class RunPlan:
     pass_models: tuple[tuple[ModelSpec, Tiling], ...]
     """Models of the same name at other scales, with their tiling, for images whose asked
     output size needs a second pass (x8 = x4 then x2); empty when no output size is asked."""
+    routes: tuple = ()
+    """`--model auto`: the stages.Route of every model an image may be given; else empty."""
+    identity: str | None = None
+    """`--model auto`: the model_sha256 its rows record (the rules and every model); else None."""
     reuse_key: incremental.ReuseKey
     listed: pa.Table
     """Every manifest row with its planned output names."""
@@ -286,9 +292,9 @@ class RunPlan:
 
 
 def resolve_model(config: JobConfig, probe: Probe | None) -> ModelSpec:
-    """The spec of --model at --scale; a user's file is probed (scale, radius, SHA-256) when a
-    probe is given."""
-    spec = registry.resolve_model(config.model, config.scale)
+    """The spec of --model at --scale (under auto, the clean default's); a user's file is probed
+    (scale, radius, SHA-256) when a probe is given."""
+    spec = registry.resolve_model(None if config.model == AUTO else config.model, config.scale)
     if spec.arch == "onnx" and config.precision != "float32":
         raise ConfigError(f"--precision {config.precision} applies to Keras models; {spec.name} is "
                           f"ONNX and runs in the precision it was exported in (use float32)")
@@ -309,7 +315,34 @@ def resolve_pass_models(config: JobConfig, spec: ModelSpec) -> tuple[tuple[Model
     return tuple((m, resolve_tiling(config.replace(tile_overlap=None), m.receptive_radius)) for m in others)
 
 
+def resolve_routes(config: JobConfig, clean: ModelSpec) -> tuple[tuple, str | None]:
+    """`--model auto`: (a Route for the clean default and one for `real` at every denoise level
+    the rules use; the identity its rows record). Other models: ((), None)."""
+    from sr_batch.routing import DENOISE_LEVELS, RULES_VERSION
+    from sr_batch.stages import Route
+
+    if config.model != AUTO:
+        return (), None
+    if clean.has_denoise:
+        raise ConfigError(f"the x{config.scale} default {clean.name} cannot be auto's clean model")
+    routes = [Route("clean", clean, resolve_tiling(config, clean.receptive_radius), None,
+                    resolve_pass_models(config, clean))]
+    try:
+        real = registry.resolve_model("real", config.scale)
+    except ModelNotFoundError:
+        real = None  # no `real` at this scale: every image takes the clean model
+    if real is not None:
+        tiling, passes = resolve_tiling(config, real.receptive_radius), resolve_pass_models(config, real)
+        routes += [Route(f"real dn{level:g}", real, tiling, level, passes) for level in DENOISE_LEVELS]
+    parts = [f"rules v{RULES_VERSION}", *(f"{r.key}={r.model.identity}" for r in routes)]
+    return tuple(routes), registry.sha256_of("|".join(parts).encode())
+
+
 def resolve_denoise(config: JobConfig, spec: ModelSpec) -> float | None:
+    if config.model == AUTO:
+        if config.denoise is not None:
+            raise ConfigError("--model auto chooses --denoise for each image; drop --denoise")
+        return None
     if spec.has_denoise:
         return registry.DEFAULT_DENOISE if config.denoise is None else config.denoise
     if config.denoise is not None:
@@ -330,10 +363,14 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
               if spec.receptive_radius is not None else None)
     denoise = resolve_denoise(config, spec)
     pass_models = resolve_pass_models(config, spec)
+    routes, auto_identity = resolve_routes(config, spec)
     identity = spec.identity
     if spec.uri is not None and spec.sha256 is None:  # an unprobed user file: hash its bytes
         identity = registry.sha256_of(storage.read_bytes(spec.uri))
-    key = incremental.ReuseKey.of(config, identity, tiling and tiling.overlap, denoise)
+    if routes:  # auto: its own identity; each route's overlap covers its model's radius
+        key = incremental.ReuseKey.of(config, auto_identity, None, None)
+    else:
+        key = incremental.ReuseKey.of(config, identity, tiling and tiling.overlap, denoise)
     listed = plan_outputs(table, layout, config.format)
     if config.force:
         todo, skipped = listed, stats.make_table([])
@@ -343,7 +380,7 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
         config.images_per_call or DEFAULT_IMAGES_PER_CALL)
     return RunPlan(run_id=run_id or config.run_id or new_run_id(), config=config, layout=layout,
                    model=spec, tiling=tiling, denoise=denoise, pass_models=pass_models,
-                   reuse_key=key, listed=listed,
+                   routes=routes, identity=auto_identity, reuse_key=key, listed=listed,
                    todo=todo, skipped=skipped, images_per_call=calls)
 
 

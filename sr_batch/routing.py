@@ -346,3 +346,69 @@ def _tiles_luma(tiles: np.ndarray) -> np.ndarray:
     count, height, width = tiles.shape[:3]
     flat = tiles.reshape(count * height, width, *tiles.shape[3:])
     return rgb_to_y(flat).astype(np.float32).reshape(count, height, width)
+
+
+# --- the rules ---------------------------------------------------------------------------
+
+AUTO = "auto"
+# Bump when the rules change: the version is part of `--model auto`'s identity, so an
+# incremental run redoes the images whose route the new rules would choose differently.
+RULES_VERSION = 1
+# The rules' thresholds, measured on Set5 + Set14 with the evaluation presets (see
+# jobs/evaluate_routing.py and docs/models.md): where the `real` model starts to beat the clean
+# model on the same LR, and which --denoise does best at each strength of degradation.
+CLEAN_ABOVE_QUALITY = 90
+"""A JPEG of this quality or better goes to the clean model (its blocks are below the detail)."""
+BLOCKY = 1.3
+"""Blockiness at or above this (a JPEG saved as PNG, or similar) counts as JPEG."""
+CLEAN_BELOW_SIGMA = 2.5
+"""Noise sigma (8-bit levels) below which an image counts as clean."""
+# (quality at or below, denoise) for JPEGs, strongest first; (sigma at or above, denoise) for noise.
+JPEG_DENOISE = ((40, 1.0), (60, 0.75), (80, 0.5), (100, 0.25))
+NOISE_DENOISE = ((12.0, 1.0), (7.0, 0.75), (4.0, 0.5), (0.0, 0.25))
+DENOISE_LEVELS = (0.25, 0.5, 0.75, 1.0)
+"""Every denoise strength a rule can choose: auto loads one interpolation of `real` per level."""
+# The quality that blockiness most resembles (a decoded JPEG at that quality), for non-JPEG files.
+_BLOCKINESS_QUALITY = ((3.0, 15), (2.4, 25), (2.0, 40), (1.7, 60), (1.4, 80))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Where one image goes: the clean model, or `real` at a denoise strength, and why."""
+
+    model: str
+    """`clean` or `real`."""
+    denoise: float | None
+    reason: str
+    """Short and queryable: 'jpeg q45', 'blocky 1.9 (like q40)', 'noise 8.1', 'clean'."""
+
+    @property
+    def key(self) -> str:
+        return self.model if self.denoise is None else f"{self.model} dn{self.denoise:g}"
+
+
+def choose(estimates: Estimates) -> Choice:
+    """The route of one image: a visibly compressed or noisy image goes to `real`, with the
+    denoise strength its degradation calls for (the stronger of its JPEG and noise clues); the
+    rest to the clean model."""
+    quality, why = estimates.jpeg_quality, None
+    if quality is not None:
+        why = f"jpeg q{quality:.0f}"
+    elif _finite(estimates.blockiness) and estimates.blockiness >= BLOCKY:
+        quality = next((q for b, q in _BLOCKINESS_QUALITY if estimates.blockiness >= b), 90)
+        why = f"blocky {estimates.blockiness:.2f} (like q{quality})"
+    sigma = estimates.noise_sigma if _finite(estimates.noise_sigma) else 0.0
+    strengths, reasons = [], []
+    if quality is not None and quality <= CLEAN_ABOVE_QUALITY:
+        strengths.append(next(d for q, d in JPEG_DENOISE if quality <= q))
+        reasons.append(why)
+    if sigma >= CLEAN_BELOW_SIGMA:
+        strengths.append(next(d for s, d in NOISE_DENOISE if sigma >= s))
+        reasons.append(f"noise {sigma:.1f}")
+    if not strengths:
+        return Choice("clean", None, (why + ", " if why else "") + f"clean (noise {sigma:.1f})")
+    return Choice("real", max(strengths), ", ".join(reasons))
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -44,6 +44,23 @@ INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True)
+class Route:
+    """One model an image can be given: the run's model, or one of `--model auto`'s choices."""
+
+    key: str
+    """`main` for a run with one model; routing.Choice.key (`clean`, `real dn0.5`) under auto."""
+    model: ModelSpec
+    tiling: Tiling
+    denoise: float | None = None
+    pass_models: tuple[tuple[ModelSpec, Tiling], ...] = ()
+    """The same model at other scales, with their tiling, for second passes (x8 = x4 then x2)."""
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return (self.model.scale, *(m.scale for m, _ in self.pass_models))
+
+
+@dataclass(frozen=True)
 class ActorSettings:
     """What the model actors and CPU stages of a run need; built once from the plan."""
 
@@ -74,10 +91,19 @@ class ActorSettings:
     """--outscale / --width / --height / --fit; nothing asked: the model's scale."""
     pass_models: tuple[tuple[ModelSpec, Tiling], ...] = ()
     """The same model at other scales, with their tiling, for second passes (x8 = x4 then x2)."""
+    routes: tuple[Route, ...] = ()
+    """`--model auto`: every model an image may be routed to (by routing.choose); else empty."""
+    metrics: tuple[str, ...] = ()
+    """Extra metrics (config.OPTIONAL_METRICS): `niqe`."""
+    identity: str | None = None
+    """What the stats record as model_sha256 under auto (the rules and every model); else the model's."""
 
     @property
-    def pass_scales(self) -> tuple[int, ...]:
-        return (self.scale, *(m.scale for m, _ in self.pass_models))
+    def all_routes(self) -> tuple[Route, ...]:
+        return self.routes or (Route("main", self.model, self.tiling, self.denoise, self.pass_models),)
+
+    def route(self, key: str) -> Route:
+        return next(r for r in self.all_routes if r.key == key)
 
 
 @dataclass
@@ -95,6 +121,8 @@ class Work:
     """The upscaled colour planes, in the input's integer dtype."""
     alpha: np.ndarray | None = None
     """The alpha plane upscaled by the model (--alpha model), or None."""
+    route: str = "main"
+    """The key of the Route this image runs through."""
     target: tuple[int, int] | None = None
     """(width, height) of the output when a size was asked, else None (the model's scale)."""
     passes: tuple[int, ...] = ()
@@ -120,7 +148,7 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
     w = Work(row=row, stats={
         "image_id": row["image_id"], "source_uri": row["uri"],
         "reference_uri": row.get("reference_uri"), "status": stats.STATUS_FAILED,
-        "scale": s.scale, "model": s.model.name, "model_sha256": s.model.identity,
+        "scale": s.scale, "model": s.model.name, "model_sha256": s.identity or s.model.identity,
         "tile_size": s.tiling.largest, "tile_overlap": s.tiling.overlap,
         "requested_format": s.format, "self_ensemble": s.self_ensemble,
         "precision": s.precision, "denoise": s.denoise, "output_size": s.size.key(), "passes": 0,
@@ -131,10 +159,12 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
         if row.get("plan_error_type"):
             fail(w, row["plan_error_type"], row["plan_error_message"])
         else:
-            image, w.stats["bytes_in"] = read_and_decode(s, row)
+            image, w.stats["bytes_in"], data = read_and_decode(s, row)
             w.stats.update(width=image.width, height=image.height, channels=image.channels,
                            bit_depth=image.bit_depth)
-            w.passes, w.target = plan_size(s, image)
+            if s.routes:
+                route_image(s, w, image, data)
+            w.passes, w.target = plan_size(s, s.route(w.route), image)
             if isinstance(image, streaming.TiffLayout):
                 w.stream = image
             else:
@@ -149,7 +179,29 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
     return w
 
 
-def plan_size(s: ActorSettings, image) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+def route_image(s: ActorSettings, w: Work, image, data: bytes | None) -> None:
+    """--model auto: estimate the image's degradation and pick its route (a streamed TIFF, never
+    decoded whole, takes the clean model)."""
+    from sr_batch import routing
+
+    if isinstance(image, streaming.TiffLayout):
+        choice = routing.Choice("clean", None, "streamed: clean")
+        estimates = None
+    else:
+        estimates = routing.estimate(data, image.pixels)
+        choice = routing.choose(estimates)
+    known = {r.key for r in s.routes}
+    if choice.key not in known:  # no `real` at this scale: the clean model, and say so
+        choice = routing.Choice("clean", None, choice.reason + f" -> clean (no real model at x{s.scale})")
+    route = s.route(choice.key)
+    w.route = route.key
+    w.stats.update(model=route.model.name, denoise=route.denoise, route=choice.reason,
+                   tile_size=route.tiling.largest, tile_overlap=route.tiling.overlap,
+                   jpeg_quality_est=estimates and estimates.jpeg_quality,
+                   noise_sigma_est=estimates and _finite(estimates.noise_sigma))
+
+
+def plan_size(s: ActorSettings, route: Route, image) -> tuple[tuple[int, ...], tuple[int, int] | None]:
     """(model scales to run, the exact output size or None) for one image."""
     if not s.size.asked:
         return (s.scale,), None
@@ -160,7 +212,7 @@ def plan_size(s: ActorSettings, image) -> tuple[tuple[int, ...], tuple[int, int]
     target = target_size(s.size, image.width, image.height, s.scale)
     factor = max(target[0] / image.width, target[1] / image.height)
     try:
-        passes = model_passes(factor, s.scale, s.pass_scales)
+        passes = model_passes(factor, s.scale, route.scales)
     except ValueError as exc:
         raise TooManyPixelsError(f"{image.width}x{image.height} to {target[0]}x{target[1]}: {exc}") from None
     reached = math.prod(passes) ** 2 * image.width * image.height
@@ -171,8 +223,10 @@ def plan_size(s: ActorSettings, image) -> tuple[tuple[int, ...], tuple[int, int]
     return passes, target
 
 
-def read_and_decode(s: ActorSettings, row: dict) -> tuple[images.DecodedImage | streaming.TiffLayout, int]:
-    """(the decoded image, or the layout of a TIFF to stream; its size in bytes).
+def read_and_decode(s: ActorSettings, row: dict) -> tuple[images.DecodedImage | streaming.TiffLayout,
+                                                         int, bytes | None]:
+    """(the decoded image, or the layout of a TIFF to stream; its size in bytes; its bytes,
+    None for a streamed one).
 
     Above max_pixels, a TIFF that can be streamed is streamed; anything else raises
     too_many_pixels saying why it cannot be.
@@ -188,12 +242,12 @@ def read_and_decode(s: ActorSettings, row: dict) -> tuple[images.DecodedImage | 
             if pixels is not None and pixels > s.max_pixels:
                 too_many = TooManyPixelsError(
                     f"{pixels} pixels exceeds the limit of {s.max_pixels} (--max-pixels)")
-                return streaming.check_streamable(handle, too_many), size
+                return streaming.check_streamable(handle, too_many), size, None
     data = storage.read_bytes(uri, s.retries, s.read_timeout_s)
     try:
-        return images.decode_image(data, s.max_pixels), len(data)
+        return images.decode_image(data, s.max_pixels), len(data), data
     except TooManyPixelsError as exc:
-        return streaming.check_streamable(io.BytesIO(data), exc), len(data)
+        return streaming.check_streamable(io.BytesIO(data), exc), len(data), None
 
 
 # --- finish ----------------------------------------------------------------------------
@@ -234,7 +288,7 @@ class Finisher:
         fmt, note = images.output_format(decoded, planned, s.format)
         notes = list(decoded.notes) + ([note] if note else [])
         output_uri = output_uri_for(w.row, fmt, note)
-        metrics = self._measurer.submit(self._consistency_metrics, out_pixels, decoded.pixels)
+        metrics = self._measurer.submit(self._no_reference_metrics, out_pixels, decoded.pixels)
         data = images.encode_image(out_pixels, alpha, fmt, quality=s.quality,
                                    png_compress_level=s.png_compress_level,
                                    icc_profile=decoded.icc_profile, exif=decoded.exif)
@@ -244,7 +298,7 @@ class Finisher:
             status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
             out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
             outscale=out_pixels.shape[1] / decoded.width, passes=len(w.passes),
-            n_tiles=w.n_tiles, tile_size=w.tile_size or s.tiling.largest,
+            n_tiles=w.n_tiles, tile_size=w.tile_size or s.route(w.route).tiling.largest,
             alpha_mode=s.alpha if decoded.alpha is not None else None,
             **metrics.result(),
         )
@@ -255,10 +309,16 @@ class Finisher:
                 notes.append(f"reference not scored ({exc.error_type}): {exc}")
         w.stats["notes"] = "; ".join(notes) or None
 
-    def _consistency_metrics(self, output: np.ndarray, lr: np.ndarray) -> dict:
-        """The metrics that need no reference: output against its own input."""
-        return {"psnr_y_consistency": _finite(quality.psnr_y_consistency(output, lr)),
-                "sharpness_ratio": _finite(quality.sharpness_ratio(output, lr))}
+    def _no_reference_metrics(self, output: np.ndarray, lr: np.ndarray) -> dict:
+        """The metrics that need no reference: output against its own input (and NIQE, asked)."""
+        measured = {"psnr_y_consistency": _finite(quality.psnr_y_consistency(output, lr)),
+                    "sharpness_ratio": _finite(quality.sharpness_ratio(output, lr))}
+        if "niqe" in self.settings.metrics:
+            from sr_batch.niqe import niqe
+
+            bicubic = resample.resize_bicubic(lr, (output.shape[1], output.shape[0]))
+            measured.update(niqe=_finite(niqe(output)), niqe_bicubic=_finite(niqe(bicubic)))
+        return measured
 
     def _reference_metrics(self, uri: str, output: np.ndarray, lr: np.ndarray) -> dict:
         s = self.settings

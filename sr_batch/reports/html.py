@@ -46,6 +46,10 @@ def render_html(report: Report) -> str:
     parts.append(f'<section id="failures"><h2>{escape(titles["failures"])}</h2>'
                  f'{html_table(failures.column_names, failures.to_pylist()) if failures.num_rows else "<p>No failures.</p>"}'
                  f'</section>')
+    models = report.tables["models"]
+    parts.append(f'<section id="models"><h2>{escape(titles["models"])}</h2>'
+                 f'{html_table(models.column_names, models.to_pylist()) if models.num_rows else "<p>None.</p>"}'
+                 f'</section>')
     if report.comparison:
         c = report.comparison
         hist = _svg_histogram(c.histogram) if c.histogram else ""

@@ -25,6 +25,7 @@ from sr_batch.reports.gallery import GALLERY_MAX, GalleryItem, make_crops
 DERIVED_METRICS = {
     "psnr_y_gain": "psnr_y - psnr_y_bicubic",
     "ssim_y_gain": "ssim_y - ssim_y_bicubic",
+    "niqe_gain": "niqe_bicubic - niqe",
 }
 METRICS: dict[str, str] = {
     **{name: name for name, dtype, _ in stats.COLUMNS
@@ -33,7 +34,8 @@ METRICS: dict[str, str] = {
 }
 # For these, smaller is better; for every other metric (PSNR, SSIM, consistency,
 # sharpness) larger is better.
-LOWER_IS_BETTER = {"decode_s", "infer_s", "encode_s", "total_s", "bytes_out", "n_tiles"}
+LOWER_IS_BETTER = {"decode_s", "infer_s", "encode_s", "total_s", "bytes_out", "n_tiles", "niqe",
+                   "niqe_bicubic", "noise_sigma_est"}
 
 SCATTER_POINTS = 2000  # sampled points; the scatter's size does not grow with the stats
 HISTOGRAM_BINS = 30
@@ -80,10 +82,24 @@ def summarize(db: StatsDB, view: str = "sel") -> pa.Table:
         ORDER BY r.seq""")
 
 
+def group_models(db: StatsDB, view: str = "sel") -> pa.Table:
+    """Ok images by model, denoise and route kind (under --model auto: why an image got its
+    model; the first word of `route`), with the mean of each quality column."""
+    return db.table(f"""
+        SELECT model, denoise, coalesce(split_part(route, ' ', 1), '-') AS route, count(*) AS images,
+               avg(psnr_y - psnr_y_bicubic) AS psnr_y_gain, avg(niqe) AS niqe,
+               avg(niqe_bicubic) AS niqe_bicubic, avg(psnr_y_consistency) AS psnr_y_consistency,
+               avg(sharpness_ratio) AS sharpness_ratio, avg(jpeg_quality_est) AS jpeg_quality_est,
+               avg(noise_sigma_est) AS noise_sigma_est
+        FROM {view} WHERE status = 'ok'
+        GROUP BY ALL ORDER BY images DESC, model, denoise, route""")
+
+
 def default_metric(db: StatsDB, view: str = "sel") -> str:
-    """psnr_y where any ok image has a reference, else psnr_y_consistency."""
-    row = db.rows(f"SELECT count(psnr_y) AS n FROM {view} WHERE status = 'ok'")[0]
-    return "psnr_y" if row["n"] else "psnr_y_consistency"
+    """psnr_y where any ok image has a reference, else niqe where the run measured it (an
+    archive has no references: the least natural outputs first), else psnr_y_consistency."""
+    row = db.rows(f"SELECT count(psnr_y) AS refs, count(niqe) AS niqe FROM {view} WHERE status = 'ok'")[0]
+    return "psnr_y" if row["refs"] else "niqe" if row["niqe"] else "psnr_y_consistency"
 
 
 def check_metric(metric: str) -> str:
@@ -291,6 +307,7 @@ def build_report(db: StatsDB, run: str | None = None, metric: str | None = None,
         "summary": summarize(db),
         "worst": rank_images(db, metric, worst).drop_columns(["reference_uri", "scale"]),
         "failures": group_failures(db),
+        "models": group_models(db),
     }
     report = Report(db.output, run_ids, metric, tables)
     if compare_runs or compare_models:

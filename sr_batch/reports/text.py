@@ -21,7 +21,8 @@ def section_titles(report: Report) -> dict[str, str]:
     """Each table's name -> its heading, in the order the sections are shown."""
     titles = {"summary": "Summary per run",
               "worst": f"Worst {report.tables['worst'].num_rows} images by {report.metric}",
-              "failures": "Failures by error_type"}
+              "failures": "Failures by error_type",
+              "models": "Ok images by model and route"}
     if report.comparison:
         c = report.comparison
         titles["compare"] = f"Comparison: {c.label_b} against {c.label_a} ({c.metric}, delta = B - A)"
