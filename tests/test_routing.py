@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from sr_batch import routing
 from sr_batch.quality import rgb_to_y
 from sr_batch.routing import (
     Estimates,
@@ -300,3 +301,37 @@ def test_estimate_of_a_tiny_image_is_nan_not_an_error():
     tiny = np.full((4, 5, 3), 128, np.uint8)
     estimates = estimate(png_bytes(tiny), tiny)
     assert math.isnan(estimates.blockiness) and math.isnan(estimates.noise_sigma)
+
+
+# --- the rules ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimates, model, denoise, reason", [
+    (routing.Estimates(None, None, 1.0, 0.8), "clean", None, "clean (noise 0.8)"),
+    (routing.Estimates(95.0, True, 1.05, 0.5), "clean", None, "jpeg q95, clean (noise 0.5)"),
+    (routing.Estimates(30.0, True, 2.2, 0.7), "real", routing.JPEG_DENOISE[0][1], "jpeg q30"),
+    (routing.Estimates(None, None, 1.9, 1.0), "real", None, "blocky 1.90"),
+    (routing.Estimates(None, None, 1.0, 15.0), "real", routing.NOISE_DENOISE[0][1], "noise 15.0"),
+    (routing.Estimates(None, None, float("nan"), float("nan")), "clean", None, "clean"),
+])
+def test_choose_routes_by_jpeg_quality_blocking_and_noise(estimates, model, denoise, reason):
+    choice = routing.choose(estimates)
+    assert choice.model == model and reason in choice.reason
+    if denoise is not None:
+        assert choice.denoise == denoise
+    if model == "real":
+        assert choice.denoise in routing.DENOISE_LEVELS and choice.key == f"real dn{choice.denoise:g}"
+
+
+def test_stronger_degradation_never_gets_a_weaker_denoise():
+    by_quality = [routing.choose(routing.Estimates(q, True, 1.0, 0.5)) for q in range(10, 91, 5)]
+    strengths = [c.denoise for c in by_quality]
+    assert all(c.model == "real" for c in by_quality)
+    assert strengths == sorted(strengths, reverse=True)
+    by_sigma = [routing.choose(routing.Estimates(None, None, 1.0, s)).denoise or 0 for s in range(0, 30, 2)]
+    assert by_sigma == sorted(by_sigma)
+    # Both clues: the stronger one wins.
+    both = routing.choose(routing.Estimates(85.0, True, 1.1, 15.0))
+    assert both.denoise == max(routing.choose(routing.Estimates(85.0, True, 1.1, 0.0)).denoise,
+                               routing.choose(routing.Estimates(None, None, 1.0, 15.0)).denoise)
+    assert "jpeg q85" in both.reason and "noise 15.0" in both.reason

@@ -129,3 +129,24 @@ def pick_defaults(min_mp_per_s: float = DEFAULT_MIN_MP_PER_S) -> dict[str, str]:
     index["default"] = defaults
     _write_index(index, registry.INDEX_PATH)
     return index["default"]
+
+
+def register_pair(name: str, mild_uri: str, strong_uri: str, make_default: bool = False,
+                  index_path: Path | str = registry.INDEX_PATH) -> dict:
+    """Register two fine-tunes of one parent as one zoo model with --denoise: the mild file is
+    the `--denoise 0` end, the strong one the `1` end (registry.load_keras_model interpolates).
+    Both cards must exist, name the same architecture and scale, and lie in the weights folder."""
+    cards = [json.loads(storage.read_bytes(card_uri(uri))) for uri in (mild_uri, strong_uri)]
+    mild, strong = cards
+    for key in ("arch", "scale", "params", "receptive_radius"):
+        if mild[key] != strong[key]:
+            raise ValueError(f"{mild_uri} and {strong_uri} differ in {key}: {mild[key]} vs {strong[key]}")
+    if mild.get("init_from_card", {}).get("sha256") != strong.get("init_from_card", {}).get("sha256"):
+        raise ValueError("a denoise pair must be fine-tuned from the same parent (init_from), so that "
+                         "interpolating their weights is meaningful")
+    entry = {k: v for k, v in mild.items() if k not in ("history", "config", "eval", "degradation")}
+    entry.update(name=name, denoise_file=strong["file"], denoise_sha256=strong["sha256"],
+                 degradation={"mild (--denoise 0)": mild.get("degradation"),
+                              "strong (--denoise 1)": strong.get("degradation")})
+    register(entry, make_default, index_path)
+    return entry

@@ -347,8 +347,26 @@ PRESETS = {p.name: p for p in (
 )}
 
 
+def preset(name: str) -> Preset:
+    """A named preset; `jpegQ` (any quality 1-100), `noiseS` (any sigma) and `blurS` are made on
+    demand, so a sweep can ask for jpeg35 or noise7."""
+    if name in PRESETS:
+        return PRESETS[name]
+    import re
+
+    match = re.fullmatch(r"(jpeg|noise|blur)(\d+(?:\.\d+)?)", name)
+    if match:
+        kind, value = match.group(1), float(match.group(2))
+        if kind == "jpeg" and 1 <= value <= 100 and value == int(value):
+            return Preset(name, f"JPEG quality {value:g}", jpeg_quality=(int(value), int(value)))
+        if kind == "noise":
+            return Preset(name, f"Gaussian colour noise, sigma {value:g} levels", noise_sigma=(value, value))
+        if kind == "blur" and value > 0:
+            return Preset(name, f"Gaussian blur, sigma {value:g} LR px", blur_sigma=(value, value))
+    raise ValueError(f"unknown degradation preset {name!r}; choose from {', '.join(PRESETS)}, "
+                     "or jpegQ, noiseS, blurS with your own numbers")
+
+
 def apply_preset(lr: np.ndarray, name: str, seed: int, index: int) -> np.ndarray:
     """The `name` preset on one clean LR; image `index` of a set always gets the same draw."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown degradation preset {name!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name].apply(lr, np.random.default_rng([seed, index]))
+    return preset(name).apply(lr, np.random.default_rng([seed, index]))

@@ -194,6 +194,95 @@ def evaluate_models(folders: list[str], scale: int, models: list[str] | None = N
     return rows
 
 
+# The mixed set `--model auto` is measured on: every HR image as each kind of LR an archive
+# holds, drawn per image from these ranges (seeded): a clean downscale (PNG), a JPEG at a
+# quality a camera or the web would use, a noisy scan or phone picture (PNG).
+MIXED_JPEG_QUALITY = (30, 90)
+MIXED_NOISE_SIGMA = (3.0, 20.0)
+MIXED_KINDS = ("clean", "jpeg", "noisy")
+
+
+def mixed_lr(hr: np.ndarray, scale: int, kind: str, index: int) -> bytes:
+    """The LR file (bytes, as an archive would hold it) of one HR image for one kind."""
+    import io
+
+    from PIL import Image
+
+    lr = degraded_lr(hr, scale, "clean", index)
+    rng = np.random.default_rng([PRESET_SEED, index, MIXED_KINDS.index(kind)])
+    buffer = io.BytesIO()
+    image = Image.fromarray(lr)
+    if kind == "jpeg":
+        image.convert("RGB").save(buffer, format="JPEG",
+                                  quality=int(rng.integers(MIXED_JPEG_QUALITY[0], MIXED_JPEG_QUALITY[1] + 1)))
+    elif kind == "noisy":
+        noisy = degradations.add_gaussian_noise(lr.astype(np.float32) / 255, rng.uniform(*MIXED_NOISE_SIGMA), rng)
+        Image.fromarray(degradations.to_uint8(noisy).reshape(lr.shape)).save(buffer, format="PNG")
+    else:
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def evaluate_mixed(folders: list[str], scale: int, denoise: tuple[float, ...] = (0.0, 0.5, 1.0)) -> list[dict]:
+    """Y-PSNR/SSIM per kind of LR (clean, jpeg, noisy, all) of bicubic, the clean default, `real`
+    at each `denoise`, and `--model auto` routing each image as the job does."""
+    from sr_batch import images as image_codec
+    from sr_batch import routing
+    from sr_batch.models.data import load_images
+
+    clean_spec = registry.resolve_model(None, scale)
+    real_spec = registry.resolve_model("real", scale)
+    runners: dict[str, Upscale] = {"bicubic": bicubic_upscale(scale)}
+
+    def runner(spec, strength=None) -> Upscale:
+        model = registry.load_keras_model(spec, scale, denoise=strength)
+        return model_upscale(model, scale, spec.receptive_radius)[0]
+
+    runners[clean_spec.name] = runner(clean_spec)
+    levels = sorted(set(denoise) | set(routing.DENOISE_LEVELS))
+    real_runs = {level: runner(real_spec, level) for level in levels}
+    for level in denoise:
+        runners[f"real dn{level:g}"] = real_runs[level]
+    hrs = [quality.crop_to_multiple(image, scale) for folder in folders for image in load_images([folder])]
+    results: dict[tuple[str, str], list] = {}
+    routes: dict[str, int] = {}
+    for index, hr in enumerate(hrs):
+        for kind in MIXED_KINDS:
+            data = mixed_lr(hr, scale, kind, index)
+            lr = image_codec.decode_image(data, 10**9).pixels
+            lr = lr[..., 0] if lr.shape[2] == 1 else lr
+            choice = routing.choose(routing.estimate(data, lr))
+            routes[f"{kind}: {choice.key}"] = routes.get(f"{kind}: {choice.key}", 0) + 1
+            chosen = runners[clean_spec.name] if choice.model == "clean" else real_runs[choice.denoise]
+            for name, upscale in [*runners.items(), ("auto", chosen)]:
+                sr = upscale(lr)
+                for key in ((kind, name), ("all", name)):
+                    results.setdefault(key, []).append((quality.psnr_y(sr, hr, border=scale),
+                                                        quality.ssim_y(sr, hr, border=scale)))
+    rows = [{"kind": kind, "model": name, "psnr_y": round(float(np.mean([p for p, _ in v])), 3),
+             "ssim_y": round(float(np.mean([q for _, q in v])), 4), "images": len(v), "scale": scale}
+            for (kind, name), v in results.items()]
+    log.info("auto's routes: %s", routes)
+    return rows + [{"kind": "routes", "model": key, "images": n, "scale": scale} for key, n in sorted(routes.items())]
+
+
+def format_mixed(rows: list[dict]) -> str:
+    """One line per model, Y-PSNR (SSIM) per kind of LR."""
+    kinds = [*MIXED_KINDS, "all"]
+    models = list(dict.fromkeys(r["model"] for r in rows if r["kind"] != "routes"))
+    by = {(r["kind"], r["model"]): r for r in rows}
+    lines = [f"{'model':<16}" + "".join(f"{k:>20}" for k in kinds)]
+    for model in models:
+        lines.append(f"{model:<16}" + "".join(
+            f"{by[k, model]['psnr_y']:>11.2f} ({by[k, model]['ssim_y']:.4f})" for k in kinds))
+    lines.append("auto's routes: " + ", ".join(f"{r['model']} {r['images']}" for r in rows if r["kind"] == "routes"))
+    lines.append(f"Mixed set: each HR image as a clean Pillow-bicubic LR (PNG), a JPEG at quality "
+                 f"{MIXED_JPEG_QUALITY[0]}-{MIXED_JPEG_QUALITY[1]} and a PNG with Gaussian noise of sigma "
+                 f"{MIXED_NOISE_SIGMA[0]:g}-{MIXED_NOISE_SIGMA[1]:g} levels (seeded per image); Y-PSNR dB (Y-SSIM), "
+                 "BT.601, border = scale")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[Row]) -> str:
     """Plain-text tables, one per preset: model, params, FLOPs/px, MP/s, then PSNR / SSIM per
     dataset, and the gain over bicubic on the same LR."""
@@ -203,7 +292,7 @@ def format_table(rows: list[Row]) -> str:
         datasets = list(group[0].scores)
         head = f"{'model':<20} {'scale':>5} {'params':>9} {'FLOPs/px':>9} {'MP/s':>7}"
         head += "".join(f"  {ds + ' PSNR/SSIM (gain)':>30}" for ds in datasets)
-        lines = [f"preset {preset}: {degradations.PRESETS[preset].description}", head, "-" * len(head)]
+        lines = [f"preset {preset}: {degradations.preset(preset).description}", head, "-" * len(head)]
         for row in group:
             line = (f"{row.label:<20} {'x' + str(row.scale):>5} {row.params:>9,} "
                     f"{_kilo(row.flops_per_pixel):>9} {row.mp_per_s:>7.2f}")
@@ -242,10 +331,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a zoo name or .keras file; repeat for several (default: every zoo model at --scale)")
     parser.add_argument("--preset", dest="presets", action="append", default=None, metavar="NAME",
                         help="degrade the LR with a named, seeded preset; repeat for several "
-                             f"(default: clean; {', '.join(degradations.PRESETS)})")
+                             f"(default: clean; {', '.join(degradations.PRESETS)}; also jpegQ, noiseS, "
+                             "blurS with any number, e.g. jpeg35, noise7)")
     parser.add_argument("--denoise", default=None, metavar="S[,S...]",
                         help="denoise strengths in [0, 1] for models that have them (`real`); "
                              f"default {registry.DEFAULT_DENOISE:g}")
+    parser.add_argument("--mixed", action="store_true",
+                        help="measure --model auto instead: a mixed set (each image as a clean, a JPEG "
+                             "and a noisy LR) with bicubic, the clean default, real at each --denoise and auto")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="also measure each model with the 8-way flip/rotation self-ensemble")
     parser.add_argument("--bfloat16", action="store_true",
@@ -270,10 +363,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_tensorflow(args.threads)
     try:
         presets = tuple(args.presets or ("clean",))
-        for preset in presets:
-            if preset not in degradations.PRESETS:
-                raise SrBatchError(f"unknown --preset {preset!r}; choose from {', '.join(degradations.PRESETS)}")
+        for name in presets:
+            degradations.preset(name)  # an unknown name stops here, before any work
         denoise = tuple(registry.check_denoise(float(v)) for v in args.denoise.split(",")) if args.denoise else ()
+        if args.mixed:
+            mixed = evaluate_mixed(args.folders, args.scale, denoise or (0.0, 0.5, 1.0))
+            print(format_mixed(mixed))
+            if args.json:
+                storage.write_bytes_atomic(storage.to_uri(args.json), (json.dumps(mixed, indent=2) + "\n").encode())
+            return 0
         rows = evaluate_models(args.folders, args.scale, args.models, args.self_ensemble,
                                not args.no_speed, args.bfloat16, presets, denoise)
     except (SrBatchError, ValueError) as exc:

@@ -145,4 +145,10 @@ def test_presets_are_seeded_per_image_and_clean_is_the_identity():
     grey = lr[..., 0]
     assert d.apply_preset(grey, "jpeg50", 0, 0).shape == grey.shape
     with pytest.raises(ValueError, match="unknown degradation preset"):
-        d.apply_preset(lr, "jpeg51", 0, 0)
+        d.apply_preset(lr, "jpeg101", 0, 0)
+    with pytest.raises(ValueError, match="unknown degradation preset"):
+        d.apply_preset(lr, "sharpen2", 0, 0)
+    # Any quality or sigma on demand, the same as the named ones.
+    np.testing.assert_array_equal(d.apply_preset(lr, "jpeg50", 0, 1), d.preset("jpeg50").apply(lr, np.random.default_rng([0, 1])))
+    assert blockiness(d.apply_preset(textured(128), "jpeg35", 0, 0)) > 1.4
+    assert d.preset("noise7").noise_sigma == (7.0, 7.0)
