@@ -277,9 +277,9 @@ class RunPlan:
     pass_models: tuple[tuple[ModelSpec, Tiling], ...]
     """Models of the same name at other scales, with their tiling, for images whose asked
     output size needs a second pass (x8 = x4 then x2); empty when no output size is asked."""
-    routes: tuple = ()
+    routes: tuple
     """`--model auto`: the stages.Route of every model an image may be given; else empty."""
-    identity: str | None = None
+    identity: str | None
     """`--model auto`: the model_sha256 its rows record (the rules and every model); else None."""
     reuse_key: incremental.ReuseKey
     listed: pa.Table

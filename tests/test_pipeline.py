@@ -240,7 +240,7 @@ def test_actors_get_distinct_gpus(ray_local, tmp_path):
         (tmp_path / "in" / f"{i}.png").write_bytes(png_bytes(scene(48, 48, seed=i)))
     result = run_job(JobConfig(sources=(str(tmp_path / "in"),), output=str(tmp_path / "out"),
                                tile_size=32, actors="2", gpus_per_actor=1, cpus_per_actor=0.5,
-                               images_per_call=1), echo=quiet)
+                               images_per_call=1, arrangement="fused"), echo=quiet)
     assert result.counts == {"ok": 48}
     workers = set(stats.read_stats(str(tmp_path / "out")).column("worker").to_pylist())
     gpus = {w.split("gpu=")[1] for w in workers}
