@@ -374,3 +374,33 @@ def test_any_output_size_runs_the_model_then_resizes(ray_local, tmp_path):
         "a.png": (40, 50), "b.png": (50, 33)}
     # The same size again is reused; the output size is part of the settings.
     assert run_job(base.replace(fit="50x50", run_id="fit-again"), echo=quiet).counts == {"skipped": 2}
+
+
+# --- the staged arrangement ------------------------------------------------------------
+
+
+def test_staged_arrangement_writes_what_the_fused_one_does(ray_local, tmp_path):
+    """Decode and encode as CPU tasks around model actors that only upscale: the same files,
+    byte for byte (grey, alpha, two tile sides), and the same stats but for timings and worker."""
+    (tmp_path / "in").mkdir()
+    for i, (h, w) in enumerate([(40, 50), (130, 70), (33, 97)]):
+        Image.fromarray(scene(h, w, seed=i)).save(tmp_path / "in" / f"rgb{i}.png")
+    Image.fromarray(scene(30, 30, seed=9)[..., 0]).save(tmp_path / "in" / "grey.png")
+    rgba = np.dstack([scene(30, 40, seed=5), np.linspace(0, 255, 1200).reshape(30, 40).astype(np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "in" / "alpha.png")
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    outputs = {}
+    for arrangement in ("fused", "staged"):
+        out = tmp_path / arrangement
+        result = run_job(JobConfig(sources=(str(tmp_path / "in"),), output=str(out), model="residual",
+                                   arrangement=arrangement, run_id=arrangement), echo=quiet)
+        assert result.counts == {"ok": 5, "failed": 1}
+        outputs[arrangement] = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+        record = json.loads((out / "runs" / f"{arrangement}.json").read_text())
+        assert record["config"]["arrangement"] == arrangement
+    assert outputs["fused"] == outputs["staged"]
+    volatile = {"decode_s", "infer_s", "encode_s", "total_s", "worker", "finished_at", "output_uri", "run_id"}
+    rows = {a: sorted(({k: v for k, v in r.items() if k not in volatile}
+                       for r in stats.read_stats(str(tmp_path / a)).to_pylist()), key=lambda r: r["image_id"])
+            for a in ("fused", "staged")}
+    assert rows["fused"] == rows["staged"]
