@@ -18,7 +18,7 @@ from sr_batch.layout import OutLayout
 
 STATUS_OK, STATUS_FAILED, STATUS_SKIPPED = "ok", "failed", "skipped"
 
-# (name, type, unit/meaning). The README's schema table is generated from this.
+# (name, type, unit/meaning). docs/stats.md's table is generated from this (schema_markdown).
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("image_id", pa.string(), "stable id of the image (hash of its URI, or the manifest's)"),
     ("source_uri", pa.string(), "input image URI"),
@@ -74,6 +74,17 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 SCHEMA = pa.schema([(name, dtype) for name, dtype, _ in COLUMNS])
 """Schema of the stored files (run_id is the hive partition)."""
+
+
+def schema_markdown() -> str:
+    """The stats schema as a Markdown table, run_id first: the table in docs/stats.md."""
+    rows = [("run_id", "string (hive partition)", "the run that wrote the row (`OUT/stats/run_id=<id>/`)"),
+            *((name, str(dtype), meaning) for name, dtype, meaning in COLUMNS)]
+    lines = ["| column | type | meaning |", "|---|---|---|"]
+    for name, dtype, meaning in rows:
+        cell = meaning.replace("|", r"\|")  # a bar would end the Markdown cell
+        lines.append(f"| `{name}` | {dtype} | {cell} |")
+    return "\n".join(lines) + "\n"
 
 
 def make_table(rows: list[dict]) -> pa.Table:

@@ -1,21 +1,31 @@
-"""The README stays true: every stats column documented, the test command is the one CI runs."""
+"""The README stays true: its test command is the one CI runs, its demo command and option
+table are real CLI, and every option a user can give is documented in README.md or docs/."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from sr_batch import stats
+import pytest
+
 from sr_batch.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+# Options that exist in the parser but are documented only once what they serve ships.
+NOT_YET_DOCUMENTED = {"run": {"--denoise"}, "nightly": {"--denoise"}}
 
 
-def test_every_stats_column_is_documented():
-    section = README.split("## Stats schema", 1)[1].split("\n## ", 1)[0]
-    documented = set(re.findall(r"^\| `(\w+)` \|", section, flags=re.M))
-    assert documented == {name for name, _, _ in stats.COLUMNS} | {"run_id"}
+def subcommand(name: str):
+    """The argparse parser of `sr-batch NAME`."""
+    return build_parser()._subparsers._group_actions[0].choices[name]
+
+
+def long_options(parser) -> set[str]:
+    return {s for action in parser._actions for s in action.option_strings
+            if s.startswith("--") and s != "--help"}
 
 
 def test_ci_runs_the_readme_test_command():
@@ -30,7 +40,15 @@ def test_ci_runs_the_readme_test_command():
 
 def test_run_options_in_the_table_exist():
     flags = set(re.findall(r"^\| `(--[a-z-]+)", README, flags=re.M))
-    run = next(a for a in build_parser()._subparsers._group_actions[0].choices.items()
-               if a[0] == "run")[1]
-    known = {s for action in run._actions for s in action.option_strings}
-    assert flags and flags <= known, flags - known
+    known = long_options(subcommand("run"))
+    assert len(flags) >= 10, flags  # the table was found
+    assert flags <= known, flags - known
+
+
+@pytest.mark.parametrize("command", ["run", "nightly", "report", "export"])
+def test_every_option_is_documented(command):
+    text = "\n".join(path.read_text() for path in DOCS)
+    wanted = long_options(subcommand(command)) - NOT_YET_DOCUMENTED.get(command, set())
+    missing = {flag for flag in wanted
+               if not re.search(r"(?<![\w-])" + re.escape(flag) + r"(?![\w-])", text)}
+    assert not missing, f"sr-batch {command} options in no README.md or docs/*.md: {sorted(missing)}"
