@@ -192,7 +192,6 @@ def child_stages(manifest_path: Path, out: Path) -> None:
     listed = stage("plan outputs", lambda: plan.plan_outputs(table, layout, config.format))
     earlier = stage("join", lambda: incremental.find_earlier(layout, listed, key))
     split = stage("split", lambda: incremental.split_manifest(listed, earlier, key))
-    del earlier
     pixels = stage("sample headers", lambda: plan.sample_pixels(split.todo, config.retries))
     print(f"  -> {listed.num_rows} listed, {split.todo.num_rows} to do, {split.skipped.num_rows} "
           f"skipped, {len(pixels)} headers read", flush=True)

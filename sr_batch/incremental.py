@@ -210,8 +210,8 @@ def force_all(manifest: pa.Table) -> Split:
     return Split(manifest, _repeat(REASON_FORCED, manifest.num_rows), stats.make_table([]))
 
 
-def _repeat(value, n: int, type_: pa.DataType = pa.string()) -> pa.Array:
-    return pa.repeat(pa.scalar(value, type_), n)
+def _repeat(value, n: int, type_: pa.DataType | None = None) -> pa.Array:
+    return pa.repeat(pa.scalar(value, type_ or pa.string()), n)
 
 
 def skipped_rows(done: pa.Table, manifest_rows: pa.Table, key: ReuseKey) -> pa.Table:

@@ -12,6 +12,9 @@
 4. streams the job's logs, refreshing the lock;
 5. exits with the job's result.
 
+With --dry-run it only plans and tells what it would submit (preview.py): no lock, no
+manifest in OUT, no job.
+
 Authentication: the Jobs API client sends the cluster's token, which Ray reads
 from RAY_AUTH_TOKEN or ~/.ray/auth_token. The token is never logged, never put
 in the runtime_env and never written to OUT.

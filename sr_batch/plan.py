@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sr_batch import incremental, manifest, stats, storage
+from sr_batch import incremental, manifest, storage
 from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_CALL, DEFAULT_TILE_CORE,
                              LARGE_TILE_CORE, PIXELS_PER_CALL, JobConfig)
 from sr_batch.errors import ConfigError, ImageError, PathEscapeError
@@ -112,10 +112,10 @@ def output_extensions(requested: str, source_name: str) -> tuple[str, ...]:
     return (primary, *others)
 
 
-# A relative_path that column-wise naming takes as it is: anything but an empty or absolute
-# path, `//`, `\\`, `::` (fsspec's chaining), `?`/`#`, `.` or `..` parts, a final `/`, or a
-# file name starting with a dot (whose extension Python finds otherwise than after its last
-# dot). Such rows are named one by one, through OutLayout.image_path.
+# Relative paths that column-wise naming leaves to OutLayout.image_path, one row at a time:
+# empty or absolute paths, `//`, `\\`, `::` (fsspec's chaining), `?` and `#`, `.` or `..`
+# parts, a final `/`, and file names that start with a dot (where posixpath.splitext finds
+# another extension than the text after the last dot).
 _UNUSUAL_RELATIVE = r"^$|^/|//|/$|\\|::|[?#]|(?:^|/)\.\.?(?:/|$)|(?:^|/)\.[^/]*$"
 
 
@@ -136,7 +136,7 @@ def plan_outputs(table: pa.Table, layout: OutLayout, requested: str, *,
 
     Names are made column by column (a million rows in seconds); the rows that could
     contend for a name, and those with an output_uri or an unusual path, go through the
-    rules above one row at a time (`_name_rows`), which decides for them exactly as if
+    rules above one row at a time (`_RowNames`), which decides for them exactly as if
     every row had gone through it. `one_by_one` sends every row there (the reference the
     tests hold the column-wise names to).
     """
@@ -152,8 +152,7 @@ def plan_outputs(table: pa.Table, layout: OutLayout, requested: str, *,
     planned = [pc.binary_join_element_wise(stem_uris, ext, ".") for ext in ranks]
 
     column_wise = np.zeros(n, bool) if one_by_one else _column_wise_rows(relatives, has_override, layout)
-    exact = _RowNames(layout, requested, relatives, overrides, has_override, source_exts,
-                      stem_uris, ranks)
+    exact = _RowNames(layout, requested, relatives, overrides, has_override)
     exact.add(np.flatnonzero(~column_wise))
     exact.add(_contended_rows(planned, column_wise, exact.candidates()))
     while True:  # a contended row may fall back to its `a.gif.png` name: who else has that?
@@ -222,10 +221,10 @@ def _contended_rows(planned: list[pa.Array], column_wise: np.ndarray,
 class _RowNames:
     """The naming rules one row at a time, for the rows that need them (see plan_outputs)."""
 
-    def __init__(self, layout, requested, relatives, overrides, has_override, source_exts,
-                 stem_uris, ranks) -> None:
+    def __init__(self, layout: OutLayout, requested: str, relatives: pa.Array, overrides: pa.Array,
+                 has_override: pa.Array) -> None:
         self.layout, self.requested = layout, requested
-        self.columns = (relatives, overrides, has_override, source_exts, stem_uris, ranks)
+        self.columns = (relatives, overrides, has_override)
         self.rows: dict[int, dict] = {}  # row -> relative, override, stem, exts, error
         self.unseen: list[int] = []      # rows added whose fallback names are not yet asked about
 
@@ -233,7 +232,7 @@ class _RowNames:
         new = np.setdiff1d(np.asarray(rows, np.int64), np.fromiter(self.rows, np.int64, len(self.rows)))
         if len(new) == 0:
             return
-        relatives, overrides, has_override, source_exts, stem_uris, ranks = self.columns
+        relatives, overrides, has_override = self.columns
         picks = pa.array(new)
         columns = zip(relatives.take(picks).to_pylist(), overrides.take(picks).to_pylist(),
                       has_override.take(picks).to_pylist())

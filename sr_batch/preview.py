@@ -7,8 +7,9 @@ against earlier stats, a sample of headers) and tells, in a few lines on stderr:
 how many images would run and why (new, changed source, changed settings, failed
 before), how many would fail in planning (path_escape, output_collision) and how
 many would be skipped; about how many megapixels in and out, extrapolated from the
-header sample; and about how long, at the output rate of the latest finished run of
-the same model and scale recorded in OUT/runs. Writes nothing (no stats, run record,
+header sample; and about how long, at the output rate recorded in OUT/runs by the
+finished run of the same model and scale that wrote the most megapixels (a rate that
+includes that run's start, so it errs long for a run much larger than it). Writes nothing (no stats, run record,
 lock or nightly manifest) but the --plan-manifest asked for, submits nothing and
 starts no Ray: a user's model file is not loaded (so not probed), and is compared
 with earlier runs of any tile overlap, as nightly does.
@@ -36,6 +37,13 @@ class RecordedRate:
 
     run_id: str
     output_megapixels_per_s: float
+    wall_s: float
+    """The run's wall time: its rate includes its start (Ray, actors, model), so a small run
+    tells a low rate."""
+
+    @property
+    def output_megapixels(self) -> float:
+        return self.output_megapixels_per_s * self.wall_s
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,8 @@ class Preview:
         model = f"{plan.model.name} x{config.scale}"
         running = sum(self.to_run.values())
         lines = [f"dry run of sr-batch {self.command}: {plan.listed.num_rows} images listed; "
-                 f"nothing {'submitted or ' if self.command == 'nightly' else ''}written"]
+                 f"nothing {'submitted or ' if self.command == 'nightly' else ''}written"
+                 + (" but the plan manifest" if self.plan_manifest else "")]
         lines.append(f"  would run {running}" + (f": {_counts(self.to_run)}" if running else ""))
         if self.failing:
             lines.append(f"  would fail in planning {sum(self.failing.values())}: {_counts(self.failing, words=False)}")
@@ -84,15 +93,18 @@ class Preview:
             lines.append(f"  pixels unknown: none of the {self.sampled} sampled headers could be read; "
                          "no time estimate")
         elif running:
+            read = len(plan.sample_pixels)
+            sample = f"{read} headers" if read == self.sampled else f"{read} of {self.sampled} sampled headers"
             lines.append(f"  about {_mp(self.input_megapixels)} MP in, {_mp(self.output_megapixels)} MP out "
-                         f"(x{config.scale}), from a sample of {len(plan.sample_pixels)} headers")
+                         f"(x{config.scale}), from {sample}")
             if self.rate is None:
                 lines.append(f"  no time estimate: no finished run of {model} in "
                              f"{storage.display(plan.layout.runs)} recorded a rate")
             else:
                 lines.append(f"  about {_duration(self.estimate_s)} at "
                              f"{self.rate.output_megapixels_per_s:.2f} MP/s out, the rate of run "
-                             f"{self.rate.run_id} ({model})")
+                             f"{self.rate.run_id} ({model}: {_mp(self.rate.output_megapixels)} MP "
+                             f"out in {self.rate.wall_s:.1f} s)")
         lines.append(f"  model {model}{_model_detail(plan, self.command)}")
         if self.plan_manifest is not None:
             lines.append(f"  wrote the {plan.todo.num_rows} rows to run to {storage.display(self.plan_manifest)}")
@@ -126,11 +138,12 @@ def summarize(plan: RunPlan, command: str = "run") -> Preview:
 
 
 def find_rate(layout: OutLayout, model: str, scale: int) -> RecordedRate | None:
-    """The output rate of the latest finished run of `model` at `scale` in OUT/runs."""
+    """The output rate of the finished run of `model` at `scale` in OUT/runs that wrote the
+    most output megapixels (the latest of equals): the one its start weighs on least."""
     fs, path = storage.get_fs(layout.runs)
     try:
         records = fs.cat(fs.glob(path.rstrip("/") + "/*.json"), on_error="omit")
-    except (FileNotFoundError, OSError):
+    except OSError:
         return None
     best = None
     for name, data in records.items():
@@ -140,14 +153,16 @@ def find_rate(layout: OutLayout, model: str, scale: int) -> RecordedRate | None:
             continue  # not a run record: ignored
         if not isinstance(record, dict) or record.get("status") != "finished":
             continue
-        rate = record.get("output_megapixels_per_s")
+        rate, wall_s = record.get("output_megapixels_per_s"), record.get("wall_s")
         spec = record.get("model") or {}
         run_scale = (record.get("config") or {}).get("scale", spec.get("scale"))
-        if not isinstance(rate, (int, float)) or not rate > 0 or spec.get("name") != model or run_scale != scale:
+        if (spec.get("name") != model or run_scale != scale or not isinstance(rate, (int, float))
+                or not isinstance(wall_s, (int, float)) or not (rate > 0 and wall_s > 0)):
             continue
-        when = (str(record.get("finished_at") or record.get("started_at") or ""), name)
-        if best is None or when > best[0]:
-            best = (when, RecordedRate(str(record.get("run_id") or name), float(rate)))
+        found = RecordedRate(str(record.get("run_id") or name), float(rate), float(wall_s))
+        rank = (found.output_megapixels, str(record.get("finished_at") or ""))
+        if best is None or rank > best[0]:
+            best = (rank, found)
     return best and best[1]
 
 

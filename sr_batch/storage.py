@@ -23,13 +23,16 @@ import tempfile
 import time
 import unicodedata
 import uuid
-from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.utils import get_protocol
 
 from sr_batch.errors import MissingFileError, PathEscapeError, ReadError, WriteError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from sr_batch import manifest, storage
 from sr_batch.config import JobConfig
@@ -118,54 +117,55 @@ def test_dry_run_gives_each_reason_from_real_runs(runs):
         "  would run 4: 1 new, 1 changed source, 1 changed settings, 1 failed before",
         "  would fail in planning 2: 1 output_collision, 1 path_escape",
         "  would skip 2: unchanged since earlier runs with these settings"]
-    assert lines[4].endswith("MP out (x2), from a sample of 3 headers")
+    assert lines[4].endswith("MP out (x2), from 3 of 4 sampled headers")
 
 
-def test_dry_run_estimate_uses_the_latest_recorded_rate_of_the_model(runs):
+def test_dry_run_estimate_uses_a_recorded_rate_of_the_model(runs):
     out, config = runs
     lines: list[str] = []
-    r2 = json.loads((out / "runs" / "r2.json").read_text())
+    r1 = json.loads((out / "runs" / "r1.json").read_text())
 
     preview = dry_run(config, lines.append)
 
-    # r2 is the latest finished bicubic x2 run; its own recorded rate sizes the estimate.
-    assert preview.rate.run_id == "r2"
-    assert preview.rate.output_megapixels_per_s == r2["output_megapixels_per_s"] > 0
-    assert preview.estimate_s == pytest.approx(preview.output_megapixels / r2["output_megapixels_per_s"])
-    assert f"at {r2['output_megapixels_per_s']:.2f} MP/s out, the rate of run r2 (bicubic x2)" in lines[5]
-    # Another model has no recorded rate: the dry run says so.
+    # r1 wrote more megapixels than r2 (three images against one): its own rate sizes the estimate.
+    assert preview.rate.run_id == "r1"
+    assert preview.rate.output_megapixels_per_s == r1["output_megapixels_per_s"] > 0
+    assert preview.estimate_s == pytest.approx(preview.output_megapixels / r1["output_megapixels_per_s"])
+    assert (f"at {r1['output_megapixels_per_s']:.2f} MP/s out, the rate of run r1 (bicubic x2: "
+            in lines[5])
+    # No run of this model at x3 recorded a rate: the dry run says so.
     other = dry_run(config.replace(scale=3), lines.append)
     assert other.rate is None and other.estimate_s is None
     assert any(line.startswith("  no time estimate: no finished run of bicubic x3") for line in lines)
 
 
 def test_dry_run_with_force_runs_every_row(runs):
-    out, config = runs
+    _, config = runs
     preview = dry_run(config.replace(force=True), quiet)
     assert preview.to_run == {"forced": 6} and preview.plan.skipped.num_rows == 0
 
 
-def test_find_rate_takes_finished_runs_of_the_same_model_and_scale(tmp_path):
+def test_find_rate_takes_the_largest_finished_run_of_the_same_model_and_scale(tmp_path):
     runs = tmp_path / "out" / "runs"
     runs.mkdir(parents=True)
-    records = {
-        "old": ("finished", "residual", 2, 3.0, "2026-01-01T00:00:00+00:00"),
-        "new": ("finished", "residual", 2, 5.0, "2026-01-03T00:00:00+00:00"),
-        "running": ("running", "residual", 2, None, None),
-        "failed": ("failed", "residual", 2, 50.0, "2026-01-04T00:00:00+00:00"),
-        "x4": ("finished", "residual", 4, 7.0, "2026-01-05T00:00:00+00:00"),
-        "bicubic": ("finished", "bicubic", 2, 90.0, "2026-01-06T00:00:00+00:00"),
-        "nothing-ran": ("finished", "residual", 2, 0.0, "2026-01-07T00:00:00+00:00"),
+    records = {  # run: status, model, scale, MP/s out, wall s, finished
+        "large": ("finished", "residual", 2, 3.0, 100.0, "2026-01-01T00:00:00+00:00"),
+        "small": ("finished", "residual", 2, 5.0, 10.0, "2026-01-03T00:00:00+00:00"),
+        "running": ("running", "residual", 2, None, None, None),
+        "failed": ("failed", "residual", 2, 50.0, 1000.0, "2026-01-04T00:00:00+00:00"),
+        "x4": ("finished", "residual", 4, 7.0, 1000.0, "2026-01-05T00:00:00+00:00"),
+        "bicubic": ("finished", "bicubic", 2, 90.0, 1000.0, "2026-01-06T00:00:00+00:00"),
+        "nothing-ran": ("finished", "residual", 2, 0.0, 1000.0, "2026-01-07T00:00:00+00:00"),
     }
-    for run_id, (status, model, scale, rate, finished) in records.items():
+    for run_id, (status, model, scale, rate, wall_s, finished) in records.items():
         (runs / f"{run_id}.json").write_text(json.dumps({
             "run_id": run_id, "status": status, "config": {"scale": scale},
             "model": {"name": model, "scale": scale}, "output_megapixels_per_s": rate,
-            "finished_at": finished}))
+            "wall_s": wall_s, "finished_at": finished}))
     (runs / "broken.json").write_text("{not json")
     layout = OutLayout.of(str(tmp_path / "out"))
-    assert find_rate(layout, "residual", 2).run_id == "new"
-    assert find_rate(layout, "residual", 2).output_megapixels_per_s == 5.0
+    rate = find_rate(layout, "residual", 2)
+    assert (rate.run_id, rate.output_megapixels_per_s, rate.output_megapixels) == ("large", 3.0, 300.0)
     assert find_rate(layout, "residual", 3) is None
     assert find_rate(OutLayout.of(str(tmp_path / "elsewhere")), "residual", 2) is None
 
@@ -202,7 +202,8 @@ def test_cli_dry_runs_write_only_the_plan_manifest_and_start_no_ray(tmp_path):
     nightly = run_cli("nightly", str(src), "--output", str(out), "--model", "bicubic",
                       "--address", "http://127.0.0.1:9", "--dry-run", "--plan-manifest", str(tmp_path / "n.jsonl"))
     assert nightly.returncode == 0, nightly.stderr[-2000:]
-    assert nightly.stderr.startswith("dry run of sr-batch nightly: 3 images listed; nothing submitted or written")
+    assert nightly.stderr.startswith(
+        "dry run of sr-batch nightly: 3 images listed; nothing submitted or written but the plan manifest")
     assert "no ray" in nightly.stderr and not out.exists()  # no lock, no OUT/manifests, no job
     assert [json.loads(line)["reason"] for line in (tmp_path / "n.jsonl").read_text().splitlines()] == ["new"] * 3
 
