@@ -153,8 +153,14 @@ def build_stats(rows: int, out: Path, source_root: Path) -> None:
     layout = OutLayout.of(str(out))
     for seq, start in enumerate(range(0, rows, FLUSH_ROWS)):
         stats.write_part(layout, "20260201T000000Z-bench0", full.slice(start, FLUSH_ROWS), seq)
+    write_run_record(out, config.scale)
+
+
+def write_run_record(out: Path, scale: int) -> None:
+    """The earlier run's record, with the rate the dry run's estimate takes."""
     record = {"run_id": "20260201T000000Z-bench0", "status": "finished",
-              "config": {"scale": config.scale}, "model": {"name": "bicubic", "scale": config.scale},
+              "config": {"scale": scale}, "model": {"name": "bicubic", "scale": scale},
+              "finished_at": "2026-02-01T01:00:00+00:00", "wall_s": 3600.0,
               "output_megapixels_per_s": 42.0}
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "runs" / "20260201T000000Z-bench0.json").write_text(json.dumps(record))
@@ -255,6 +261,7 @@ def main() -> None:
         build_stats(args.rows, out, work / "src")
         print(f"built {args.rows} manifest rows and {args.rows} earlier stats rows in "
               f"{time.perf_counter() - began:.1f} s under {work}")
+    write_run_record(out, 2)
     print("stages (one process):")
     run_child("stages", manifest_path, out)
     print("plan_run (one process):")
