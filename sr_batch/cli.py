@@ -93,6 +93,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="hold OUT/nightly.lock during the run (scheduled runs: never two at once)")
     p.add_argument("--stats-flush-s", type=float, default=30.0, metavar="S",
                    help="seconds between stats flushes (bounds what a killed driver must redo)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="plan only: print how many images (and megapixels) would run and why "
+                        "(new, changed source, changed settings, failed before), how many would be "
+                        "skipped, and about how long; write nothing, start no Ray")
+    p.add_argument("--plan-manifest", default=None, metavar="FILE",
+                   help="with --dry-run: write the rows that would run to FILE (.parquet, .csv or "
+                        ".jsonl), a manifest `sr-batch run FILE --output OUT` runs")
 
 
 def _job_config(args: argparse.Namespace):
@@ -107,7 +114,8 @@ def _job_config(args: argparse.Namespace):
 
 
 # Fields that name where a run happens rather than how; a submitted job gets its own.
-_NOT_FORWARDED = {"sources", "output", "address", "run_id", "progress_s", "lock"}
+_NOT_FORWARDED = {"sources", "output", "address", "run_id", "progress_s", "lock", "dry_run",
+                  "plan_manifest"}
 
 
 def config_to_options(config) -> list[str]:
@@ -135,7 +143,13 @@ def config_to_options(config) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from sr_batch.pipeline import echo_stderr, run_job
 
-    result = run_job(_job_config(args))
+    config = _job_config(args)
+    if config.dry_run:
+        from sr_batch.preview import dry_run
+
+        dry_run(config, command="run")
+        return EXIT_OK
+    result = run_job(config)
     echo_stderr(result.summary_line())
     return EXIT_IMAGES_FAILED if result.counts.get("failed") else EXIT_OK
 
@@ -160,6 +174,11 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from sr_batch.nightly import run_nightly
 
     config = _job_config(args)
+    if config.dry_run:
+        from sr_batch.preview import dry_run
+
+        dry_run(config.replace(address=None), command="nightly")
+        return EXIT_OK
     address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS") or "http://127.0.0.1:8265"
     result = run_nightly(config.replace(address=None), address, config_to_options(config),
                          stale_s=args.lock_stale_s)
@@ -285,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  sr-batch run photos/ --output out/\n"
                "  sr-batch manifest s3://bucket/archive/ -o manifest.parquet\n"
                "  sr-batch run manifest.parquet --output s3://bucket/upscaled --gpus-per-actor 1\n"
+               "  sr-batch run photos/ --output out/ --dry-run   # what would run, and why\n"
                "  sr-batch models")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -153,6 +153,13 @@ class JobConfig:
     """Hold OUT/nightly.lock for the run, so overlapping scheduled runs never both run."""
     stats_flush_s: float = 30.0
     """Seconds between stats flushes; a killed driver loses at most this much bookkeeping."""
+    dry_run: bool = False
+    """Plan only: list, compare with earlier runs, read a sample of headers and tell what would
+    run (and why), what would be skipped, how many megapixels and about how long; write
+    nothing, submit nothing, start no Ray."""
+    plan_manifest: str | None = None
+    """With dry_run: write the rows that would run to this manifest file (.parquet, .csv or
+    .jsonl, by its name; with a `reason` column), which `sr-batch run` takes as a SOURCE."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -198,6 +205,14 @@ class JobConfig:
             raise ConfigError("--read-timeout-s must be > 0")
         if self.retries < 0:
             raise ConfigError("--retries must be >= 0")
+        if self.plan_manifest is not None:
+            from sr_batch.manifest import MANIFEST_EXTENSIONS  # pyarrow: only when asked
+
+            if not self.dry_run:
+                raise ConfigError("--plan-manifest writes the plan of a dry run: add --dry-run")
+            if not self.plan_manifest.lower().endswith(MANIFEST_EXTENSIONS):
+                raise ConfigError(f"--plan-manifest must end in {', '.join(MANIFEST_EXTENSIONS)}, "
+                                  f"got {self.plan_manifest!r}")
         object.__setattr__(self, "actors", parse_actors(self.actors))
         self.output_size  # checked here, once
 

@@ -73,12 +73,18 @@ class OutLayout:
         uri = storage.check_inside(self.images, storage.to_uri(uri))
         fs, path = storage.get_fs(uri)
         if storage.is_local(fs):
-            root = self._real_dir(storage.get_fs(self.images)[1], cached)
-            real = self._real_dir(posixpath.dirname(path), cached)
-            if real != root and not real.startswith(root + "/"):
+            real = self.real_outside(posixpath.dirname(path), cached)
+            if real is not None:
                 raise PathEscapeError(f"output {storage.display(uri)} leads outside {storage.display(self.images)} "
                                       f"through a link (to {storage.display(real)})")
         return uri
+
+    def real_outside(self, directory: str, cached: bool = True) -> str | None:
+        """The real path of a local `directory` (a path, no protocol) under OUT/images where,
+        through a link, it lies outside OUT/images; None where it stays inside."""
+        root = self._real_dir(storage.get_fs(self.images)[1], cached)
+        real = self._real_dir(directory, cached)
+        return None if real == root or real.startswith(root + "/") else real
 
     def _real_dir(self, path: str, cached: bool = True) -> str:
         """The real path of a local directory, following links in the part that exists."""

@@ -215,17 +215,50 @@ def read_manifest(uri: str) -> pa.Table:
     return validate_manifest(table, uri)
 
 
-def _common_root(uris: list[str]) -> str:
-    """Deepest directory holding every URI (protocol stripped); '' if there is none."""
-    dirs = [u.split("://", 1)[-1].rsplit("/", 1)[0] for u in uris]
+def image_ids_for(uris: pa.Array) -> pa.Array:
+    """`image_id_for` of every URI, hashed in DuckDB (vectorised, in parallel): a million ids
+    take a fraction of the time of a Python loop over hashlib."""
+    import duckdb
+
+    if len(uris) == 0:
+        return pa.array([], pa.string())
+    con = duckdb.connect()
+    try:
+        con.register("uris", pa.table({"uri": uris}))
+        # DuckDB keeps the rows in order (preserve_insertion_order, on by default).
+        ids = con.sql("SELECT left(sha256(uri), 32) AS id FROM uris").to_arrow_table()
+    finally:
+        con.close()
+    return ids.column("id").combine_chunks().cast(pa.string())
+
+
+def _common_root(paths: pa.Array) -> str:
+    """Deepest directory holding every path (protocol stripped); '' if there is none."""
+    dirs = pc.unique(pc.replace_substring_regex(paths, r"/[^/]*$", "", max_replacements=1)).to_pylist()
     try:
         return posixpath.commonpath(dirs) if dirs else ""
     except ValueError:  # mixed absolute and relative paths
         return ""
 
 
+def _as_strings(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as strings: `str(value)` of each (Arrow's own cast where it is the same)."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_string(column.type):
+        return column
+    if pa.types.is_large_string(column.type) or pa.types.is_null(column.type) or pa.types.is_integer(column.type):
+        return column.cast(pa.string())
+    return pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+
+
+def _empty_as_null(column: pa.Array) -> pa.Array:
+    return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+
+
 def validate_manifest(table: pa.Table, where: str) -> pa.Table:
-    """Check columns and ids, fill defaults, and return a table with MANIFEST_SCHEMA."""
+    """Check columns and ids, fill defaults, and return a table with MANIFEST_SCHEMA.
+
+    Column by column (Arrow, DuckDB for the ids): a million rows take seconds, not minutes."""
     if "uri" not in table.column_names:
         raise ManifestError(f"manifest {where} has no 'uri' column (columns: {', '.join(table.column_names) or 'none'})")
     if table.num_rows == 0:
@@ -233,31 +266,33 @@ def validate_manifest(table: pa.Table, where: str) -> pa.Table:
     uri_col = table.column("uri")
     if uri_col.null_count:
         raise ManifestError(f"manifest {where} has {uri_col.null_count} rows with an empty 'uri'")
-    uris = [storage.to_uri(str(u)) for u in uri_col.to_pylist()]
-    columns = {"uri": pa.array(uris, pa.string())}
+    uris = storage.to_uris(_as_strings(uri_col))
+    columns = {"uri": uris}
     if "image_id" in table.column_names:
-        ids = [str(v) if v is not None else image_id_for(u)
-               for v, u in zip(table.column("image_id").to_pylist(), uris)]
+        given = _as_strings(table.column("image_id"))
+        missing = pc.is_null(given)
+        ids = (pc.replace_with_mask(given, missing, image_ids_for(uris.filter(missing)))
+               if given.null_count else given)
     else:
-        ids = [image_id_for(u) for u in uris]
-    columns["image_id"] = pa.array(ids, pa.string())
-    counts = pc.value_counts(columns["image_id"])
-    dupes = [c["values"] for c in counts.to_pylist() if c["counts"] > 1]
-    if dupes:
+        ids = image_ids_for(uris)
+    columns["image_id"] = ids
+    counts = pc.value_counts(ids)
+    dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(dupes):
         raise ManifestError(
-            f"manifest {where} has {len(dupes)} duplicate image_id values, e.g. {dupes[0]!r}")
+            f"manifest {where} has {len(dupes)} duplicate image_id values, e.g. {dupes[0].as_py()!r}")
     if "relative_path" in table.column_names and table.column("relative_path").null_count == 0:
         columns["relative_path"] = table.column("relative_path").cast(pa.string())
     else:
-        root = _common_root(uris)
-        columns["relative_path"] = pa.array(
-            [u.split("://", 1)[-1][len(root):].lstrip("/") for u in uris], pa.string())
+        paths = pc.replace_substring_regex(uris, r"^.*?://", "", max_replacements=1)
+        root = _common_root(paths)
+        columns["relative_path"] = pc.utf8_ltrim(pc.utf8_slice_codeunits(paths, len(root)), "/")
     for name in ("reference_uri", "output_uri", "etag"):
         if name in table.column_names:
-            values = [None if v in (None, "") else str(v) for v in table.column(name).to_pylist()]
+            values = _empty_as_null(_as_strings(table.column(name)))
             if name == "reference_uri":
-                values = [storage.to_uri(v) if v else None for v in values]
-            columns[name] = pa.array(values, pa.string())
+                values = storage.to_uris(values)
+            columns[name] = values
     if "bytes" in table.column_names:
         columns["bytes"] = table.column("bytes").cast(pa.int64())
     if "mtime" in table.column_names:

@@ -12,6 +12,9 @@
 4. streams the job's logs, refreshing the lock;
 5. exits with the job's result.
 
+With --dry-run it only plans and tells what it would submit (preview.py): no lock, no
+manifest in OUT, no job.
+
 Authentication: the Jobs API client sends the cluster's token, which Ray reads
 from RAY_AUTH_TOKEN or ~/.ray/auth_token. The token is never logged, never put
 in the runtime_env and never written to OUT.
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from sr_batch import manifest, storage
 from sr_batch.config import JobConfig
-from sr_batch.errors import SrBatchError
+from sr_batch.errors import ConfigError, SrBatchError
 from sr_batch.layout import OutLayout
 from sr_batch.lock import DEFAULT_STALE_S, OutputLock
 from sr_batch.pipeline import Echo, echo_stderr
@@ -96,6 +99,8 @@ def working_dir() -> tuple[str, str | None]:
 def run_nightly(config: JobConfig, address: str, options: list[str], *,
                 stale_s: float = DEFAULT_STALE_S, echo: Echo = echo_stderr) -> NightlyResult:
     """Build the incremental manifest and run it as a Ray job; see the module docstring."""
+    if config.dry_run:  # a plan-only config must never submit, whoever calls
+        raise ConfigError("a dry run only plans: call sr_batch.preview.dry_run(config, command='nightly')")
     run_id = config.run_id or new_run_id()
     layout = OutLayout.of(config.output)
     with _sigterm_as_interrupt(), OutputLock(layout.lock, stale_s,

@@ -29,7 +29,7 @@ import sr_batch
 from sr_batch import errors, stages, stats, storage
 from sr_batch.actor import ActorSettings, ModelActor, UpscaleActor
 from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
-from sr_batch.errors import ImageError, ModelError, StorageError
+from sr_batch.errors import ConfigError, ImageError, ModelError, StorageError
 from sr_batch.layout import OutLayout
 from sr_batch.models.registry import ModelSpec
 from sr_batch.plan import RunPlan, new_run_id, plan_run
@@ -84,6 +84,8 @@ class RunResult:
 
 def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
     """Plan the run, then execute it; return counts. Raises only job-level errors."""
+    if config.dry_run:  # a plan-only config must never run, whoever calls
+        raise ConfigError("a dry run only plans: call sr_batch.preview.dry_run(config)")
     if not config.lock:
         return execute(plan_run(config, probe=probe_on_ray(config.address)), echo)
     from sr_batch.lock import DEFAULT_STALE_S, OutputLock

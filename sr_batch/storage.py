@@ -23,13 +23,16 @@ import tempfile
 import time
 import unicodedata
 import uuid
-from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
 from fsspec.utils import get_protocol
 
 from sr_batch.errors import MissingFileError, PathEscapeError, ReadError, WriteError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,6 +107,29 @@ def to_uri(path: str) -> str:
             return "file://" + os.path.abspath(path[len("file://"):])
         return path
     return "file://" + os.path.abspath(os.path.expanduser(path))
+
+
+# A local path that os.path.abspath would change: relative, `//`, `.` or `..` parts, a final `/`.
+_NOT_ABSOLUTE_NORMAL = r"^(?:[^/]|$)|//|/\.\.?(?:/|$)|/$"
+
+
+def to_uris(paths: pa.Array) -> pa.Array:
+    """`to_uri` of every string of an Arrow array (nulls stay null): column-wise for the
+    URIs and absolute paths that are canonical already, one by one for the rest."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    is_file = pc.starts_with(paths, "file://")
+    bare = pc.invert(pc.match_substring(paths, "://"))
+    local = pc.if_else(is_file, pc.utf8_slice_codeunits(paths, len("file://")), paths)
+    # (a bare `~/x` is relative here, so it too goes one by one, through expanduser)
+    unusual = pc.match_substring_regex(local, _NOT_ABSOLUTE_NORMAL)
+    slow = pc.fill_null(pc.and_(pc.or_(is_file, bare), unusual), False)
+    uris = pc.if_else(bare, pc.binary_join_element_wise("file://", paths, ""), paths)
+    if not pc.any(slow).as_py():
+        return uris
+    return pc.replace_with_mask(uris, slow, pa.array(
+        [to_uri(p) for p in paths.filter(slow).to_pylist()], pa.string()))
 
 
 def get_fs(uri: str, timeout_s: float | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
