@@ -42,7 +42,10 @@ MANIFEST_SCHEMA = pa.schema([
     ("bytes", pa.int64()),
     ("mtime", pa.timestamp("us", tz="UTC")),
     ("etag", pa.string()),
+    ("planned_outputs", pa.string()),
 ])
+"""`planned_outputs`: written by nightly and --plan-manifest, the output names the full plan gave
+each row (JSON {extension: URI}, planned first), so a run of these rows alone keeps them."""
 
 
 def image_id_for(uri: str) -> str:
@@ -287,7 +290,7 @@ def validate_manifest(table: pa.Table, where: str) -> pa.Table:
         paths = pc.replace_substring_regex(uris, r"^.*?://", "", max_replacements=1)
         root = _common_root(paths)
         columns["relative_path"] = pc.utf8_ltrim(pc.utf8_slice_codeunits(paths, len(root)), "/")
-    for name in ("reference_uri", "output_uri", "etag"):
+    for name in ("reference_uri", "output_uri", "etag", "planned_outputs"):
         if name in table.column_names:
             values = _empty_as_null(_as_strings(table.column(name)))
             if name == "reference_uri":

@@ -41,7 +41,7 @@ from sr_batch.errors import ConfigError, SrBatchError
 from sr_batch.layout import OutLayout
 from sr_batch.lock import DEFAULT_STALE_S, OutputLock
 from sr_batch.pipeline import Echo, echo_stderr
-from sr_batch.plan import new_run_id, plan_run
+from sr_batch.plan import new_run_id, plan_run, planned_outputs_column
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Refresh the lock this often while the job runs (far below any sane stale_s).
@@ -115,7 +115,11 @@ def run_nightly(config: JobConfig, address: str, options: list[str], *,
             echo(f"nightly {run_id}: nothing to do; no job submitted")
             return NightlyResult(run_id, listed, 0, None, 0)
         manifest_uri = layout.manifest(run_id)
-        manifest.write_manifest(plan.todo.select(manifest.MANIFEST_SCHEMA.names), manifest_uri)
+        # The rows carry the names the full plan gave them: the job, seeing these rows alone,
+        # must not give a skipped row's output name to another.
+        rows = plan.todo.set_column(plan.todo.schema.get_field_index("planned_outputs"), "planned_outputs",
+                                    planned_outputs_column(plan.todo))
+        manifest.write_manifest(rows.select(manifest.MANIFEST_SCHEMA.names), manifest_uri)
         status = _submit_and_follow(address, job_entrypoint(manifest_uri, config, run_id, options),
                                     run_id, lock, echo)
     exit_code = {"SUCCEEDED": 0, "FAILED": 1}.get(status, 3)

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from sr_batch import incremental, manifest, storage
 from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_CALL, DEFAULT_TILE_CORE,
                              LARGE_TILE_CORE, PIXELS_PER_CALL, SCALES, JobConfig)
-from sr_batch.errors import ConfigError, ImageError, ModelNotFoundError, PathEscapeError
+from sr_batch.errors import ConfigError, ImageError, ManifestError, ModelNotFoundError, PathEscapeError
 from sr_batch.layout import OutLayout
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
@@ -167,6 +167,51 @@ def plan_outputs(table: pa.Table, layout: OutLayout, requested: str, *,
                            .to_numpy(zero_copy_only=False)) for names in planned])))
     names, errors = exact.decide()
     return _with_names(table, ranks, planned, names, errors)
+
+
+def planned_outputs_column(listed: pa.Table) -> pa.Array:
+    """Each row's planned names as the manifest's `planned_outputs` (JSON {ext: uri})."""
+    import json
+
+    return pa.array([None if uris is None else json.dumps(dict(zip(exts, uris)))
+                     for exts, uris in zip(listed.column("output_exts").to_pylist(),
+                                           listed.column("output_uris").to_pylist())], pa.string())
+
+
+def keep_planned_outputs(listed: pa.Table, layout: OutLayout) -> pa.Table:
+    """A manifest that carries the names a full plan gave its rows (nightly, --plan-manifest):
+    those names stand, checked again to lie under OUT/images, instead of names made from these
+    rows alone, which could hand a skipped row's output name (`a.png`) to another (`a.gif`)."""
+    import json
+
+    planned = listed.column("planned_outputs").to_pylist()
+    if any(p is None for p in planned):
+        raise ManifestError("a manifest with planned_outputs needs them on every row")
+    exts, uris = [], []
+    types = listed.column("plan_error_type").to_pylist()
+    messages = listed.column("plan_error_message").to_pylist()
+    for i, text in enumerate(planned):
+        try:
+            names = json.loads(text)
+            if not isinstance(names, dict) or not names or any(e not in EXTENSION_FORMAT for e in names):
+                raise ValueError("not an {extension: URI} map")
+            for uri in names.values():
+                layout.check_output(uri)
+        except ImageError as exc:
+            exts.append(None), uris.append(None)
+            types[i], messages[i] = exc.error_type, str(exc)
+            continue
+        except ValueError as exc:
+            raise ManifestError(f"planned_outputs of row {i} is not valid: {exc}") from None
+        exts.append(list(names)), uris.append(list(names.values()))
+        types[i] = messages[i] = None
+    columns = {"output_exts": pa.array(exts, pa.list_(pa.string())),
+               "output_uris": pa.array(uris, pa.list_(pa.string())),
+               "plan_error_type": pa.array(types, pa.string()),
+               "plan_error_message": pa.array(messages, pa.string())}
+    for name, column in columns.items():
+        listed = listed.set_column(listed.schema.get_field_index(name), name, column)
+    return listed
 
 
 def _string_column(table: pa.Table, name: str) -> pa.Array:
@@ -577,6 +622,8 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
     else:
         key = incremental.ReuseKey.of(config, identity, tiling and tiling.overlap, denoise)
     listed = plan_outputs(table, layout, config.format)
+    if table.column("planned_outputs").null_count < table.num_rows:
+        listed = keep_planned_outputs(listed, layout)
     split = (incremental.force_all(listed) if config.force else
              incremental.split_manifest(listed, incremental.find_earlier(layout, listed, key), key))
     # A dry run always reads the sample: it tells how many pixels would run.

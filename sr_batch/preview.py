@@ -28,7 +28,7 @@ from sr_batch import incremental, manifest, storage
 from sr_batch.config import CALL_SIZE_SAMPLE, JobConfig
 from sr_batch.layout import OutLayout
 from sr_batch.pipeline import Echo, echo_stderr
-from sr_batch.plan import RunPlan, plan_run
+from sr_batch.plan import RunPlan, plan_run, planned_outputs_column
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,9 @@ def find_rate(layout: OutLayout, model: str, scale: int) -> RecordedRate | None:
 
 def write_plan_manifest(plan: RunPlan, uri: str) -> None:
     """The rows to run as a manifest (`sr-batch run FILE` runs them), with their `reason`."""
-    rows = plan.todo.select(manifest.MANIFEST_SCHEMA.names).append_column("reason", plan.reasons)
+    todo = plan.todo.set_column(plan.todo.schema.get_field_index("planned_outputs"), "planned_outputs",
+                                planned_outputs_column(plan.todo))
+    rows = todo.select(manifest.MANIFEST_SCHEMA.names).append_column("reason", plan.reasons)
     manifest.write_manifest(rows, uri)
 
 

@@ -315,3 +315,33 @@ def test_manifest_ids_and_paths_column_wise(tmp_path, monkeypatch):
     assert table.column("etag").to_pylist() == [str(i) for i in range(len(uris))]
     local = manifest.validate_manifest(pa.table({"uri": ["/data/x/a.png", "/data/x/y/b.png", "/data/z/c.png"]}), "t")
     assert local.column("relative_path").to_pylist() == ["x/a.png", "x/y/b.png", "z/c.png"]
+
+
+def test_a_plan_manifest_keeps_the_names_the_full_plan_gave(ray_local, tmp_path):
+    """nightly and --plan-manifest submit only the rows to do; they carry their planned names,
+    so `a.gif` (changed) keeps `a.gif.png` and never takes the name of `a.png` (skipped)."""
+    from PIL import Image
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    Image.fromarray(scene(20, 24, seed=1)).save(source / "a.png")
+    Image.fromarray(scene(20, 24, seed=2)).save(source / "a.gif")
+    config = JobConfig(sources=(str(source),), output=str(out), model="bicubic")
+    assert run_job(config.replace(run_id="first"), echo=lambda line: None).counts == {"ok": 2}
+    first_png = (out / "images" / "a.png").read_bytes()
+    assert (out / "images" / "a.gif.png").exists()
+
+    Image.fromarray(scene(20, 24, seed=3)).save(source / "a.gif")  # only a.gif changes
+    os.utime(source / "a.gif", (1, 1))
+    plan_file = tmp_path / "todo.parquet"
+    dry_run(config.replace(dry_run=True, plan_manifest=str(plan_file)), echo=lambda line: None)
+    todo = pq.read_table(plan_file)
+    assert todo.column("relative_path").to_pylist() == ["a.gif"]
+    assert json.loads(todo.column("planned_outputs")[0].as_py()) == {"png": storage.to_uri(str(out / "images" / "a.gif.png"))}
+
+    again = run_job(config.replace(sources=(str(plan_file),), run_id="second"), echo=lambda line: None)
+    assert again.counts == {"ok": 1}
+    assert (out / "images" / "a.png").read_bytes() == first_png  # untouched
+    assert not (out / "images" / "a.gif.png").read_bytes() == b""
+    rows = {r["run_id"]: r for r in pq.read_table(out / "stats").to_pylist() if r["source_uri"].endswith("a.gif")}
+    assert rows["second"]["output_uri"].endswith("/images/a.gif.png")
