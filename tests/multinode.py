@@ -203,6 +203,14 @@ class LocalCluster:
                 raise RuntimeError(f"nodes {names} not all alive after {timeout_s:.0f} s: {alive}")
             time.sleep(1)
 
+    def wait_for_death(self, name: str, timeout_s: float = 120.0) -> None:
+        """Return once the GCS no longer holds the node alive; raise if time is up."""
+        deadline = time.monotonic() + timeout_s
+        while name in self.alive_nodes():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"node {name} still alive after {timeout_s:.0f} s")
+            time.sleep(1)
+
     def start_log(self, name: str) -> str:
         """What the node's `ray start` printed."""
         return (self.nodes[name].temp_dir / "ray-start.log").read_text(errors="replace")
@@ -244,6 +252,19 @@ class LocalCluster:
             "print(json.dumps([[w.pid, w.node_id] for w in workers if w.pid]))")
         names = {node.node_id: name for name, node in self.nodes.items()}
         return {pid: names[node_id] for pid, node_id in found if node_id in names}
+
+    def actors(self) -> list[dict]:
+        """Every actor of the cluster, alive or dead: class, state, node, restarts (state API)."""
+        found = self.query(
+            "from ray.util.state import list_actors\n"
+            f"actors = list_actors(address={self.dashboard_url!r}, detail=True, limit=10000,"
+            " raise_on_missing_output=False)\n"
+            "print(json.dumps([[a.class_name, a.state, a.node_id, a.pid, a.num_restarts]"
+            " for a in actors]))")
+        names = {node.node_id: name for name, node in self.nodes.items()}
+        return [{"class_name": class_name, "state": state, "node": names.get(node_id),
+                 "pid": pid, "num_restarts": restarts}
+                for class_name, state, node_id, pid, restarts in found]
 
     def node_processes(self, name: str) -> list[psutil.Process]:
         """The live processes of a node: those of the session its `ray start` leads."""
