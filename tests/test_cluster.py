@@ -186,7 +186,7 @@ def test_driver_memory_does_not_grow_with_the_stats_of_a_long_manifest(cluster, 
         for i in range(count):
             (src / f"img{i:05d}.png").write_bytes(image)
         # A flush after every batch: by default up to FLUSH_ROWS rows wait for the next
-        # part, a bounded ~7 KB each (measured) that would hide what grows with the images.
+        # part, a bounded ~8 KB each (measured) that would hide what grows with the images.
         args = run_args(src, out, cluster, "--gpus-per-actor", "1", "--model", "bicubic",
                         "--stats-flush-s", "0")
         peaks[count] = run_sampling_memory(args, cluster)
