@@ -272,6 +272,9 @@ def init_ray(address: str | None) -> None:
         # A one-machine Ray needs no network: Ray's single-node mode puts the node
         # (GCS, raylet, dashboard) on 127.0.0.1 instead of every interface.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray turns token authentication on for every new local cluster and says so in a
+        # warning line on each run (ahead of a one-line error too); it stays on, unsaid.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": env}, configure_logging=True)
 

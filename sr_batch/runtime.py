@@ -6,10 +6,14 @@ TensorFlow, so importing this module costs nothing until a function runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
+import re
 import socket
+import sys
+import tempfile
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +26,8 @@ def configure_tensorflow(threads: int) -> None:
     """
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    with _native_log_filtered():
+        import tensorflow as tf
 
     try:
         if threads:
@@ -32,6 +37,59 @@ def configure_tensorflow(threads: int) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:
         log.info("TensorFlow is already initialised; thread settings (%d) unchanged", threads)
+
+
+# An absl log line: severity letter (I, W, E, F), MMDD, time; and the notice absl prints once
+# before its first line when logging is not set up yet.
+_ABSL_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d\d")
+_ABSL_NOTICE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+
+
+@contextlib.contextmanager
+def _native_log_filtered():
+    """Drop what TF_CPP_MIN_LOG_LEVEL asks to hide from the native stderr of the block.
+
+    TensorFlow (2.16+) logs its load-time notes (oneDNN, CPU features) through absl before
+    absl is set up, so they reach stderr whatever TF_CPP_MIN_LOG_LEVEL says; in a Ray worker
+    every such line is forwarded to the user's terminal, coloured, on each run and in
+    one-line errors. The block's stderr goes to a temporary file, and what is not a hidden
+    absl line is passed on.
+    """
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        level = 0
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = _unhidden_lines(captured.read(), b"IWEF"[:level])
+            if kept:
+                os.write(2, kept)
+
+
+def _unhidden_lines(text: bytes, hidden: bytes) -> bytes:
+    """`text` less its absl lines of a hidden severity (and their continuation lines)."""
+    kept, hiding = [], False
+    for line in text.splitlines(keepends=True):
+        header = _ABSL_LINE.match(line)
+        if line.rstrip() == _ABSL_NOTICE:
+            hiding = b"W" in hidden
+        elif header:
+            hiding = header.group(1) in hidden
+        if not hiding:
+            kept.append(line)
+    return b"".join(kept)
 
 
 def device_name() -> str:
