@@ -81,8 +81,8 @@ def render_original(height: int, width: int, seed: int = 0, scale: int = 2) -> n
         panel = _PAINTERS[kind](canvas.crop(box), rng, scale)
         canvas.paste(panel, box[:2])
     pixels = np.asarray(canvas, dtype=np.float32)
-    pixels += rng.normal(0.0, NOISE_SIGMA, pixels.shape).astype(np.float32)
-    return np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
+    pixels += NOISE_SIGMA * rng.standard_normal(pixels.shape, dtype=np.float32) + 0.5
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
 def make_demo_set(root: Path | str, count: int, size: tuple[int, int], scale: int = 2,
@@ -175,7 +175,7 @@ def run_demo(root: Path | str, count: int = 12, size: tuple[int, int] = (240, 32
 
     echo = echo or echo_stderr
     demo = make_demo_set(root, count, size, scale)
-    echo(f"made {count} demo pictures: originals in {_shown_path(demo.originals)}/, "
+    echo(f"made {count} demo picture{'' if count == 1 else 's'}: originals in {_shown_path(demo.originals)}/, "
          f"inputs (x{scale} smaller) in {_shown_path(demo.inputs)}/")
     output = Path(root).resolve() / "upscaled"
     # force: a second demo into the same folder runs again rather than skipping every image.
@@ -210,15 +210,17 @@ def _shown_path(path: Path) -> str:
 
 def _gradient(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """A smooth two-colour ramp in a random direction, with a soft radial light."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    y = np.arange(height, dtype=np.float32)[:, None]
+    x = np.arange(width, dtype=np.float32)[None, :]
     angle = rng.uniform(0, 2 * math.pi)
     t = (x * math.cos(angle) + y * math.sin(angle)) / max(height, width)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    start, end = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
-    ramp = start + t[..., None] * (end - start)
+    start, end = rng.uniform(40, 215, 3).astype(np.float32), rng.uniform(40, 215, 3).astype(np.float32)
     cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-    light = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * (0.4 * max(height, width)) ** 2))
-    return np.clip(ramp + 30 * light[..., None], 0, 255).astype(np.uint8)
+    spread = 2 * (0.4 * max(height, width)) ** 2
+    light = np.exp(-(y - cy) ** 2 / spread) * np.exp(-(x - cx) ** 2 / spread)  # separable
+    ramp = start + t[..., None] * (end - start) + 30 * light[..., None]
+    return np.clip(ramp, 0, 255).astype(np.uint8)
 
 
 def _panel_boxes(height: int, width: int, scale: int) -> list[tuple[int, int, int, int]]:
@@ -293,13 +295,17 @@ def _leaves_panel(base: Image.Image, rng: np.random.Generator, scale: int) -> Im
     a, b = r_min ** -2, r_max ** -2
     covered, target, drawn = 0.0, LEAVES_COVER * width * height, 0
     while covered < target and drawn < MAX_LEAVES:
-        r = (a - rng.random() * (a - b)) ** -0.5  # inverse CDF of the r^-3 density
-        cx, cy = rng.uniform(-r, width + r), rng.uniform(-r, height + r)
-        grey = rng.uniform(15, 240)
-        colour = tuple(int(v) for v in np.clip(grey + rng.normal(0, 20, 3), 0, 255))
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
-        covered += math.pi * r * r
-        drawn += 1
+        n = 256
+        radii = (a - rng.random(n) * (a - b)) ** -0.5  # inverse CDF of the r^-3 density
+        xs, ys = rng.uniform(-radii, width + radii), rng.uniform(-radii, height + radii)
+        greys = rng.uniform(15, 240, (n, 1))
+        colours = np.clip(greys + rng.normal(0, 20, (n, 3)), 0, 255).astype(int).tolist()
+        for r, cx, cy, colour in zip(radii.tolist(), xs.tolist(), ys.tolist(), colours):
+            if covered >= target or drawn >= MAX_LEAVES:
+                break
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=tuple(colour))
+            covered += math.pi * r * r
+            drawn += 1
     return panel
 
 
