@@ -175,7 +175,8 @@ def run_demo(root: Path | str, count: int = 12, size: tuple[int, int] = (240, 32
 
     echo = echo or echo_stderr
     demo = make_demo_set(root, count, size, scale)
-    echo(f"made {count} demo picture{'' if count == 1 else 's'}: originals in {_shown_path(demo.originals)}/, "
+    pictures = "picture" if count == 1 else "pictures"
+    echo(f"made {count} demo {pictures}: originals in {_shown_path(demo.originals)}/, "
          f"inputs (x{scale} smaller) in {_shown_path(demo.inputs)}/")
     output = Path(root).resolve() / "upscaled"
     # force: a second demo into the same folder runs again rather than skipping every image.
@@ -370,7 +371,8 @@ def _shapes_panel(base: Image.Image, rng: np.random.Generator, scale: int) -> Im
             draw.line((cx, cy, *end), fill=colour, width=int(rng.integers(1, scale + 1)))
     cell = 2 * scale
     board = max(2, min(6, side // (4 * cell)))
-    x0, y0 = int(rng.integers(0, max(1, width - board * cell))), int(rng.integers(0, max(1, height - board * cell)))
+    x0 = int(rng.integers(0, max(1, width - board * cell)))
+    y0 = int(rng.integers(0, max(1, height - board * cell)))
     for i in range(board):
         for j in range(board):
             shade = (20, 20, 20) if (i + j) % 2 else (235, 235, 235)

@@ -281,6 +281,11 @@ def init_ray(address: str | None) -> None:
         # A one-machine Ray needs no network: Ray's single-node mode puts the node
         # (GCS, raylet, dashboard) on 127.0.0.1 instead of every interface.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Idle workers are kept, not stopped: a worker Ray stops for idling can crash as it
+        # exits (absl "Mutex corrupt", SIGABRT: Ray 2.60's, seen without sr-batch's code too;
+        # 3 of 9 demo runs on a busy 2-core machine) and its crash report reaches the console.
+        # A local Ray ends with the run, and so do the few workers it keeps.
+        os.environ.setdefault("RAY_kill_idle_workers_interval_ms", "0")
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": env}, configure_logging=True)
     if quiet:
