@@ -155,19 +155,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from sr_batch import demo
-    from sr_batch.config import JobConfig
-    from sr_batch.pipeline import echo_stderr, run_job
+    from sr_batch.errors import ConfigError
 
-    source = Path(args.output) / "demo-input"
-    demo.make_images(source, args.count, (args.height, args.width))
-    echo_stderr(f"made {args.count} demo images in {source}")
-    result = run_job(JobConfig(sources=(str(source),), output=str(Path(args.output) / "upscaled"),
-                               model=args.model, scale=args.scale))
-    echo_stderr(result.summary_line())
-    return EXIT_IMAGES_FAILED if result.counts.get("failed") else EXIT_OK
+    if args.count < 1 or min(args.width, args.height) < 8:
+        raise ConfigError("demo needs --count 1 or more and --width/--height of 8 px or more")
+    result = demo.run_demo(args.output, count=args.count, size=(args.height, args.width),
+                           model=args.model, scale=args.scale)
+    print("\n".join(result.summary_lines()), flush=True)
+    return EXIT_IMAGES_FAILED if result.failed else EXIT_OK
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
@@ -315,13 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     demo_cmd = sub.add_parser(
-        "demo", help="make demo images in OUT/demo-input, upscale them to OUT/upscaled (bundled model, local Ray)",
-        epilog="example: sr-batch demo demo-out")
+        "demo", help="upscale demo pictures made here (text, edges, texture) and score them "
+                     "against their originals; writes OUT/report.html (bundled model, local Ray)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="writes: OUT/demo-reference (originals), OUT/demo-input (their bicubic downscales, "
+               "the inputs),\n        OUT/demo-manifest.parquet, OUT/upscaled (the run: images, "
+               "stats, runs), OUT/report.html\n"
+               "example: sr-batch demo demo-out")
     demo_cmd.add_argument("output", metavar="OUT", help="output root (local directory)")
-    demo_cmd.add_argument("--count", type=int, default=12)
-    demo_cmd.add_argument("--width", type=int, default=320)
-    demo_cmd.add_argument("--height", type=int, default=240)
-    demo_cmd.add_argument("--model", default=None)
+    demo_cmd.add_argument("--count", type=int, default=12, help="pictures (default 12)")
+    demo_cmd.add_argument("--width", type=int, default=320, help="input width in px (default 320)")
+    demo_cmd.add_argument("--height", type=int, default=240, help="input height in px (default 240)")
+    demo_cmd.add_argument("--model", default=None, help="as for `run` (default: zoo default)")
     demo_cmd.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     demo_cmd.set_defaults(func=cmd_demo)
 
