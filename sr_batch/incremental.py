@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sr_batch import stats, storage
+from sr_batch import stats
 from sr_batch.layout import OutLayout
 
 
@@ -141,15 +141,10 @@ def find_earlier(layout: OutLayout, manifest: pa.Table,
     in manifest order, null where an earlier `ok` row can be reused under this key; those
     earlier rows, one for each null reason, in the same order). None: no earlier runs."""
     import duckdb
-    import pyarrow.dataset as ds
 
-    fs, path = storage.get_fs(layout.stats)
-    if not fs.exists(path) or manifest.num_rows == 0:
+    dataset = stats.dataset(layout) if manifest.num_rows else None
+    if dataset is None:
         return None
-    dataset = ds.dataset(path, filesystem=fs, format="parquet", schema=_stats_schema(),
-                         partitioning=ds.partitioning(pa.schema([("run_id", pa.string())]),
-                                                      flavor="hive"),
-                         ignore_prefixes=[".", "_"])
     n = manifest.num_rows
     rows = manifest.select(["image_id", "uri", "bytes", "mtime", "etag"]).append_column(
         "row_index", pa.array(np.arange(n, dtype=np.int64)))
@@ -179,10 +174,6 @@ def find_earlier(layout: OutLayout, manifest: pa.Table,
     if done.num_rows != is_done.true_count:
         raise RuntimeError(f"found {done.num_rows} of the {is_done.true_count} earlier rows to reuse")
     return reasons, done
-
-
-def _stats_schema() -> pa.Schema:
-    return pa.schema([*stats.SCHEMA, pa.field("run_id", pa.string())])
 
 
 @dataclass(frozen=True)

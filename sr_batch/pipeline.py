@@ -287,6 +287,8 @@ def init_ray(address: str | None) -> None:
     if "ray" not in sys.modules:  # Ray reads these when it is imported
         if quiet:
             _skip_worker_lines(QUIET_WORKER_LINES)
+        # Lines Ray forwards from workers carry ANSI colour codes even into a log file or pipe.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         if address == "local":
             # Token authentication on, named rather than left to Ray's default (which warns
             # that it chose it): even on 127.0.0.1, another user of this machine could otherwise
@@ -470,12 +472,15 @@ class _StatsWriter:
                 self.lock.refresh()
 
     def _report_failure(self, row: dict) -> None:
-        if len(self.failures) < MAX_FAILURE_LINES:
+        """One line for each of the first MAX_FAILURE_LINES failures (kept for the result);
+        the rest are counted, so a run of a million bad files holds no million rows."""
+        failed = self.counts.get(stats.STATUS_FAILED, 0)
+        if failed <= MAX_FAILURE_LINES:
             self.echo(f"failed: {storage.display(row['source_uri'])}: {row['error_type']}: "
                       f"{storage.display(row['error_message'] or '')}")
-        elif len(self.failures) == MAX_FAILURE_LINES:
+            self.failures.append(row)
+        elif failed == MAX_FAILURE_LINES + 1:
             self.echo("further failures are only counted; query the stats for all of them")
-        self.failures.append(row)
 
     def progress_line(self, now: float) -> str:
         elapsed = now - self.began

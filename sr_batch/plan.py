@@ -382,7 +382,10 @@ class _RowNames:
 
 
 def _check_override(layout: OutLayout, override: str) -> tuple[str, str]:
-    """(uri, extension) of an output_uri, checked: under OUT/images, with an image extension."""
+    """(uri, extension) of an output_uri, checked: under OUT/images, with an image extension.
+    A relative path is relative to OUT (`images/a/b.png`), not to where the command runs."""
+    if "://" not in override and not posixpath.isabs(override):
+        override = storage.join(layout.root, override)
     uri = layout.check_output(override)
     ext = posixpath.splitext(uri)[1].lower().lstrip(".")
     if ext not in EXTENSION_FORMAT:

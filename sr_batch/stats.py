@@ -102,15 +102,42 @@ def write_part(output: OutLayout | str, run_id: str, table: pa.Table, seq: int, 
     return uri
 
 
+# The stats parts a run writes (write_part); anything else under OUT/stats is not ours to read.
+PART_GLOB = "run_id=*/part-*.parquet"
+
+
+def part_files(output: OutLayout | str) -> tuple[object, str, list[str]]:
+    """(filesystem, OUT/stats path, every stats part under it, sorted): only the files
+    `write_part` makes, so a stray file under OUT/stats cannot break a run or a report."""
+    layout = output if isinstance(output, OutLayout) else OutLayout.of(output)
+    fs, path = storage.get_fs(layout.stats)
+    path = path.rstrip("/")
+    try:
+        files = sorted(fs.glob(f"{path}/{PART_GLOB}"))
+    except FileNotFoundError:
+        files = []
+    return fs, path, files
+
+
+def dataset(output: OutLayout | str):
+    """The stats parts as one pyarrow dataset with every column of SCHEMA (columns an older
+    part lacks read as nulls) and the hive run_id; None when there are none."""
+    import pyarrow.dataset as ds
+
+    fs, path, files = part_files(output)
+    if not files:
+        return None
+    return ds.dataset(files, filesystem=fs, format="parquet",
+                      schema=pa.schema([*SCHEMA, pa.field("run_id", pa.string())]),
+                      partitioning=ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive"),
+                      partition_base_dir=path)
+
+
 def read_stats(output: str, run_id: str | None = None) -> pa.Table:
     """All stats rows under OUT/stats (or one run's), with the run_id column."""
     import pyarrow.dataset as ds
 
-    fs, path = storage.get_fs(OutLayout.of(output).stats)
-    if not fs.exists(path):
-        return pa.schema([("run_id", pa.string()), *SCHEMA]).empty_table()
-    partitioning = ds.partitioning(pa.schema([("run_id", pa.string())]), flavor="hive")
-    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=partitioning,
-                         exclude_invalid_files=True, ignore_prefixes=[".", "_"])
-    table = dataset.to_table(filter=(ds.field("run_id") == run_id) if run_id else None)
-    return table
+    parts = dataset(output)
+    if parts is None:
+        return pa.schema([*SCHEMA, ("run_id", pa.string())]).empty_table()
+    return parts.to_table(filter=(ds.field("run_id") == run_id) if run_id else None)

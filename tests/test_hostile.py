@@ -142,6 +142,38 @@ def test_rows_aimed_at_outs_own_files_fail_and_out_keeps_working(ray_local, tmp_
     assert "hostile" in report.out and "earlier" in report.out, report
 
 
+def test_stray_files_under_out_stats_break_nothing(ray_local, tmp_path, capsys):
+    """A file under OUT/stats that no run wrote (a plain file named like a run's folder, a note
+    in a run's folder) is not read: later runs still skip and reports still work."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(2):
+        (src / f"s{i}.png").write_bytes(png_bytes(scene(16, 16, seed=i)))
+    config = JobConfig(sources=(str(src),), output=str(out), model="bicubic")
+    assert run_job(config.replace(run_id="one"), echo=quiet).counts == {"ok": 2}
+    (out / "stats" / "run_id=stray").write_text("not parquet")
+    (out / "stats" / "run_id=one" / "notes.txt").write_text("not parquet either")
+    (out / "stats" / "run_id=one" / "copy.parquet").write_text("a broken copy")
+    assert run_job(config.replace(run_id="two"), echo=quiet).counts == {"skipped": 2}
+    assert cli.main(["report", str(out), "--run", "all", "--format", "json"]) == 0
+    assert len(stats.read_stats(str(out))) == 4
+
+
+def test_a_relative_output_uri_is_relative_to_out(ray_local, tmp_path, monkeypatch):
+    """`images/sub/r.png` in a manifest means OUT/images/sub/r.png, wherever the command runs."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "r.png").write_bytes(png_bytes(scene(12, 12, seed=4)))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    manifest_path = write_manifest(tmp_path / "m.parquet", uri=[src / "r.png"],
+                                   output_uri=["images/sub/r.png"])
+    result = run_job(JobConfig(sources=(str(manifest_path),), output=str(out), model="bicubic"), echo=quiet)
+    assert result.counts == {"ok": 1}
+    assert (out / "images" / "sub" / "r.png").exists() and not (elsewhere / "images").exists()
+
+
 # --- 2. a link inside OUT -----------------------------------------------------------------
 
 

@@ -156,10 +156,9 @@ def open_stats(output: str, *, user_sql: bool = False, allow_writes: bool = Fals
     allow_writes: leave DuckDB's own file access on (`COPY ... TO`, `read_csv`, `ATTACH`).
     """
     output = storage.to_uri(output)
-    fs, stats_path = storage.get_fs(storage.join(output, "stats"))
-    stats_path = stats_path.rstrip("/")
+    fs, stats_path, parts = stats.part_files(output)
     files: dict[str, list[str]] = {}
-    for path in sorted(fs.glob(stats_path + "/run_id=*/*.parquet")):
+    for path in parts:
         run_dir = path[len(stats_path) + 1:].split("/", 1)[0]
         files.setdefault(run_dir[len("run_id="):], []).append(path)
     if not files:
