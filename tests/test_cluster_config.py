@@ -86,3 +86,16 @@ def test_workers_install_this_package_with_gpu_extra(cluster):
     assert cluster["file_mounts"]["/home/ubuntu/sr-batch"] == "."
     for path, _ in worker_installs + head_installs:
         assert path in mounted, f"{path} is not a file_mounts target"
+
+
+def test_cpu_workers_autoscale_for_the_cpu_stages_without_gpu_wheels(cluster):
+    """Staged runs put decode and encode on any CPU: a CPU-only worker type scales for them,
+    installing the package without GPU TensorFlow."""
+    cpu_workers = {name: spec for name, spec in _worker_types(cluster).items()
+                   if spec.get("resources", {}).get("GPU", 0) == 0}
+    assert cpu_workers, "no CPU-only worker node type"
+    for name, spec in cpu_workers.items():
+        assert spec["resources"].get("CPU", 0) >= 4, name
+        assert 0 <= spec["min_workers"] < spec["max_workers"] <= cluster["max_workers"], name
+        installs = _installs(spec["worker_setup_commands"])
+        assert installs and all("gpu" not in extras and "cpu" in extras for _, extras in installs), installs
