@@ -442,46 +442,47 @@ def test_tiff_cut_before_its_header_ends_is_corrupt_not_unrecognised():
 # --- output format ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt, expected", [("PNG", ("png", ".png")), ("JPEG", ("jpeg", ".jpg")),
-                                           ("WEBP", ("webp", ".webp")), ("TIFF", ("tiff", ".tif"))])
-def test_keep_uses_the_input_format(fmt, expected):
+@pytest.mark.parametrize("fmt, planned", [("PNG", "png"), ("JPEG", "jpeg"), ("WEBP", "webp"), ("TIFF", "tiff")])
+def test_the_planned_format_is_written(fmt, planned):
+    """The plan decides the format from the output's name (--format keep: the input's
+    extension); a format that can hold the image is kept, with no note."""
     decoded = decode_image(saved(Image.fromarray(scene(8, 8)), fmt), MAX_PIXELS)
 
-    assert output_format(decoded, "keep") == (*expected, None)
+    assert output_format(decoded, planned, "keep") == (planned, None)
 
 
 @pytest.mark.parametrize("fmt", ["GIF", "BMP"])
-def test_keep_with_unwritable_input_writes_png(fmt):
+def test_keep_with_unwritable_input_notes_the_png_output(fmt):
     decoded = decode_image(saved(Image.fromarray(scene(8, 8)), fmt), MAX_PIXELS)
 
-    out, extension, note = output_format(decoded, "keep")
+    out, note = output_format(decoded, "png", "keep")
 
-    assert (out, extension) == ("png", ".png")
+    assert out == "png"
     assert fmt in note and "PNG" in note
 
 
 def test_requested_format_is_used():
     decoded = decode_image(png_bytes(scene(8, 8)), MAX_PIXELS)
 
-    assert output_format(decoded, "jpeg") == ("jpeg", ".jpg", None)
-    assert output_format(decoded, "webp") == ("webp", ".webp", None)
+    assert output_format(decoded, "jpeg", "jpeg") == ("jpeg", None)
+    assert output_format(decoded, "webp", "webp") == ("webp", None)
 
 
 def test_alpha_with_jpeg_requested_writes_png():
     decoded = decode_image(png_bytes(np.dstack([scene(8, 8), alpha_ramp(8, 8)])), MAX_PIXELS)
 
-    out, extension, note = output_format(decoded, "jpeg")
+    out, note = output_format(decoded, "jpeg", "jpeg")
 
-    assert (out, extension) == ("png", ".png")
+    assert out == "png"
     assert "alpha" in note and "jpeg" in note
     # Formats that keep alpha are left alone.
-    assert output_format(decoded, "webp") == ("webp", ".webp", None)
+    assert output_format(decoded, "webp", "webp") == ("webp", None)
 
 
 def test_sixteen_bit_with_jpeg_requested_writes_png():
     decoded = decode_image(saved(Image.fromarray(np.full((4, 4), 1000, np.uint16)), "PNG"), MAX_PIXELS)
 
-    out, _, note = output_format(decoded, "jpeg")
+    out, note = output_format(decoded, "jpeg", "jpeg")
 
     assert out == "png" and "16-bit" in note
 
