@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import imagecodecs
@@ -34,33 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sr_batch import images, quality, resample  # noqa: E402
-from sr_batch.demo import make_images  # noqa: E402
-
-
-def outputs(folder: str | None) -> dict[str, np.ndarray]:
-    """Two x2 outputs: 1024^2 and 4096^2, tiled from the (upscaled) images."""
-    if folder is None:
-        folder = tempfile.mkdtemp(prefix="sr-codecs-")
-        make_images(folder, 4, 512)
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".bmp"))
-    tiles = [resample.upscale_bicubic(np.asarray(Image.open(p).convert("RGB")), 2) for p in paths[:6]]
-    height = min(t.shape[0] for t in tiles)
-    strip = np.concatenate([t[:height] for t in tiles], axis=1)
-    result = {}
-    for side in (1024, 4096):
-        reps = (side // strip.shape[0] + 1, side // strip.shape[1] + 1, 1)
-        result[f"{side}^2"] = np.ascontiguousarray(np.tile(strip, reps)[:side, :side])
-    return result
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return min(times)
+from common import best_of, upscaled_outputs  # noqa: E402
 
 
 def pillow_png(pixels: np.ndarray, level: int) -> bytes:
@@ -80,7 +52,7 @@ def main() -> None:
     parser.add_argument("folder", nargs="?", help="images to use (default: demo images made here)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    for name, out in outputs(args.folder).items():
+    for name, out in upscaled_outputs(args.folder, (1024, 4096)).items():
         mp = out.shape[0] * out.shape[1] / 1e6
         lr = resample.downscale_bicubic(out, 2)
         print(f"\n{name} output ({mp:.1f} MP), seconds per output MP:")

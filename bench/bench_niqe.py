@@ -18,45 +18,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sr_batch import niqe, resample  # noqa: E402
-from sr_batch.demo import make_images  # noqa: E402
+from common import best_of, upscaled_outputs  # noqa: E402
 
 SIDES = (512, 1024, 2048)
-
-
-def outputs(folder: str | None) -> dict[str, np.ndarray]:
-    """x2 outputs of 512^2, 1024^2 and 2048^2, tiled from the (upscaled) images."""
-    if folder is None:
-        folder = tempfile.mkdtemp(prefix="sr-niqe-")
-        make_images(folder, 4, 512)
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".bmp"))
-    tiles = [resample.upscale_bicubic(np.asarray(Image.open(p).convert("RGB")), 2) for p in paths[:6]]
-    height = min(t.shape[0] for t in tiles)
-    strip = np.concatenate([t[:height] for t in tiles], axis=1)
-    result = {}
-    for side in SIDES:
-        reps = (side // strip.shape[0] + 1, side // strip.shape[1] + 1, 1)
-        result[f"{side}^2"] = np.ascontiguousarray(np.tile(strip, reps)[:side, :side])
-    return result
-
-
-def best_of(fn, repeats: int, clock=time.perf_counter) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = clock()
-        fn()
-        times.append(clock() - began)
-    return min(times)
 
 
 def stages(image: np.ndarray, params: niqe.NiqeParams) -> dict:
@@ -90,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     params = niqe.load_params()
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
-    for name, out in outputs(args.folder).items():
+    for name, out in upscaled_outputs(args.folder, SIDES).items():
         mp = out.shape[0] * out.shape[1] / 1e6
         score = lambda: niqe.niqe(out, params)  # noqa: B023, E731 - called at once
         seconds = best_of(score, args.repeats)

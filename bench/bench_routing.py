@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sr_batch import routing  # noqa: E402
+from common import best_of  # noqa: E402
 from test_routing import add_noise, natural_image  # noqa: E402
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return 1000 * min(times)
 
 
 def jpeg(array: np.ndarray, quality: int) -> bytes:
@@ -59,12 +49,12 @@ def print_cost(base: np.ndarray, repeats: int) -> None:
         tiles = routing.sample_tiles(pixels)
         luma = routing._tiles_luma(tiles)
         parts = [
-            best_ms(lambda: routing.jpeg_quality_of(data), repeats),
-            best_ms(lambda: routing._tiles_luma(routing.sample_tiles(pixels)), repeats),
-            best_ms(lambda: routing._tiles_blockiness(luma), repeats),
-            best_ms(lambda: routing._tiles_noise_sigma(tiles, luma), repeats),
+            1000 * best_of(lambda: routing.jpeg_quality_of(data), repeats),
+            1000 * best_of(lambda: routing._tiles_luma(routing.sample_tiles(pixels)), repeats),
+            1000 * best_of(lambda: routing._tiles_blockiness(luma), repeats),
+            1000 * best_of(lambda: routing._tiles_noise_sigma(tiles, luma), repeats),
         ]
-        total = best_ms(lambda: routing.estimate(data, pixels), repeats)
+        total = 1000 * best_of(lambda: routing.estimate(data, pixels), repeats)
         print(f"{label:>14} {total:12.1f} " + " ".join(f"{p:{w}.1f}" for p, w in zip(parts, (7, 11, 11, 6))))
 
 

@@ -8,7 +8,6 @@ import io
 import logging
 import os
 import socket
-import threading
 import uuid
 
 import fsspec
@@ -17,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import png_bytes, scene
+from conftest import bounded, png_bytes, scene
 from sr_batch.errors import ManifestError
 from sr_batch.manifest import (MANIFEST_SCHEMA, build_manifest, image_id_for, load_sources,
                                read_manifest, write_manifest)
@@ -155,23 +154,6 @@ def test_source_without_images_is_a_clear_error(tmp_path):
         build_manifest([str(tmp_path / "*.png")])
 
 
-def bounded(call, limit_s: float = 60.0):
-    """Run `call` in a daemon thread and return its result; fail, not hang, if it blocks."""
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(limit_s)
-    assert not thread.is_alive(), f"still blocked after {limit_s} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 @contextlib.contextmanager

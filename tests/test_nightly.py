@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +15,7 @@ from PIL import Image
 
 from sr_batch import stats
 
-from conftest import png_bytes, scene, stop_process
+from conftest import png_bytes, scene, silent_server, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -143,28 +140,6 @@ def test_driver_killed_with_sigkill_then_rerun(ray_head, tmp_path):
 # --- a Jobs API that never answers ---------------------------------------------------
 
 
-@contextlib.contextmanager
-def silent_server():
-    """A TCP server on 127.0.0.1 that accepts connections and never answers; yields its port."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-
-    def accept():
-        while True:
-            try:
-                held.append(server.accept()[0])
-            except OSError:  # closed
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
-        for conn in held:
-            conn.close()
 
 
 def plain_env(home: Path) -> dict[str, str]:

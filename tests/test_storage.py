@@ -17,6 +17,8 @@ import pytest
 from sr_batch import storage
 from sr_batch.errors import MissingFileError, PathEscapeError, ReadError, WriteError
 
+from conftest import bounded, silent_server
+
 
 @pytest.fixture
 def memory_root():
@@ -268,24 +270,6 @@ def test_not_transient(exc):
 # --- inputs that must fail as read errors, never crash or hang ---------------------------
 
 
-def bounded(call, limit_s: float = 60.0):
-    """Run `call` in a daemon thread; return its result or exception. A call still running
-    after `limit_s` fails the test instead of hanging the suite (it is a guard, not a timing)."""
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the test
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(limit_s)
-    assert not thread.is_alive(), f"still blocked after {limit_s} s"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def open_and_read(uri: str, **options) -> bytes:
@@ -328,28 +312,6 @@ def test_refused_connection_is_a_read_error_not_a_missing_file(reader):
         bounded(lambda: READERS[reader](uri, retries=0))
 
 
-@contextlib.contextmanager
-def silent_server():
-    """A TCP server on 127.0.0.1 that accepts connections and never answers; yields its port."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-
-    def accept():
-        while True:
-            try:
-                held.append(server.accept()[0])
-            except OSError:  # closed
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.close()
-        for conn in held:
-            conn.close()
 
 
 @pytest.mark.parametrize("reader", sorted(READERS))
