@@ -139,7 +139,8 @@ def test_every_listed_model_matches_its_file():
 
 def test_shipped_weights_fit_the_package_budget():
     total = sum(path.stat().st_size for path in registry.WEIGHTS_DIR.glob("*.keras"))
-    assert total <= 20 * 1024 * 1024, f"{total / 2**20:.1f} MB of weights; the budget is 20 MB"
+    # 20 MiB for the clean zoo, 2 more for the `real` pairs (stored in float16: half the bytes).
+    assert total <= 22 * 1024 * 1024, f"{total / 2**20:.1f} MiB of weights; the budget is 22 MiB"
 
 
 def test_bicubic_resolves_without_a_file():
@@ -597,3 +598,66 @@ def test_tiny_training_run_lowers_the_loss_and_resumes(tmp_path, hr_folder):
     longer = dataclasses.replace(config, steps=40)
     resumed = train(longer)
     assert [h["step"] for h in resumed["history"]] == [10, 20, 30, 40]
+
+
+# --- float16 storage and denoise pairs --------------------------------------------------
+
+
+def _saved_model(path: Path, arch: str = "quality_lite", seed: int = 0) -> str:
+    from sr_batch.models import cards
+
+    model = randomise(build_model(arch, 2), seed=seed, std=0.02)
+    model.save(path)
+    data = path.read_bytes()
+    cards.write_card(str(path), {"name": path.stem, "arch": arch, "scale": 2, "channels": 3,
+                                 "file": path.name, "sha256": registry.sha256_of(data), "bytes": len(data),
+                                 "params": model.count_params(), "receptive_radius": receptive_radius(arch, 2),
+                                 "init_from_card": {"sha256": "parent"}})
+    return str(path)
+
+
+def test_float16_storage_halves_the_file_and_runs_in_float32(tmp_path):
+    from sr_batch.models import cards
+
+    path = tmp_path / "m.keras"
+    _saved_model(path)
+    before = registry.load_keras_model(registry.resolve_model(str(path), 2))
+    size = path.stat().st_size
+    card = cards.store_float16(str(path))
+    assert path.stat().st_size < 0.6 * size and card["stored_as"] == "float16"
+    assert card["sha256"] == registry.sha256_of(path.read_bytes())
+    after = registry.load_keras_model(registry.resolve_model(str(path), 2))
+    assert all(np.asarray(w).dtype == np.float32 for w in after.weights)
+    image = synthetic_image(48)[None].astype(np.float32) / 255
+    a, b = (np.rint(np.asarray(m(image)) * 255) for m in (before, after))
+    assert np.abs(a - b).max() <= 1
+
+
+def test_a_denoise_pair_interpolates_its_two_files(tmp_path):
+    """--denoise S loads (1 - S) * mild + S * strong; 0 and 1 are the two files themselves."""
+    from sr_batch.models import cards
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    mild, strong = _saved_model(weights / "p_mild_x2.keras", seed=1), _saved_model(weights / "p_strong_x2.keras", seed=2)
+    index = tmp_path / "index.json"
+    cards.register_pair("pair", storage_uri(mild), storage_uri(strong), index_path=index)
+    entry = registry.read_index(index)["models"][0]
+    assert (entry["file"], entry["denoise_file"]) == ("p_mild_x2.keras", "p_strong_x2.keras")
+    spec = dataclasses.replace(registry.resolve_model(mild, 2), denoise_uri=storage_uri(strong),
+                               sha256=entry["sha256"], denoise_sha256=entry["denoise_sha256"])
+    assert spec.has_denoise and spec.identity not in (spec.sha256, spec.denoise_sha256)
+    ends = [registry.load_keras_model(dataclasses.replace(spec, denoise_uri=None, denoise_sha256=None)),
+            registry.load_keras_model(registry.resolve_model(strong, 2))]
+    for strength in (0.0, 0.3, 1.0):
+        blended = registry.load_keras_model(spec, denoise=strength)
+        for got, a, b in zip(blended.get_weights(), ends[0].get_weights(), ends[1].get_weights()):
+            np.testing.assert_allclose(got, (1 - strength) * a + strength * b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"--denoise must be in \[0, 1\]"):
+        registry.load_keras_model(spec, denoise=1.5)
+
+
+def storage_uri(path: str) -> str:
+    from sr_batch import storage
+
+    return storage.to_uri(path)

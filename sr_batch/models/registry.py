@@ -229,12 +229,14 @@ def _load_verified(uri: str, sha256: str | None):
         with os.fdopen(handle, "wb") as tmp:
             tmp.write(data)
         try:
-            return keras.saving.load_model(path, safe_mode=True, compile=False)
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
         except Exception as exc:  # noqa: BLE001 - any failure here means "not a loadable model"
             reason = _refusal(data, exc).replace(path, shown)
             raise ModelError(f"cannot load model {shown}: {reason}") from exc
     finally:
         os.unlink(path)
+    # Weights stored in float16 (half the file) run in float32, like every other model.
+    return with_dtype(model, "float32") if stored_in_float16(model) else model
 
 
 # Layers that run code or files from outside the .keras file; safe_mode never loads them.
@@ -328,6 +330,23 @@ def with_precision(model, precision: str):
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def with_dtype(model, dtype: str):
+    """A copy of `model` whose every layer holds and computes in `dtype` (float16 to store a
+    file at half the size, float32 to run one that was stored so)."""
+    import keras
+
+    def clone(layer):
+        return type(layer).from_config({**layer.get_config(), "dtype": dtype})
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights([np.asarray(w).astype(dtype) for w in model.get_weights()])
+    return copy
+
+
+def stored_in_float16(model) -> bool:
+    return any(np.asarray(w).dtype == np.float16 for w in model.weights)
 
 
 def measure_scale(model) -> int:
