@@ -354,19 +354,22 @@ AUTO = "auto"
 # Bump when the rules change: the version is part of `--model auto`'s identity, so an
 # incremental run redoes the images whose route the new rules would choose differently.
 RULES_VERSION = 1
-# The rules' thresholds, measured on Set5 + Set14 with the evaluation presets (see
-# jobs/evaluate_routing.py and docs/models.md): where the `real` model starts to beat the clean
-# model on the same LR, and which --denoise does best at each strength of degradation.
-CLEAN_ABOVE_QUALITY = 90
-"""A JPEG of this quality or better goes to the clean model (its blocks are below the detail)."""
+# The rules' thresholds, measured on Set5 + Set14 (jobs/evaluate.py --preset jpegQ / noiseS
+# with the clean default and `real` at every denoise level; docs/models.md#model-auto): where
+# `real` starts to beat the clean model on the same LR, and which --denoise does best.
+CLEAN_ABOVE_QUALITY = 93
+"""A JPEG of higher quality goes to the clean model (x4: q95 clean 28.36 dB, real 28.14)."""
 BLOCKY = 1.3
 """Blockiness at or above this (a JPEG saved as PNG, or similar) counts as JPEG."""
-CLEAN_BELOW_SIGMA = 2.5
-"""Noise sigma (8-bit levels) below which an image counts as clean."""
+CLEAN_BELOW_SIGMA = 9.0
+"""Estimated noise sigma (8-bit levels, per channel) below which an image counts as clean. The
+estimate reads fine texture as noise too (clean x4 LRs of Set5/Set14 read up to 8.8), and
+sending a clean image to `real` costs far more (x4: about 0.8 dB) than leaving light noise to
+the clean model (sigma 4: the clean model is still 0.2 dB ahead; sigma 6: 0.1 dB behind)."""
 # (quality at or below, denoise) for JPEGs, strongest first; (sigma at or above, denoise) for noise.
-JPEG_DENOISE = ((40, 1.0), (60, 0.75), (80, 0.5), (100, 0.25))
-NOISE_DENOISE = ((12.0, 1.0), (7.0, 0.75), (4.0, 0.5), (0.0, 0.25))
-DENOISE_LEVELS = (0.25, 0.5, 0.75, 1.0)
+JPEG_DENOISE = ((55, 0.5), (77, 0.25), (CLEAN_ABOVE_QUALITY, 0.0))
+NOISE_DENOISE = ((13.0, 0.75), (CLEAN_BELOW_SIGMA, 0.5))
+DENOISE_LEVELS = (0.0, 0.25, 0.5, 0.75)
 """Every denoise strength a rule can choose: auto loads one interpolation of `real` per level."""
 # The quality that blockiness most resembles (a decoded JPEG at that quality), for non-JPEG files.
 _BLOCKINESS_QUALITY = ((3.0, 15), (2.4, 25), (2.0, 40), (1.7, 60), (1.4, 80))

@@ -339,7 +339,8 @@ def train(config: TrainConfig) -> dict:
         "receptive_radius": receptive_radius(config.arch, config.scale),
         # Conv multiply-adds per output pixel (resampling and activations excluded); FLOPs = 2 MACs.
         "flops_per_pixel": 2 * conv_macs_per_output_pixel(export),
-        "trained_on": [{"dataset": dataset_name(f), "uri": storage.to_uri(f), "images": len(list_images(f))}
+        # The folders as given: a card records datasets/T91/HR, not the trainer's home directory.
+        "trained_on": [{"dataset": dataset_name(f), "uri": f, "images": len(list_images(f))}
                        for f in config.train],
         "steps": config.steps,
         "init_from": posixpath.basename(config.init_from) if config.init_from else None,
