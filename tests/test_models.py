@@ -598,6 +598,9 @@ def test_tiny_training_run_lowers_the_loss_and_resumes(tmp_path, hr_folder):
     longer = dataclasses.replace(config, steps=40)
     resumed = train(longer)
     assert [h["step"] for h in resumed["history"]] == [10, 20, 30, 40]
+    # Time counts on from the checkpoint: the card's time covers all 40 steps.
+    elapsed = [h["elapsed_s"] for h in resumed["history"]]
+    assert elapsed == sorted(elapsed) and resumed["train_s"] >= elapsed[-1] > written["train_s"] * 0.99
 
 
 # --- float16 storage and denoise pairs --------------------------------------------------

@@ -305,6 +305,9 @@ def train(config: TrainConfig) -> dict:
         if state is not None:
             model = _load_keras(storage.join(storage.to_uri(config.checkpoint_dir), CHECKPOINT_NAME))
             history = state["history"]
+            # Training time counts on from the checkpoint: train_s and elapsed_s are the time
+            # the shipped steps took, whatever the number of resumes.
+            began -= history[-1]["elapsed_s"] if history else 0.0
             log.info("resumed from %s at step %d", config.checkpoint_dir, int(model.optimizer.iterations))
         else:
             model = _build_compiled(config)
