@@ -10,6 +10,8 @@ weights; `sr-batch evaluate --update-cards` writes measured numbers into both.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from sr_batch import storage
@@ -131,26 +133,27 @@ def pick_defaults(min_mp_per_s: float = DEFAULT_MIN_MP_PER_S) -> dict[str, str]:
     return index["default"]
 
 
-def store_float16(weights_uri: str) -> dict:
-    """Rewrite a .keras file with its weights in float16 (about half the bytes; models loaded
-    from it run in float32: registry.load_keras_model) and update its card's sha256, bytes and
-    `stored_as`. The outputs move by at most one 8-bit level; evaluate the file again after."""
-    import tempfile
-
-    from sr_batch.models.registry import _load_verified, with_dtype
-
-    model = with_dtype(_load_verified(weights_uri, None), "float16")
+def save_keras(model, uri: str) -> bytes:
+    """Save a Keras model to any URI by way of a local temporary file; return the bytes written."""
     handle, path = tempfile.mkstemp(suffix=".keras")
+    os.close(handle)
     try:
         model.save(path)
         with open(path, "rb") as saved:
             data = saved.read()
     finally:
-        import os
-
-        os.close(handle)
         os.unlink(path)
-    storage.write_bytes_atomic(weights_uri, data)
+    storage.write_bytes_atomic(uri, data)
+    return data
+
+
+def store_float16(weights_uri: str) -> dict:
+    """Rewrite a .keras file with its weights in float16 (about half the bytes; models loaded
+    from it run in float32: registry.load_keras_model) and update its card's sha256, bytes and
+    `stored_as`. The outputs move by at most one 8-bit level; evaluate the file again after."""
+    from sr_batch.models.registry import _load_verified, with_dtype
+
+    data = save_keras(with_dtype(_load_verified(weights_uri, None), "float16"), weights_uri)
     card = json.loads(storage.read_bytes(card_uri(weights_uri)))
     card.update(sha256=registry.sha256_of(data), bytes=len(data), stored_as="float16")
     write_card(weights_uri, card)

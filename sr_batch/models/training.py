@@ -177,20 +177,6 @@ def _strategy_scope():
     return contextlib.nullcontext()
 
 
-def _save_keras(model, uri: str) -> bytes:
-    """Save a model to any URI by way of a local temporary file; return the bytes written."""
-    handle, path = tempfile.mkstemp(suffix=".keras")
-    os.close(handle)
-    try:
-        model.save(path)
-        with open(path, "rb") as saved:
-            data = saved.read()
-    finally:
-        os.unlink(path)
-    storage.write_bytes_atomic(uri, data)
-    return data
-
-
 def _load_keras(uri: str, **kwargs):
     handle, path = tempfile.mkstemp(suffix=".keras")
     try:
@@ -328,7 +314,7 @@ def train(config: TrainConfig) -> dict:
     # Ship the weights in a fresh, uncompiled model: no optimizer state in the file.
     export = build_model(config.arch, config.scale)
     export.set_weights(model.get_weights())
-    data = _save_keras(export, storage.to_uri(config.out))
+    data = cards.save_keras(export, storage.to_uri(config.out))
     sidecar = {
         "name": config.name or config.arch,
         "arch": config.arch,
@@ -431,7 +417,7 @@ class _Progress(keras.callbacks.Callback):
         self.history.append(record)
         if self.config.checkpoint_dir:
             directory = storage.to_uri(self.config.checkpoint_dir)
-            _save_keras(self.model, storage.join(directory, CHECKPOINT_NAME))
+            cards.save_keras(self.model, storage.join(directory, CHECKPOINT_NAME))
             storage.write_bytes_atomic(storage.join(directory, STATE_NAME),
                                        json.dumps({"step": step, "steps": self.config.steps,
                                                    "history": self.history}).encode())
