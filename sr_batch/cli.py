@@ -22,10 +22,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="directories, globs or fsspec URIs of images, or one manifest file")
     p.add_argument("--output", "-o", required=True, help="output root (fsspec URI)")
-    p.add_argument("--model", default=None,
-                   help="zoo name, 'bicubic', 'auto' (each image gets the clean default or `real` at a "
-                        "denoise strength, by its JPEG quality, blocking and noise), or a path/URI to a "
-                        ".keras or .onnx file (default: the zoo's default)")
+    p.add_argument("--model", default="auto",
+                   help="'auto' (the default: each image gets the clean model or `real` at a denoise "
+                        "strength, by its JPEG quality, blocking and noise), 'clean' (the zoo's default "
+                        "for the scale, for every image), a zoo name, 'bicubic', or a path/URI to a "
+                        ".keras or .onnx file")
     p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
     p.add_argument("--outscale", type=float, default=None, metavar="F",
                    help="output size as a factor of the input, any F >= 1 (e.g. 1.5, 8): the model runs "
@@ -322,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_argument("--count", type=int, default=12, help="pictures (default 12)")
     demo_cmd.add_argument("--width", type=int, default=320, help="input width in px (default 320)")
     demo_cmd.add_argument("--height", type=int, default=240, help="input height in px (default 240)")
-    demo_cmd.add_argument("--model", default=None, help="as for `run` (default: zoo default)")
+    demo_cmd.add_argument("--model", default="auto", help="as for `run` (default: auto)")
     demo_cmd.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     demo_cmd.set_defaults(func=cmd_demo)
 

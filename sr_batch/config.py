@@ -82,7 +82,8 @@ class JobConfig:
     output: str
     """Output root (fsspec URI); images go to OUT/images, stats to OUT/stats."""
     model: str | None = None
-    """Zoo name, `bicubic`, or a path/URI to a .keras file; None picks the zoo default."""
+    """`auto`, `clean`, a zoo name, `bicubic`, or a path/URI to a .keras/.onnx file; None (as
+    `clean`) picks the zoo's default for the scale. The command line's default is `auto`."""
     scale: int = 2
     """Upscaling factor; must match the model's."""
     denoise: float | None = None

@@ -166,7 +166,7 @@ class DemoResult:
 
 
 def run_demo(root: Path | str, count: int = 12, size: tuple[int, int] = (240, 320),
-             model: str | None = None, scale: int = 2, echo=None) -> DemoResult:
+             model: str | None = "auto", scale: int = 2, echo=None) -> DemoResult:
     """Make the demo set under ROOT, upscale it into ROOT/upscaled (scored against the
     originals), and write ROOT/report.html."""
     from sr_batch import reports
@@ -191,6 +191,10 @@ def run_demo(root: Path | str, count: int = 12, size: tuple[int, int] = (240, 32
                         "avg(ssim_y) AS ssim_y, avg(ssim_y_bicubic) AS ssim_y_bicubic "
                         "FROM sel WHERE status = 'ok' AND isfinite(psnr_y) AND isfinite(psnr_y_bicubic)")[0]
         model_name = report.tables["summary"].column("model")[0].as_py() or "?"
+        if model == "auto":  # what each image got
+            got = db.rows("SELECT model || coalesce(' --denoise ' || denoise, '') AS got, count(*) AS n "
+                          "FROM sel WHERE status = 'ok' GROUP BY 1 ORDER BY n DESC, got")
+            model_name = "auto (" + ", ".join(f"{r['got']}: {r['n']}" for r in got) + ")"
     finally:
         db.con.close()
     return DemoResult(demo=demo, output=output, report=report_path, model=model_name,

@@ -28,6 +28,8 @@ MODELS_DIR = Path(__file__).resolve().parent
 INDEX_PATH = MODELS_DIR / "index.json"
 WEIGHTS_DIR = MODELS_DIR / "weights"
 BICUBIC = "bicubic"
+CLEAN = "clean"
+"""`--model clean`: the zoo's default for the scale (the model for clean downscales)."""
 # `--denoise` for models shipped as a mild/strong pair when none is given: halfway, the
 # strength that did best on the mixed `realistic` preset (docs/models.md).
 DEFAULT_DENOISE = 0.5
@@ -126,12 +128,13 @@ def is_model_uri(name_or_uri: str) -> bool:
 
 
 def resolve_model(name_or_uri: str | None, scale: int, index_path: Path | str = INDEX_PATH) -> ModelSpec:
-    """Turn `--model` into a spec: None -> the default for `scale`, a zoo name, bicubic, or a file.
+    """Turn `--model` into a spec: None or `clean` -> the default for `scale`, a zoo name,
+    bicubic, or a file.
 
     A file's scale, parameters and radius stay None until `load_keras_model`.
     """
     index = read_index(index_path)
-    if name_or_uri is None:
+    if name_or_uri is None or name_or_uri == CLEAN:
         name_or_uri = index.get("default", {}).get(str(scale))
         if name_or_uri is None:
             defaults = ", ".join(f"x{s}" for s in sorted(index.get("default", {}), key=int)) or "none"
