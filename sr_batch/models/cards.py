@@ -84,7 +84,9 @@ def update_cards(rows: list) -> list[str]:
             plain = not row.self_ensemble and row.precision == "float32"
             is_default_denoise = row.denoise in (None, registry.DEFAULT_DENOISE)
             if plain and is_default_denoise and row.preset == "clean":
-                card.update(flops_per_pixel=row.flops_per_pixel, mp_per_s=row.mp_per_s, eval=evaluation)
+                card.update(flops_per_pixel=row.flops_per_pixel, eval=evaluation)
+                if row.mp_per_s == row.mp_per_s:  # --no-speed (NaN) keeps the speed measured before
+                    card["mp_per_s"] = row.mp_per_s
                 if "Set5" in evaluation:
                     card.update(set5_psnr_y=evaluation["Set5"]["psnr_y"],
                                 set5_psnr_y_bicubic=evaluation["Set5"]["psnr_y_bicubic"])
