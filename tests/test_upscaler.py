@@ -1,4 +1,5 @@
-"""Upscaler: packed batches equal per-image results, one trace serves every batch, grey stays grey."""
+"""Upscaler: packed batches equal per-image results, one trace serves every batch, grey stays grey,
+and self-ensemble is the mean of the eight flips and quarter turns."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from sr_batch import tiling
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, to_float, to_integer
 
 from conftest import scene
+from models.helpers import randomise, run_eager
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,33 @@ def test_integer_float_round_trip_is_exact(dtype):
     pixels = values.reshape(1, -1, 1)
     assert to_float(pixels).dtype == np.float32
     np.testing.assert_array_equal(to_integer(to_float(pixels), dtype), pixels)
+
+
+def test_self_ensemble_is_the_mean_of_the_eight_transformed_predictions():
+    from sr_batch.models.architectures import build_model
+    from sr_batch.upscaler import self_ensemble
+
+    model = randomise(build_model("subpixel", 2), seed=5, std=0.1)
+    run = run_eager(model)
+    tiles = np.random.default_rng(6).random((3, 12, 12, 3), dtype=np.float32)
+    expected = np.zeros((3, 24, 24, 3), np.float64)
+    for k in range(4):
+        for flip in (False, True):
+            t = np.rot90(tiles, k, axes=(1, 2))
+            t = t[:, :, ::-1] if flip else t
+            out = run(np.ascontiguousarray(t))
+            out = out[:, :, ::-1] if flip else out
+            expected += np.rot90(out, -k, axes=(1, 2)) / 8
+    np.testing.assert_allclose(self_ensemble(run)(tiles), expected, atol=1e-5)
+    assert not np.allclose(run(tiles), expected, atol=1e-3)  # a generic net is not equivariant
+
+
+def test_self_ensemble_of_an_equivariant_model_is_a_no_op():
+    from sr_batch.models.architectures import build_model
+    from sr_batch.upscaler import make_tf_batch_fn, self_ensemble
+
+    # The untrained residual model is exactly bicubic, which commutes with flips and quarter turns.
+    run, traces = make_tf_batch_fn(build_model("residual", 3), 10)
+    tiles = np.random.default_rng(7).random((2, 10, 10, 3), dtype=np.float32)
+    np.testing.assert_allclose(self_ensemble(run)(tiles), run(tiles), atol=1e-5)
+    assert traces() == 1  # square tiles: every transformed batch reuses the one trace
