@@ -109,7 +109,7 @@ def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str
     for i, path in enumerate(paths[:sample]):
         row = {"uri": storage.to_uri(str(path)), "bytes": None}
         began = time.process_time()
-        decoded, _ = stages.read_and_decode(settings, row)
+        decoded, _, _ = stages.read_and_decode(settings, row)
         times["read + decode"] += time.process_time() - began
         began = time.process_time()
         (result,) = upscaler.upscale([decoded.pixels])

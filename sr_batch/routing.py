@@ -355,7 +355,7 @@ AUTO = "auto"
 # incremental run redoes the images whose route the new rules would choose differently.
 RULES_VERSION = 1
 # The rules' thresholds, measured on Set5 + Set14 (jobs/evaluate.py --preset jpegQ / noiseS
-# with the clean default and `real` at every denoise level; docs/models.md#model-auto): where
+# with the clean default and `real` at every denoise level; docs/models.md#--model-auto): where
 # `real` starts to beat the clean model on the same LR, and which --denoise does best.
 CLEAN_ABOVE_QUALITY = 93
 """A JPEG of higher quality goes to the clean model (x4: q95 clean 28.36 dB, real 28.14)."""
