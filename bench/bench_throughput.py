@@ -46,6 +46,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -155,7 +156,7 @@ def child_main(task: dict) -> None:
     from sr_batch import tiling
     from sr_batch.runtime import configure_tensorflow
     from sr_batch.config import JobConfig
-    from sr_batch.pipeline import resolve_tiling
+    from sr_batch.plan import resolve_tiling
 
     configure_tensorflow(os.cpu_count() or 1)
     from sr_batch.models import registry
@@ -165,7 +166,10 @@ def child_main(task: dict) -> None:
     radius = task["overlap"] or spec.receptive_radius
     if radius is None:
         radius = tiling.receptive_radius_from_impulse(lambda x: model(x, training=False).numpy(), SCALE)
-    config = resolve_tiling(JobConfig(sources=("-",), output="-"), radius)
+    defaults = JobConfig(sources=("-",), output="-")
+    tiles = resolve_tiling(defaults, radius)
+    # What the timed paths need of the job's settings: its tile sides, overlap and batch.
+    config = SimpleNamespace(tile_sizes=tiles.sides, tile_overlap=tiles.overlap, batch_size=defaults.batch_size)
     paths = sorted(Path(task["folder"]).glob("*.png"))
 
     def emit(kind: str, **fields) -> None:
@@ -435,7 +439,7 @@ class Bench:
         time.sleep(2)  # let the run's actors exit before the next run's memory is sampled
         return {"wall_s": result.wall_s, "mp_s": result.output_megapixels_per_s,
                 "peak_rss_mb": round(rss.peak / 2**20), "sums": sums,
-                "actors": record["config"]["actors"], "tile_sizes": record["config"]["tile_sizes"],
+                "actors": record["config"]["actors"], "tile_sizes": record["plan"]["tile_sides"],
                 "calls_per_actor": calls_per_actor}
 
     def child(self, choice: ModelChoice, workload: Workload, paths: list[str]) -> dict:

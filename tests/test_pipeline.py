@@ -376,6 +376,26 @@ def test_any_output_size_runs_the_model_then_resizes(ray_local, tmp_path):
     assert run_job(base.replace(fit="50x50", run_id="fit-again"), echo=quiet).counts == {"skipped": 2}
 
 
+def test_sr_batch_run_takes_the_output_size_options(ray_local, tmp_path):
+    """The same through `sr-batch run`: --outscale, then --fit, each recorded and each its own setting."""
+    from sr_batch import cli
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(scene(40, 60, seed=5)).save(tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    args = ["run", str(tmp_path / "in"), "--output", str(out), "--model", "bicubic", "--scale", "2"]
+    assert cli.main([*args, "--outscale", "3.5", "--run-id", "o"]) == 0
+    assert cli.main([*args, "--fit", "100x100", "--run-id", "f"]) == 0
+    sizes = {}
+    for run_id in ("o", "f"):
+        (row,) = stats.read_stats(str(out), run_id).to_pylist()
+        assert row["status"] == "ok"
+        sizes[run_id] = (row["out_width"], row["out_height"], row["output_size"])
+        with Image.open(row["output_uri"].removeprefix("file://")) as image:
+            assert image.size == (row["out_width"], row["out_height"])
+    assert sizes == {"o": (210, 140, "outscale=3.5"), "f": (100, 67, "fit=100x100")}
+
+
 # --- the staged arrangement ------------------------------------------------------------
 
 
