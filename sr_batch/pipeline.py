@@ -11,13 +11,16 @@ The driver never imports TensorFlow; actors do.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
@@ -98,6 +101,28 @@ def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
         return execute(plan, echo, lock)
 
 
+@contextlib.contextmanager
+def _interrupt_latch():
+    """SIGINT raises KeyboardInterrupt as usual and also sets the event yielded, so the
+    run stops at the next batch even where code between (Ray's iteration) caught the
+    exception. Outside the main thread, where signals cannot be handled, the event stays unset."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum, frame):
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be restored
+            signal.signal(signal.SIGINT, previous)
+
+
 def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
     """Run a plan's rows through the actor pool and record every row; see the module docstring."""
     started_at = dt.datetime.now(dt.timezone.utc)
@@ -114,8 +139,11 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
             pool = actor_pool_size(config)
             settings = actor_settings(plan, pool)
             echo(_header(plan, pool))
-            for batch in _upscale(plan, settings, pool):
-                writer.add(batch)
+            with _interrupt_latch() as interrupted:
+                for batch in _upscale(plan, settings, pool):
+                    writer.add(batch)
+                    if interrupted.is_set():  # a library swallowed the KeyboardInterrupt
+                        raise KeyboardInterrupt
         else:
             echo(f"run {plan.run_id}: {plan.listed.num_rows} images, all unchanged since earlier runs: "
                  f"nothing to upscale")

@@ -384,10 +384,10 @@ def test_sr_batch_run_takes_the_output_size_options(ray_local, tmp_path):
     Image.fromarray(scene(40, 60, seed=5)).save(tmp_path / "in" / "a.png")
     out = tmp_path / "out"
     args = ["run", str(tmp_path / "in"), "--output", str(out), "--model", "bicubic", "--scale", "2"]
-    assert cli.main([*args, "--outscale", "3.5", "--run-id", "o"]) == 0
-    assert cli.main([*args, "--fit", "100x100", "--run-id", "f"]) == 0
     sizes = {}
-    for run_id in ("o", "f"):
+    # Each option is its own setting: the second run redoes the image into the same file.
+    for run_id, option in (("o", ["--outscale", "3.5"]), ("f", ["--fit", "100x100"])):
+        assert cli.main([*args, *option, "--run-id", run_id]) == 0
         (row,) = stats.read_stats(str(out), run_id).to_pylist()
         assert row["status"] == "ok"
         sizes[run_id] = (row["out_width"], row["out_height"], row["output_size"])
@@ -424,3 +424,22 @@ def test_staged_arrangement_writes_what_the_fused_one_does(ray_local, tmp_path):
                        for r in stats.read_stats(str(tmp_path / a)).to_pylist()), key=lambda r: r["image_id"])
             for a in ("fused", "staged")}
     assert rows["fused"] == rows["staged"]
+
+
+def test_an_interrupt_that_a_library_swallows_still_stops_the_run():
+    """The latch around the batch loop: SIGINT raises KeyboardInterrupt and sets the event, so a
+    KeyboardInterrupt caught inside Ray's iteration still ends the run at the next batch."""
+    import signal
+
+    from sr_batch.pipeline import _interrupt_latch
+
+    before = signal.getsignal(signal.SIGINT)
+    with _interrupt_latch() as interrupted:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode
+        except KeyboardInterrupt:
+            pass  # what a library might do
+        assert interrupted.is_set()
+    assert signal.getsignal(signal.SIGINT) is before
+
