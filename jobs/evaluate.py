@@ -2,7 +2,7 @@
 
 Example (the README table's numbers, ~1 minute per scale on 2 CPU cores):
 
-    python jobs/evaluate.py /work/shared/datasets/Set5/HR /work/shared/datasets/Set14/HR \
+    python jobs/evaluate.py datasets/Set5/HR datasets/Set14/HR \
         --scale 2 --self-ensemble --threads 2
 """
 

@@ -428,8 +428,8 @@ USAGE = """Train a zoo model on HR image folders.
 Example (how the shipped default x2 model was made, ~8 minutes on 2 CPU cores):
 
     python jobs/train.py --arch residual --scale 2 \
-        --train /work/shared/datasets/T91/HR /work/shared/datasets/BSDS200/HR \
-        --val /work/shared/datasets/Set5/HR --eval /work/shared/datasets/Set14/HR \
+        --train datasets/T91/HR datasets/BSDS200/HR \
+        --val datasets/Set5/HR --eval datasets/Set14/HR \
         --steps 6000 --batch-size 32 --patch-size 64 --threads 2 \
         --out sr_batch/models/weights/residual_x2.keras --checkpoint-dir runs-local/residual_x2 \
         --name residual --make-default
