@@ -44,6 +44,9 @@ class ReuseKey:
     """--denoise of a model pair; None for every other model."""
     output_size: str | None = None
     """--outscale/--width/--height/--fit (sizing.OutputSize.key); None: the model's scale."""
+    denoise_per_image: bool = False
+    """--model auto: each image's denoise is what the rules chose for it (the rules and every
+    candidate are in `model_sha256`), so `denoise` is not compared."""
 
     @classmethod
     def of(cls, config, model_sha256: str, overlap: int | None, denoise: float | None) -> "ReuseKey":
@@ -71,8 +74,10 @@ REASONS = (REASON_NEW, REASON_CHANGED_SOURCE, REASON_CHANGED_SETTINGS, REASON_FA
            REASON_FORCED)
 
 # Columns of an earlier row that a `skipped` row repeats.
+# (denoise, route and the estimates: what the image got, which under --model auto is its own.)
 _PREVIOUS = ("image_id", "source_uri", "output_uri", "width", "height", "channels", "bit_depth",
-             "out_width", "out_height", "format", "model", "bytes_in", "source_mtime", "source_etag")
+             "out_width", "out_height", "format", "model", "denoise", "route", "jpeg_quality_est",
+             "noise_sigma_est", "bytes_in", "source_mtime", "source_etag")
 
 _COMPARE_SQL = f"""
 WITH standing AS (
@@ -87,7 +92,7 @@ WITH standing AS (
             AND (alpha_mode IS NULL OR alpha_mode = $alpha_mode)
             AND coalesce(self_ensemble, false) = $self_ensemble
             AND coalesce(precision, 'float32') = $precision
-            AND denoise IS NOT DISTINCT FROM $denoise
+            AND ($denoise_per_image OR denoise IS NOT DISTINCT FROM $denoise)
             AND output_size IS NOT DISTINCT FROM $output_size) AS wanted
     FROM stats
     WHERE status = 'ok'
@@ -218,7 +223,8 @@ def skipped_rows(done: pa.Table, manifest_rows: pa.Table, key: ReuseKey) -> pa.T
     columns = {name: done.column(name) for name in _PREVIOUS}
     columns["reference_uri"] = manifest_rows.column("reference_uri")
     columns.update({name: _repeat(value, n, stats.SCHEMA.field(name).type)
-                    for name, value in dataclasses.asdict(key).items()})
+                    for name, value in dataclasses.asdict(key).items()
+                    if name not in ("denoise", "denoise_per_image")})
     columns["status"] = _repeat(stats.STATUS_SKIPPED, n)
     columns["notes"] = pc.binary_join_element_wise("unchanged since run ", done.column("run_id"), "")
     columns["finished_at"] = _repeat(now, n, stats.SCHEMA.field("finished_at").type)

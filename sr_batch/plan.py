@@ -621,7 +621,7 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
     if spec.uri is not None and spec.sha256 is None:  # an unprobed user file: hash its bytes
         identity = registry.sha256_of(storage.read_bytes(spec.uri))
     if routes:  # auto: its own identity; each route's overlap covers its model's radius
-        key = incremental.ReuseKey.of(config, auto_identity, None, None)
+        key = replace(incremental.ReuseKey.of(config, auto_identity, None, None), denoise_per_image=True)
     else:
         key = incremental.ReuseKey.of(config, identity, tiling and tiling.overlap, denoise)
     listed = plan_outputs(table, layout, config.format)

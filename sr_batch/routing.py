@@ -353,7 +353,7 @@ def _tiles_luma(tiles: np.ndarray) -> np.ndarray:
 AUTO = "auto"
 # Bump when the rules change: the version is part of `--model auto`'s identity, so an
 # incremental run redoes the images whose route the new rules would choose differently.
-RULES_VERSION = 1
+RULES_VERSION = 2
 # The rules' thresholds, measured on Set5 + Set14 (jobs/evaluate.py --preset jpegQ / noiseS
 # with the clean default and `real` at every denoise level; docs/models.md#--model-auto): where
 # `real` starts to beat the clean model on the same LR, and which --denoise does best.
@@ -369,6 +369,12 @@ the clean model (sigma 4: the clean model is still 0.2 dB ahead; sigma 6: 0.1 dB
 # (quality at or below, denoise) for JPEGs, strongest first; (sigma at or above, denoise) for noise.
 JPEG_DENOISE = ((55, 0.5), (77, 0.25), (CLEAN_ABOVE_QUALITY, 0.0))
 NOISE_DENOISE = ((13.0, 0.75), (CLEAN_BELOW_SIGMA, 0.5))
+# x2 reads less texture as noise (clean x2 LRs of Set5/Set14: at most 5.7), and there `real`
+# already wins from sigma 6 (x2, sigma 6: real dn0.25 34.16 dB, residual 33.07; sigma 4: 34.93
+# against 34.75), so x2 sends noise from sigma 6 to `real`.
+NOISE_RULES = {2: (6.0, ((13.0, 0.75), (9.0, 0.5), (6.0, 0.25)))}
+"""Per scale: (the sigma below which an image counts as clean, the noise table); other scales
+use CLEAN_BELOW_SIGMA and NOISE_DENOISE (measured at x4)."""
 DENOISE_LEVELS = (0.0, 0.25, 0.5, 0.75)
 """Every denoise strength a rule can choose: auto loads one interpolation of `real` per level."""
 # The quality that blockiness most resembles (a decoded JPEG at that quality), for non-JPEG files.
@@ -390,10 +396,11 @@ class Choice:
         return self.model if self.denoise is None else f"{self.model} dn{self.denoise:g}"
 
 
-def choose(estimates: Estimates) -> Choice:
-    """The route of one image: a visibly compressed or noisy image goes to `real`, with the
-    denoise strength its degradation calls for (the stronger of its JPEG and noise clues); the
-    rest to the clean model."""
+def choose(estimates: Estimates, scale: int = 4) -> Choice:
+    """The route of one image at `scale`: a visibly compressed or noisy image goes to `real`,
+    with the denoise strength its degradation calls for (the stronger of its JPEG and noise
+    clues); the rest to the clean model."""
+    clean_below, noise_denoise = NOISE_RULES.get(scale, (CLEAN_BELOW_SIGMA, NOISE_DENOISE))
     quality, why = estimates.jpeg_quality, None
     if quality is not None:
         why = f"jpeg q{quality:.0f}"
@@ -405,8 +412,8 @@ def choose(estimates: Estimates) -> Choice:
     if quality is not None and quality <= CLEAN_ABOVE_QUALITY:
         strengths.append(next(d for q, d in JPEG_DENOISE if quality <= q))
         reasons.append(why)
-    if sigma >= CLEAN_BELOW_SIGMA:
-        strengths.append(next(d for s, d in NOISE_DENOISE if sigma >= s))
+    if sigma >= clean_below:
+        strengths.append(next(d for s, d in noise_denoise if sigma >= s))
         reasons.append(f"noise {sigma:.1f}")
     if not strengths:
         return Choice("clean", None, (why + ", " if why else "") + f"clean (noise {sigma:.1f})")

@@ -189,7 +189,7 @@ def route_image(s: ActorSettings, w: Work, image, data: bytes | None) -> None:
         estimates = None
     else:
         estimates = routing.estimate(data, image.pixels)
-        choice = routing.choose(estimates)
+        choice = routing.choose(estimates, s.scale)
     known = {r.key for r in s.routes}
     if choice.key not in known:  # no `real` at this scale: the clean model, and say so
         choice = routing.Choice("clean", None, choice.reason + f" -> clean (no real model at x{s.scale})")

@@ -396,6 +396,63 @@ def test_sr_batch_run_takes_the_output_size_options(ray_local, tmp_path):
     assert sizes == {"o": (210, 140, "outscale=3.5"), "f": (100, 67, "fit=100x100")}
 
 
+# --- --model auto ----------------------------------------------------------------------
+
+
+def test_auto_routes_each_image_and_runs_it_as_its_model_would(ray_local, tmp_path):
+    """The default `--model auto` through `sr-batch run`: a clean PNG takes the clean default, a
+    JPEG at quality 40 `real` at 0.5, a PNG with noise sigma 15 `real` at 0.75; the stats say
+    why; each output equals a run with that model alone; auto is its own reusable setting."""
+    import io
+
+    from sr_batch import cli
+    from sr_batch.models import registry
+
+    src, single = tmp_path / "in", tmp_path / "jpeg-only"
+    src.mkdir()
+    single.mkdir()
+    Image.fromarray(scene(48, 64, seed=1)).save(src / "clean.png")
+    buffer = io.BytesIO()
+    Image.fromarray(scene(48, 64, seed=2)).save(buffer, "JPEG", quality=40)
+    (src / "web.jpg").write_bytes(buffer.getvalue())
+    (single / "web.jpg").write_bytes(buffer.getvalue())
+    noise = np.random.default_rng(3).normal(0, 15, (48, 64, 3))
+    Image.fromarray(np.clip(scene(48, 64, seed=3) + noise, 0, 255).astype(np.uint8)).save(src / "noisy.png")
+
+    out = tmp_path / "out"
+    args = ["run", str(src), "--output", str(out), "--scale", "2"]
+    assert cli.main([*args, "--run-id", "auto"]) == 0
+    rows = {Path(r["source_uri"]).name: r for r in stats.read_stats(str(out), "auto").to_pylist()}
+    clean, web, noisy = rows["clean.png"], rows["web.jpg"], rows["noisy.png"]
+    assert (clean["model"], clean["denoise"]) == (registry.resolve_model(None, 2).name, None)
+    assert clean["route"].startswith("clean") and clean["jpeg_quality_est"] is None
+    assert (web["model"], web["denoise"], web["route"]) == ("real", 0.5, "jpeg q40")
+    assert web["jpeg_quality_est"] == pytest.approx(40, abs=1)
+    assert (noisy["model"], noisy["denoise"]) == ("real", 0.75)
+    assert noisy["route"].startswith("noise") and 12 <= noisy["noise_sigma_est"] <= 20
+    # One identity for auto (its rules and every candidate), its own setting for reuse.
+    (identity,) = {r["model_sha256"] for r in rows.values()}
+    assert identity not in {registry.resolve_model(None, 2).identity, registry.resolve_model("real", 2).identity}
+
+    alone = tmp_path / "alone"
+    assert cli.main(["run", str(single), "--output", str(alone), "--scale", "2", "--model", "real",
+                     "--denoise", "0.5"]) == 0
+    (by_itself,) = stats.read_stats(str(alone)).to_pylist()
+    with Image.open(web["output_uri"].removeprefix("file://")) as a, \
+            Image.open(by_itself["output_uri"].removeprefix("file://")) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+    assert cli.main([*args, "--run-id", "again"]) == 0  # auto again: nothing to redo
+    again = {Path(r["source_uri"]).name: r for r in stats.read_stats(str(out), "again").to_pylist()}
+    assert {r["status"] for r in again.values()} == {"skipped"}
+    assert {n: (r["model"], r["denoise"], r["route"]) for n, r in again.items()} == {
+        n: (r["model"], r["denoise"], r["route"]) for n, r in rows.items()}  # what each got
+    assert cli.main([*args, "--model", "clean", "--run-id", "clean"]) == 0  # another setting
+    redone = stats.read_stats(str(out), "clean").to_pylist()
+    assert [r["status"] for r in redone] == ["ok"] * 3
+    assert {r["model"] for r in redone} == {registry.resolve_model(None, 2).name}
+
+
 # --- the staged arrangement ------------------------------------------------------------
 
 

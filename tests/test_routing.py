@@ -323,6 +323,18 @@ def test_choose_routes_by_jpeg_quality_blocking_and_noise(estimates, model, deno
         assert choice.denoise in routing.DENOISE_LEVELS and choice.key == f"real dn{choice.denoise:g}"
 
 
+def test_x2_sends_lighter_noise_to_real_than_x4():
+    """Measured per scale: at x2 `real` wins from sigma 6, at x4 the clean model up to 9."""
+    noisy = routing.Estimates(None, None, 1.0, 7.0)
+    assert routing.choose(noisy, 2).key == "real dn0.25"
+    assert routing.choose(noisy, 4).model == "clean"
+    assert routing.choose(routing.Estimates(None, None, 1.0, 5.0), 2).model == "clean"
+    for scale in (2, 4):
+        by_sigma = [routing.choose(routing.Estimates(None, None, 1.0, s), scale).denoise or 0
+                    for s in range(0, 30)]
+        assert by_sigma == sorted(by_sigma)
+
+
 def test_stronger_degradation_never_gets_a_weaker_denoise():
     by_quality = [routing.choose(routing.Estimates(q, True, 1.0, 0.5)) for q in range(10, 91, 5)]
     strengths = [c.denoise for c in by_quality]

@@ -251,7 +251,7 @@ def evaluate_mixed(folders: list[str], scale: int, denoise: tuple[float, ...] = 
             data = mixed_lr(hr, scale, kind, index)
             lr = image_codec.decode_image(data, 10**9).pixels
             lr = lr[..., 0] if lr.shape[2] == 1 else lr
-            choice = routing.choose(routing.estimate(data, lr))
+            choice = routing.choose(routing.estimate(data, lr), scale)
             routes[f"{kind}: {choice.key}"] = routes.get(f"{kind}: {choice.key}", 0) + 1
             chosen = runners[clean_spec.name] if choice.model == "clean" else real_runs[choice.denoise]
             for name, upscale in [*runners.items(), ("auto", chosen)]:
