@@ -58,7 +58,7 @@ from sr_batch.demo import make_images  # noqa: E402
 from sr_batch.config import DEFAULT_TILE_CORE, LARGE_TILE_CORE  # noqa: E402
 
 SCALE = 2
-# (count, side): the three workloads.
+# (count, side): small, medium and large workloads.
 WORKLOADS = {"small": (2000, 128), "medium": (200, 512), "large": (4, 4096)}
 QUICK_DIVISOR = 10
 # Stage timings past the decode use at most this input side of a large image.

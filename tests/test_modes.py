@@ -109,7 +109,7 @@ def cmyk_icc() -> bytes:
 
 
 def build_archive(root: Path) -> None:
-    """One file per row of the issue's table, plus metadata, orientation, animation and huge."""
+    """One file per row of the input-modes table (docs/formats.md), plus metadata, orientation, animation and huge."""
     root.mkdir(parents=True)
     rgb, alpha = scene(H, W, seed=1), alpha_ramp(H, W)
     grey = rgb[..., 1]

@@ -30,7 +30,7 @@ ARCHITECTURES = ("basic", "residual", "subpixel", "srcnn", "espcn", "fsrcnn", "q
 Y_ONLY = ("srcnn", "espcn", "fsrcnn")
 
 # Width of the low-resolution feature convs in `basic` and `residual`:
-# 64 as in the issue; the models stay under 80k parameters (~300 KB files).
+# 64 features; the models stay under 80k parameters (~300 KB files).
 FEATURES = 64
 # Channels out of the transposed conv. 32 halves the high-resolution work
 # (the conv after it runs on scale^2 times the pixels) at no visible loss.
@@ -46,7 +46,7 @@ FSRCNN_D, FSRCNN_S, FSRCNN_M, FSRCNN_DECONV = 56, 12, 4, 9
 # starts them as ReLUs, and FSRCNN's 12-channel bottleneck then dies within a few steps.
 PRELU_INIT = keras.initializers.Constant(0.25)
 # EDSR-baseline style models (Lim et al., 2017), by name: (features, residual blocks).
-# `quality`: 64 x 12, 0.93 M parameters (the issue allows 1.5 M), trained on a GPU.
+# `quality`: 64 x 12, 0.93 M parameters (the zoo's limit is 1.5 M), trained on a GPU.
 # `quality_lite`: 48 x 6, 0.28 M, trainable on 2 CPU cores and fast enough for a default.
 # `real`: quality_lite's body, fine-tuned from it on degraded LR (models/degradations.py).
 EDSR_SIZES = {"quality": (64, 12), "quality_lite": (48, 6), "real": (48, 6)}
