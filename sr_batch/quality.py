@@ -128,11 +128,13 @@ def psnr_y_consistency(output: np.ndarray, lr_input: np.ndarray) -> float:
     return psnr(rgb_to_y(shrunk), rgb_to_y(lr_input))
 
 
-def sharpness_ratio(output: np.ndarray, lr_input: np.ndarray) -> float:
+def sharpness_ratio(output: np.ndarray, lr_input: np.ndarray, baseline: np.ndarray | None = None) -> float:
     """Gradient energy of the output over that of a bicubic upscale of the input to the output's
-    size; nan if flat. Above 1 means more high-frequency detail than bicubic (real or hallucinated).
+    size (`baseline`, when the caller has made it already); nan if flat. Above 1 means more
+    high-frequency detail than bicubic (real or hallucinated).
     """
-    baseline = resize_bicubic(lr_input, (output.shape[1], output.shape[0]))
+    if baseline is None:
+        baseline = resize_bicubic(lr_input, (output.shape[1], output.shape[0]))
     denominator = gradient_energy_y(baseline)
     if denominator == 0:
         return math.nan
