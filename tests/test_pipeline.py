@@ -453,6 +453,31 @@ def test_auto_routes_each_image_and_runs_it_as_its_model_would(ray_local, tmp_pa
     assert {r["model"] for r in redone} == {registry.resolve_model(None, 2).name}
 
 
+def test_metrics_niqe_scores_each_output_and_its_bicubic_and_the_report_ranks_by_it(ray_local, tmp_path):
+    """--metrics niqe: `niqe` and `niqe_bicubic` per image; without references the report's
+    metric, worst list and gallery are by NIQE."""
+    from sr_batch import reports
+
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        Image.fromarray(scene(120, 160, seed=i)).save(tmp_path / "in" / f"{i}.png")
+    config = JobConfig(sources=(str(tmp_path / "in"),), output=str(tmp_path / "out"), model="bicubic",
+                       metrics=("niqe",))
+    assert run_job(config, echo=quiet).counts == {"ok": 3}
+    rows = stats.read_stats(str(tmp_path / "out")).to_pylist()
+    assert all(np.isfinite(r["niqe"]) and np.isfinite(r["niqe_bicubic"]) for r in rows)
+    # The output is bicubic here: it and its bicubic reference are the same picture.
+    assert all(r["niqe"] == pytest.approx(r["niqe_bicubic"], abs=1e-3) for r in rows)
+    db = reports.open_stats(str(tmp_path / "out"))
+    try:
+        report = reports.build_report(db, plots=True, gallery=2)
+    finally:
+        db.con.close()
+    assert report.metric == "niqe" and len(report.gallery) == 4
+    worst = report.tables["worst"].to_pylist()
+    assert [w["niqe"] for w in worst] == sorted((r["niqe"] for r in rows), reverse=True)
+
+
 # --- the staged arrangement ------------------------------------------------------------
 
 
