@@ -33,8 +33,8 @@ import sr_batch.models.layers  # noqa: F401 - registers DepthToSpace for checkpo
 from sr_batch import storage
 from sr_batch.errors import ConfigError, MissingFileError, SrBatchError
 from sr_batch.models import cards, degradations, evaluation, registry
-from sr_batch.models.architectures import (ARCHITECTURES, build_model, conv_macs_per_output_pixel,
-                                          receptive_radius)
+from sr_batch.models.architectures import (ARCHITECTURES, LUMA_WEIGHTS, Y_ONLY, build_model,
+                                          conv_macs_per_output_pixel, receptive_radius)
 from sr_batch.models.data import dataset_name, list_images, load_images, sample_batch
 from sr_batch.runtime import device_name
 
@@ -122,12 +122,6 @@ class TrainConfig:
             raise ConfigError("--out must end in .keras")
 
 
-
-
-
-
-
-
 def batch_stream(images: list[np.ndarray], config: TrainConfig, first_step: int) -> Iterator[tuple]:
     """Batches first_step .. config.steps - 1 in order, cut by `config.data_workers` threads.
 
@@ -149,12 +143,6 @@ def batch_stream(images: list[np.ndarray], config: TrainConfig, first_step: int)
         while ahead:
             yield ahead.popleft().result()
             ahead.extend(pool.submit(batch, step) for step in itertools.islice(steps, 1))
-
-
-
-
-
-
 
 
 def validate(model, images: list[np.ndarray], scale: int, preset: str = "clean") -> dict:
@@ -187,11 +175,39 @@ def _load_keras(uri: str, **kwargs):
         os.unlink(path)
 
 
+@keras.saving.register_keras_serializable(package="sr_batch")
+class LumaLoss(keras.losses.Loss):
+    """L1 or L2 on BT.601 Y of RGB output and target: the loss of the Y-only models.
+
+    They change luma only, so an RGB loss would also score the bicubic chroma they
+    cannot touch, and weigh R, G and B equally where Y-PSNR weighs them 0.26/0.50/0.10.
+    """
+
+    def __init__(self, kind: str = "l1", **kwargs):
+        kwargs.setdefault("name", f"{kind}_on_y")
+        super().__init__(**kwargs)
+        if kind not in LOSSES:
+            raise ValueError(f"kind must be one of {', '.join(LOSSES)}, got {kind!r}")
+        self.kind = kind
+
+    def call(self, y_true, y_pred):
+        error = keras.ops.sum((y_pred - y_true) * keras.ops.convert_to_tensor(LUMA_WEIGHTS), axis=-1)
+        return keras.ops.abs(error) if self.kind == "l1" else keras.ops.square(error)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}
+
+
+def loss_for(arch: str, kind: str):
+    """The training loss: on Y for the Y-only architectures, on RGB for the rest."""
+    return LumaLoss(kind) if arch in Y_ONLY else LOSSES[kind]
+
+
 def _build_compiled(config: TrainConfig) -> keras.Model:
     model = build_model(config.arch, config.scale)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.lr, decay_steps=config.steps, alpha=FINAL_LR_FRACTION)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=LOSSES[config.loss])
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss_for(config.arch, config.loss))
     return model
 
 
@@ -341,6 +357,7 @@ def train(config: TrainConfig) -> dict:
         "patch_size": config.patch_size,
         "lr": config.lr,
         "loss": config.loss,
+        "loss_on": "Y (BT.601)" if config.arch in Y_ONLY else "RGB",
         "degradation": ("Pillow BICUBIC downscale of the HR patch" if config.degradation == "bicubic"
                         else degradations.RANGES[config.degradation].to_card()),
         "val_preset": config.val_preset,
@@ -374,8 +391,6 @@ def _check_registrable(out: str) -> None:
     uri = storage.to_uri(out)
     if not uri.startswith("file://") or os.path.dirname(uri[len("file://"):]) != str(registry.WEIGHTS_DIR):
         raise ConfigError(f"--name registers into the zoo, so --out must be in {registry.WEIGHTS_DIR}")
-
-
 
 
 class _Progress(keras.callbacks.Callback):

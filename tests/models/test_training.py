@@ -123,3 +123,34 @@ def test_tiny_training_run_lowers_the_loss_and_resumes(tmp_path, hr_folder):
     # Time counts on from the checkpoint: the card's time covers all 40 steps.
     elapsed = [h["elapsed_s"] for h in resumed["history"]]
     assert elapsed == sorted(elapsed) and resumed["train_s"] >= elapsed[-1] > written["train_s"] * 0.99
+
+
+def test_luma_loss_scores_bt601_y_and_ignores_chroma():
+    from sr_batch.models.architectures import LUMA_WEIGHTS
+    from sr_batch.models.training import LumaLoss
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0.2, 0.8, (2, 8, 8, 3)).astype(np.float32)
+    weights = np.array(LUMA_WEIGHTS, np.float32)
+    # A change orthogonal to the luma weights moves R, G and B but not Y.
+    chroma_only = np.cross(weights, [1.0, 0.0, 0.0]).astype(np.float32) * 0.1
+    assert float(LumaLoss("l1")(target, target + chroma_only)) == pytest.approx(0.0, abs=1e-6)
+    # Adding d to every channel moves Y by d * sum(weights).
+    moved = float(LumaLoss("l1")(target, target + 0.05))
+    assert moved == pytest.approx(0.05 * weights.sum(), rel=1e-4)
+    assert float(LumaLoss("l2")(target, target + 0.05)) == pytest.approx((0.05 * weights.sum()) ** 2, rel=1e-4)
+    with pytest.raises(ValueError, match="kind"):
+        LumaLoss("huber")
+
+
+def test_y_only_training_uses_the_luma_loss_and_resumes(tmp_path, hr_folder):
+    from sr_batch.models.training import TrainConfig, train
+
+    config = TrainConfig(arch="espcn", scale=2, train=(str(hr_folder),), val=str(hr_folder),
+                         out=str(tmp_path / "espcn.keras"), steps=10, epoch_steps=5,
+                         batch_size=4, patch_size=32, seed=0, checkpoint_dir=str(tmp_path / "ckpt"))
+    first = train(config)
+    assert (first["loss"], first["loss_on"]) == ("l1", "Y (BT.601)")
+    # The checkpoint holds the compiled model, loss included: it must load back to resume.
+    resumed = train(dataclasses.replace(config, steps=15))
+    assert [h["step"] for h in resumed["history"]] == [5, 10, 15]
