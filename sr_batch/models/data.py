@@ -31,7 +31,6 @@ def list_images(folder: str) -> list[str]:
     return sorted(f"{protocol}://{p}" if protocol != "file" else "file://" + p for p in found)
 
 
-
 def load_images(folders: tuple[str, ...] | list[str]) -> list[np.ndarray]:
     """Every image of the folders, decoded to uint8 RGB HxWx3 in memory."""
     images = []
@@ -42,12 +41,26 @@ def load_images(folders: tuple[str, ...] | list[str]) -> list[np.ndarray]:
     return images
 
 
+def add_downscaled(images: list[np.ndarray], factors: tuple[float, ...]) -> list[np.ndarray]:
+    """The images, then a Pillow BICUBIC downscaled copy of each per factor (FSRCNN's scale augmentation).
+
+    A downscaled photo is a new HR image with finer detail per pixel: more of what
+    the model must learn to restore, from the same folder.
+    """
+    copies = list(images)
+    for factor in factors:
+        if not 0.0 < factor < 1.0:
+            raise ConfigError(f"scale augmentation factors must be in (0, 1), got {factor}")
+        for image in images:
+            size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
+            copies.append(np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC)))
+    return copies
+
 
 def dataset_name(folder: str) -> str:
     """`.../Set5/HR` -> `Set5`: the last path part that is not HR."""
     parts = [p for p in storage.to_uri(folder).split("://", 1)[1].split("/") if p]
     return next((p for p in reversed(parts) if p.upper() != "HR"), folder)
-
 
 
 def sample_batch(images: list[np.ndarray], seed: int, step: int, batch_size: int,

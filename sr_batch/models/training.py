@@ -35,7 +35,7 @@ from sr_batch.errors import ConfigError, MissingFileError, SrBatchError
 from sr_batch.models import cards, degradations, evaluation, registry
 from sr_batch.models.architectures import (ARCHITECTURES, LUMA_WEIGHTS, Y_ONLY, build_model,
                                           conv_macs_per_output_pixel, receptive_radius)
-from sr_batch.models.data import dataset_name, list_images, load_images, sample_batch
+from sr_batch.models.data import add_downscaled, dataset_name, list_images, load_images, sample_batch
 from sr_batch.runtime import device_name
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds the weights and the batch stream."""
     loss: str = "l1"
-    """l1 or l2 on RGB in [0, 1]."""
+    """l1 or l2 on RGB in [0, 1]; on BT.601 Y for the Y-only architectures (srcnn, espcn, fsrcnn)."""
     checkpoint_dir: str | None = None
     """Folder for the resumable checkpoint; None trains without one."""
     name: str | None = None
@@ -94,6 +94,8 @@ class TrainConfig:
     name (`mild`, `strong`): blur, resize, noise and JPEG, see models/degradations.py."""
     val_preset: str = "clean"
     """Evaluation preset (degradations.PRESETS) applied to the validation LR."""
+    scale_augment: tuple[float, ...] = ()
+    """Also train on every image downscaled by these factors (e.g. 0.9 0.8 0.7 0.6, as FSRCNN)."""
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -112,6 +114,8 @@ class TrainConfig:
             raise ConfigError("--train needs at least one folder")
         if self.minutes is not None and self.minutes <= 0:
             raise ConfigError(f"--minutes must be > 0, got {self.minutes}")
+        if any(not 0.0 < factor < 1.0 for factor in self.scale_augment):
+            raise ConfigError(f"--scale-augment factors must be in (0, 1), got {list(self.scale_augment)}")
         if self.degradation != "bicubic" and self.degradation not in degradations.RANGES:
             raise ConfigError(f"--degradation must be bicubic or one of {', '.join(degradations.RANGES)}, "
                               f"got {self.degradation!r}")
@@ -286,7 +290,7 @@ def train(config: TrainConfig) -> dict:
     if config.name is not None:
         _check_registrable(config.out)
     began = time.perf_counter()
-    train_images = load_images(config.train)
+    train_images = add_downscaled(load_images(config.train), config.scale_augment)
     val_images = load_images([config.val]) if config.val else []
     log.info("loaded %d training images (%.1f MP) and %d validation images in %.1fs",
              len(train_images), sum(im.shape[0] * im.shape[1] for im in train_images) / 1e6,
@@ -470,7 +474,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, default=64, help="HR patch side, a multiple of scale (default 64)")
     parser.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate, cosine-decayed (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights and batches (default 0)")
-    parser.add_argument("--loss", default="l1", choices=["l1", "l2"], help="pixel loss (default l1)")
+    parser.add_argument("--loss", default="l1", choices=["l1", "l2"],
+                        help="pixel loss (default l1), on Y for srcnn, espcn and fsrcnn")
+    parser.add_argument("--scale-augment", type=float, nargs="+", default=[], metavar="FACTOR",
+                        help="also train on each image downscaled by these factors, e.g. 0.9 0.8 0.7 0.6")
     parser.add_argument("--checkpoint-dir", help="folder for a resumable checkpoint; rerun the same command to resume")
     parser.add_argument("--name", help="register the result in the package zoo under this name (--out must be in the weights folder)")
     parser.add_argument("--make-default", action="store_true", help="make the registered model the default for its scale")
@@ -503,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             patch_size=args.patch_size, lr=args.lr, seed=args.seed, loss=args.loss,
             checkpoint_dir=args.checkpoint_dir, name=args.name, make_default=args.make_default,
             init_from=args.init_from, data_workers=args.data_workers, minutes=args.minutes,
-            degradation=args.degradation, val_preset=args.val_preset,
+            degradation=args.degradation, val_preset=args.val_preset, scale_augment=tuple(args.scale_augment),
         )
         train(config)
     except SrBatchError as exc:

@@ -83,6 +83,9 @@ def test_training_config_is_checked_before_any_work(tmp_path, hr_folder):
     with pytest.raises(ConfigError, match="multiple of --epoch-steps"):
         TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), out=str(tmp_path / "m.keras"),
                     steps=25, epoch_steps=10)
+    with pytest.raises(ConfigError, match="scale-augment"):
+        TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),), out=str(tmp_path / "m.keras"),
+                    scale_augment=(0.8, 1.0))
     outside_zoo = TrainConfig(arch="subpixel", scale=2, train=(str(hr_folder),),
                               out=str(tmp_path / "m.keras"), steps=10, name="mine")
     with pytest.raises(ConfigError, match="weights"):
@@ -147,10 +150,12 @@ def test_y_only_training_uses_the_luma_loss_and_resumes(tmp_path, hr_folder):
     from sr_batch.models.training import TrainConfig, train
 
     config = TrainConfig(arch="espcn", scale=2, train=(str(hr_folder),), val=str(hr_folder),
-                         out=str(tmp_path / "espcn.keras"), steps=10, epoch_steps=5,
-                         batch_size=4, patch_size=32, seed=0, checkpoint_dir=str(tmp_path / "ckpt"))
+                         out=str(tmp_path / "espcn.keras"), steps=10, epoch_steps=5, batch_size=4,
+                         patch_size=32, seed=0, checkpoint_dir=str(tmp_path / "ckpt"), scale_augment=(0.8,))
     first = train(config)
     assert (first["loss"], first["loss_on"]) == ("l1", "Y (BT.601)")
+    card = json.loads((tmp_path / "espcn.json").read_text())
+    assert card["config"]["scale_augment"] == [0.8]
     # The checkpoint holds the compiled model, loss included: it must load back to resume.
     resumed = train(dataclasses.replace(config, steps=15))
     assert [h["step"] for h in resumed["history"]] == [5, 10, 15]
