@@ -42,7 +42,7 @@ def load_images(folders: tuple[str, ...] | list[str]) -> list[np.ndarray]:
 
 
 def add_downscaled(images: list[np.ndarray], factors: tuple[float, ...]) -> list[np.ndarray]:
-    """The images, then a Pillow BICUBIC downscaled copy of each per factor (FSRCNN's scale augmentation).
+    """The images, then a bicubic downscaled copy of each per factor (FSRCNN's scale augmentation).
 
     A downscaled photo is a new HR image with finer detail per pixel: more of what
     the model must learn to restore, from the same folder.
@@ -53,7 +53,7 @@ def add_downscaled(images: list[np.ndarray], factors: tuple[float, ...]) -> list
             raise ConfigError(f"scale augmentation factors must be in (0, 1), got {factor}")
         for image in images:
             size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
-            copies.append(np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC)))
+            copies.append(resample.resize_bicubic(image, size))
     return copies
 
 
