@@ -103,8 +103,11 @@ def run_nightly(config: JobConfig, address: str, options: list[str], *,
         raise ConfigError("a dry run only plans: call sr_batch.preview.dry_run(config, command='nightly')")
     run_id = config.run_id or new_run_id()
     layout = OutLayout.of(config.output)
-    with _sigterm_as_interrupt(), OutputLock(layout.lock, stale_s,
-                                             purpose=f"sr-batch nightly {run_id}") as lock:
+    # The Jobs SDK is imported before SIGTERM is caught: a signal inside its compiled
+    # modules' import would be dropped, and before the lock is taken none is needed.
+    _bounded_client_class()
+    with _SigtermAsInterrupt() as sigterm, OutputLock(layout.lock, stale_s,
+                                                      purpose=f"sr-batch nightly {run_id}") as lock:
         # The cluster sizes its own calls and probes a user's model file: no header reads
         # and no TensorFlow here (an unprobed file's earlier outputs match any overlap).
         plan = plan_run(config, run_id=run_id, probe=None, size_calls=False)
@@ -120,8 +123,9 @@ def run_nightly(config: JobConfig, address: str, options: list[str], *,
         rows = plan.todo.set_column(plan.todo.schema.get_field_index("planned_outputs"), "planned_outputs",
                                     planned_outputs_column(plan.todo))
         manifest.write_manifest(rows.select(manifest.MANIFEST_SCHEMA.names), manifest_uri)
+        sigterm.check()
         status = _submit_and_follow(address, job_entrypoint(manifest_uri, config, run_id, options),
-                                    run_id, lock, echo)
+                                    run_id, lock, echo, sigterm.check)
     exit_code = {"SUCCEEDED": 0, "FAILED": 1}.get(status, 3)
     echo(f"nightly {run_id}: job {status}; {todo} images submitted")
     return NightlyResult(run_id, listed, todo, status, exit_code)
@@ -141,27 +145,45 @@ def enable_token_auth() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
+class _SigtermAsInterrupt:
     """Let SIGTERM (cron's `timeout`, `kill`) unwind like Ctrl-C: the lock is released and
-    the job stopped, where the default action would end the process and leave both."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    the job stopped, where the default action would end the process and leave both.
 
-    def interrupt(signum, frame):
+    The signal is also remembered: an interrupt raised inside a C extension's callback
+    (an import's module patching, for one) is printed and dropped by Python, so the
+    steps between Jobs API calls ask `check()`, and an error that ends the block after
+    a SIGTERM is reported as the interrupt it follows.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "_SigtermAsInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._interrupt)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        if self.received and exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            raise KeyboardInterrupt from exc
+
+    def _interrupt(self, signum, frame):
+        self.received = True
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def check(self) -> None:
+        """Raise the interrupt of a SIGTERM that arrived where it could not be raised."""
+        if self.received:
+            raise KeyboardInterrupt
 
 
 @functools.cache
 def _bounded_client_class():
     """JobSubmissionClient whose every HTTP request has connect and read timeouts."""
+    enable_token_auth()  # before the import: Ray reads its auth mode as it loads
     from ray.job_submission import JobSubmissionClient
 
     class BoundedJobSubmissionClient(JobSubmissionClient):
@@ -200,8 +222,9 @@ def _client(address: str):
 
 
 def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputLock,
-                       echo: Echo) -> str:
+                       echo: Echo, check_interrupt=lambda: None) -> str:
     client = _client(address)
+    check_interrupt()
     workdir, cleanup = working_dir()
     submission_id = f"sr-batch-{run_id}"
     try:
@@ -211,6 +234,7 @@ def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputL
             shutil.rmtree(cleanup, ignore_errors=True)
     echo(f"nightly {run_id}: submitted job {submission_id} to {storage.display(address)}")
     try:
+        check_interrupt()
         try:
             asyncio.run(_stream_logs(client, submission_id, lock, echo))
         except JobSubmitError:
@@ -218,7 +242,7 @@ def _submit_and_follow(address: str, entrypoint: str, run_id: str, lock: OutputL
         except Exception as exc:  # noqa: BLE001 - a broken log stream is not a failed job
             echo(f"nightly {run_id}: lost the job's log stream ({_failure_text(exc)}); "
                  "waiting for its status")
-        return _wait(client, submission_id, lock, address)
+        return _wait(client, submission_id, lock, address, check_interrupt)
     except KeyboardInterrupt:
         try:
             client.stop_job(submission_id)
@@ -306,7 +330,8 @@ async def _stream_logs(client, submission_id: str, lock: OutputLock, echo: Echo)
                 await step
 
 
-def _wait(client, submission_id: str, lock: OutputLock, address: str = "the cluster") -> str:
+def _wait(client, submission_id: str, lock: OutputLock, address: str = "the cluster",
+          check_interrupt=lambda: None) -> str:
     """Final status; tail_job_logs ends with the job, but the status can lag a moment.
 
     Errors are retried for FOLLOW_PATIENCE_S (a head restarting); then the job is given
@@ -331,4 +356,5 @@ def _wait(client, submission_id: str, lock: OutputLock, address: str = "the clus
         if time.monotonic() - last_refresh > REFRESH_S:
             lock.refresh()
             last_refresh = time.monotonic()
+        check_interrupt()
         time.sleep(1.0)

@@ -193,6 +193,47 @@ def test_sigterm_releases_the_lock(tmp_path):
     assert not (out / "nightly.lock").exists(), stderr[-2000:]
 
 
+class DropsASigterm:
+    """Raises SIGTERM inside __del__, where Python prints the handler's exception and drops
+    it, as it does inside a compiled module's import callback."""
+
+    def __del__(self):
+        signal.raise_signal(signal.SIGTERM)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_that_python_dropped_still_interrupts():
+    from sr_batch import nightly
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with nightly._SigtermAsInterrupt() as sigterm:
+            DropsASigterm()
+            assert sigterm.received
+            sigterm.check()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_error_after_a_dropped_sigterm_is_reported_as_the_interrupt():
+    from sr_batch import nightly
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with nightly._SigtermAsInterrupt():
+            DropsASigterm()
+            raise nightly.JobSubmitError("cannot reach the Ray Jobs API: timed out")
+    assert isinstance(caught.value.__cause__, nightly.JobSubmitError)
+
+
+def test_an_error_without_a_sigterm_stays_itself():
+    from sr_batch import nightly
+
+    with pytest.raises(nightly.JobSubmitError):
+        with nightly._SigtermAsInterrupt() as sigterm:
+            sigterm.check()
+            raise nightly.JobSubmitError("cannot reach the Ray Jobs API: timed out")
+
+
 class SilentClient:
     """The part of JobSubmissionClient the follow-up uses, from a head that stopped answering:
     the log stream never yields, and every status request fails as a timeout would."""
