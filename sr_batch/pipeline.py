@@ -289,12 +289,14 @@ def _probe_task():
 # Worker lines the driver does not echo (Ray's RAY_DEDUP_LOGS_SKIP_REGEX, read when `ray` is
 # first imported); they stay in the workers' log files. TensorFlow 2.16+ writes absl's preamble
 # and its oneDNN notice to stderr when an actor imports it, before TF_CPP_MIN_LOG_LEVEL can
-# apply. And an idle Ray worker that Ray stops can trace absl mutex calls ("RAW: Lock
-# blocking", "Unlock") as it exits: Ray's, seen without sr-batch's code too. A failed absl
-# check ("RAW: Check ... failed") still shows.
+# apply; on a CPU without AVX-512 FP16, oneDNN also says that half precision (which no
+# sr-batch model uses) falls back to Eigen. And an idle Ray worker that Ray stops can trace
+# absl mutex calls ("RAW: Lock blocking", "Unlock") as it exits: Ray's, seen without
+# sr-batch's code too. A failed absl check ("RAW: Check ... failed") still shows.
 QUIET_WORKER_LINES = "|".join([
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR",
     r"\bport\.cc:\d+\] oneDNN custom operations are on\.",
+    r"\butil\.cc:\d+\] oneDNN supports DT_HALF only on platforms with AVX-512\.",
     r"^\[mutex\.cc : \d+\] RAW: (?!Check)",
 ])
 

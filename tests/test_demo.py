@@ -73,9 +73,12 @@ def test_quiet_worker_lines_match_only_the_known_noise():
     assert skip.search("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
     assert skip.search("I0000 00:00:1795965795.844089    2247 port.cc:153] oneDNN custom operations are on. "
                        "You may see slightly different numerical results")
+    assert skip.search("E0000 00:00:1796455164.294902   17799 util.cc:131] oneDNN supports DT_HALF only on "
+                       "platforms with AVX-512. Falling back to the default Eigen-based implementation if present.")
     assert skip.search("[mutex.cc : 452] RAW: Lock blocking 0x563e17f48cc0   @ 0x7fc8c0e2b1a2")
     for real in ["[mutex.cc : 1954] RAW: Check (v & kMuWriter) failed: Lock: Mutex corrupt",
                  "E0000 00:00:1795965795.8 2247 cuda_dnn.cc:8579] Unable to register cuDNN factory",
+                 "E0000 00:00:1796455164.2 17799 util.cc:131] oneDNN primitive creation failed",
                  "Traceback (most recent call last):", "ValueError: bad image",
                  "WARNING: something else entirely"]:
         assert not skip.search(real), real
