@@ -3,7 +3,7 @@
     UpscaleActor  fused: read, decode, upscale, encode, write, measure in one process (the
                   fastest arrangement on one machine: no pixel leaves the process)
     ModelActor    staged: decoded images in, integer output pixels out; the CPU stages around
-                  it (stages.DecodeStage, stages.FinishStage) run wherever Ray finds CPUs
+                  it (stages.decode_batch, stages.finish_batch) run wherever Ray finds CPUs
 
 Both are Ray Data callable classes: `__call__(batch) -> batch` is the only hot path.
 """

@@ -14,10 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-# Options that exist in the parser but are documented only once what they serve ships.
-NOT_YET_DOCUMENTED = {"run": {"--denoise"}, "nightly": {"--denoise"}}
-
-
 def subcommand(name: str):
     """The argparse parser of `sr-batch NAME`."""
     return build_parser()._subparsers._group_actions[0].choices[name]
@@ -48,7 +44,7 @@ def test_run_options_in_the_table_exist():
 @pytest.mark.parametrize("command", ["run", "nightly", "report", "export"])
 def test_every_option_is_documented(command):
     text = "\n".join(path.read_text() for path in DOCS)
-    wanted = long_options(subcommand(command)) - NOT_YET_DOCUMENTED.get(command, set())
+    wanted = long_options(subcommand(command))
     missing = {flag for flag in wanted
                if not re.search(r"(?<![\w-])" + re.escape(flag) + r"(?![\w-])", text)}
     assert not missing, f"sr-batch {command} options in no README.md or docs/*.md: {sorted(missing)}"
