@@ -37,6 +37,13 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def pytest_collection_modifyitems(items):
+    """A test that uses the real local Ray is slow, whether or not its file says so."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray for the session: 2 CPUs like the CI machine, 2 logical GPUs."""
