@@ -118,3 +118,23 @@ def test_command_lines_parse(page):
         checked += 1
     if page.name in ("README.md", "models.md", "operations.md", "reports.md"):
         assert checked, f"no command lines found in {page_id(page)}"
+
+
+def test_every_module_is_on_the_module_map():
+    """docs/design.md's "Where each stage lives" names every module of the package."""
+    section = (ROOT / "docs" / "design.md").read_text().split("## Where each stage lives", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    missing = []
+    for path in sorted((ROOT / "sr_batch").rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        relative = path.relative_to(ROOT)
+        if len(relative.parts) == 2:  # sr_batch/x.py: its own row
+            named = f"`{relative.as_posix()}`" in section
+        else:  # sr_batch/pkg/x.py: by name in its package's row
+            row = next((line for line in section.splitlines()
+                        if line.startswith(f"| `sr_batch/{relative.parts[1]}/`")), "")
+            named = f"`{path.stem}`" in row
+        if not named:
+            missing.append(relative.as_posix())
+    assert not missing, f"modules missing from docs/design.md's module map: {missing}"
