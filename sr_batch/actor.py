@@ -11,6 +11,7 @@ Both are Ray Data callable classes: `__call__(batch) -> batch` is the only hot p
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,18 +64,45 @@ class _ModelRunner:
     """The model part of both actors: packed upscaling of decoded images in chunks."""
 
     def __init__(self, settings: ActorSettings) -> None:
+        began = time.perf_counter()
         self.settings = settings
-        # Every model loaded once: (route, scale) -> Upscaler, one traced function per tile side
-        # each; a second pass (an asked size beyond the model's scale) uses another scale's.
-        self.models: dict[tuple[str, int], Upscaler] = {}
-        counters = []
-        for route in settings.all_routes:
-            for spec, tiling in ((route.model, route.tiling), *route.pass_models):
-                self.models[route.key, spec.scale], traces = build_upscaler(settings, spec, tiling, route.denoise)
-                counters.append(traces)
-        self.upscaler = self.models[settings.all_routes[0].key, settings.scale]
-        self.trace_count = lambda: sum(count() for count in counters)
+        # Each model is loaded once, when an image first needs it: (route, scale) -> what
+        # build_upscaler takes. A second pass (an asked size beyond the model's scale) uses
+        # another scale's. Under `auto` most runs use few of the routes: a small run does not
+        # wait for models none of its images gets.
+        self._to_load: dict[tuple[str, int], tuple] = {
+            (route.key, spec.scale): (spec, tiling, route.denoise)
+            for route in settings.all_routes
+            for spec, tiling in ((route.model, route.tiling), *route.pass_models)}
+        self._loaded: dict[tuple[str, int], Upscaler] = {}
+        self._counters: list = []
+        self._loading = threading.Lock()  # actor calls run in threads
+        # The first route's model is loaded now, so a model that cannot load stops the run
+        # before any image, and every actor knows the tile sides.
+        self.upscaler = self.model_for((settings.all_routes[0].key, settings.scale))
         self.worker = worker_name()
+        self.setup_s = time.perf_counter() - began  # reported once, with the actor's first images
+
+    def model_for(self, key: tuple[str, int]) -> Upscaler:
+        """The Upscaler of (route, scale), loaded on first use."""
+        upscaler = self._loaded.get(key)
+        if upscaler is None:
+            with self._loading:
+                upscaler = self._loaded.get(key)
+                if upscaler is None:
+                    upscaler, traces = build_upscaler(self.settings, *self._to_load[key])
+                    self._counters.append(traces)
+                    self._loaded[key] = upscaler
+        return upscaler
+
+    def trace_count(self) -> int:
+        return sum(count() for count in self._counters)
+
+    def report_setup(self, works: list[Work]) -> None:
+        """The actor's start-up time goes on the first row it returns, once."""
+        with self._loading:  # two calls may finish at once: only one reports
+            if works and self.setup_s is not None:
+                works[0].stats["setup_s"], self.setup_s = self.setup_s, None
 
     def chunks(self, ready: list[Work]):
         """Runs of images with at least one model call's worth of tile pixels."""
@@ -82,7 +110,7 @@ class _ModelRunner:
         chunk, pixels = [], 0
         for w in ready:
             chunk.append(w)
-            plan = self.models[w.route, self.settings.scale].plan(w.decoded.height, w.decoded.width)
+            plan = self.model_for((w.route, self.settings.scale)).plan(w.decoded.height, w.decoded.width)
             pixels += plan.n_tiles * plan.tile_size ** 2
             if pixels >= self.settings.batch_size * smallest ** 2:
                 yield chunk
@@ -103,7 +131,7 @@ class _ModelRunner:
                 group = [w for w in ready if len(w.passes) > step and (w.route, w.passes[step]) == key
                          and w.output is not None]
                 if group:
-                    self._run_pass(self.models[key], group, first=step == 0)
+                    self._run_pass(self.model_for(key), group, first=step == 0)
 
     def _run_pass(self, upscaler: Upscaler, group: list[Work], first: bool) -> None:
         """One model pass over a group of images: their tiles (and alpha planes, as grey images)
@@ -143,7 +171,7 @@ class _ModelRunner:
         for w in works:
             if w.stream is not None:
                 w.stats["worker"] = self.worker
-                stages.stream(self.settings, w, self.models[w.route, self.settings.scale])
+                stages.stream(self.settings, w, self.model_for((w.route, self.settings.scale)))
 
 
 class UpscaleActor(_ModelRunner):
@@ -159,6 +187,7 @@ class UpscaleActor(_ModelRunner):
         if ready:
             self._upscale_and_finish(ready)
         self.stream_all(work)
+        self.report_setup(work)
         return stats.make_table([w.stats for w in work])
 
     def _upscale_and_finish(self, ready: list[Work]) -> None:
@@ -191,5 +220,6 @@ class ModelActor(_ModelRunner):
         for chunk in self.chunks(ready):
             self.upscale(chunk)
         self.stream_all(work)
+        self.report_setup(work)
         log.debug("model actor: %d images in %.2f s", len(work), time.perf_counter() - began)
         return stages.to_arrow(work)

@@ -91,14 +91,17 @@ def run_job(config: JobConfig, echo: Echo = echo_stderr) -> RunResult:
     if config.dry_run:  # a plan-only config must never run, whoever calls
         raise ConfigError("a dry run only plans: call sr_batch.preview.dry_run(config)")
     if not config.lock:
-        return execute(plan_run(config, probe=probe_on_ray(config.address)), echo)
+        began = time.perf_counter()
+        plan = plan_run(config, probe=probe_on_ray(config.address))
+        return execute(plan, echo, plan_s=time.perf_counter() - began)
     from sr_batch.lock import DEFAULT_STALE_S, OutputLock
 
     layout = OutLayout.of(config.output)
     run_id = config.run_id or new_run_id()
     with OutputLock(layout.lock, DEFAULT_STALE_S, purpose=f"sr-batch run {run_id}") as lock:
+        began = time.perf_counter()
         plan = plan_run(config, run_id=run_id, probe=probe_on_ray(config.address))
-        return execute(plan, echo, lock)
+        return execute(plan, echo, lock, plan_s=time.perf_counter() - began)
 
 
 @contextlib.contextmanager
@@ -123,10 +126,12 @@ def _interrupt_latch():
             signal.signal(signal.SIGINT, previous)
 
 
-def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
-    """Run a plan's rows through the actor pool and record every row; see the module docstring."""
+def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None, plan_s: float | None = None) -> RunResult:
+    """Run a plan's rows through the actor pool and record every row; see the module docstring.
+    `plan_s`: how long planning took, for the run record's phases."""
     started_at = dt.datetime.now(dt.timezone.utc)
     began = time.perf_counter()
+    phases = Phases(plan=plan_s)
     config, layout = plan.config, plan.layout
     _write_run_record(plan, "running", started_at)  # also proves OUT is writable, before any image
     writer = _StatsWriter(layout, plan.run_id, plan.listed.num_rows, config, echo, lock)
@@ -136,11 +141,15 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
             writer.add(plan.skipped)
         if plan.todo.num_rows:
             init_ray(config.address)
+            phases.ray_start = _ray_start_s
             pool = actor_pool_size(config)
             settings = actor_settings(plan, pool)
             echo(_header(plan, pool))
+            graph_began = time.perf_counter()
             with _interrupt_latch() as interrupted:
                 for batch in _upscale(plan, settings, pool):
+                    if phases.first_rows is None:
+                        phases.first_rows = time.perf_counter() - graph_began
                     writer.add(batch)
                     if interrupted.is_set():  # a library swallowed the KeyboardInterrupt
                         raise KeyboardInterrupt
@@ -153,7 +162,7 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         _write_run_record(plan, status, started_at, pool, writer.counts,
                           error=None if status == "interrupted" else f"{type(exc).__name__}: {exc}",
-                          quiet=True)
+                          quiet=True, phases=phases.finished(writer, time.perf_counter() - began))
         raise
     _remove_orphan_temps(layout, plan.listed, started_at.timestamp(), echo)
     wall_s = time.perf_counter() - began
@@ -162,8 +171,26 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
         images_per_s=(writer.rows - plan.skipped.num_rows) / wall_s if wall_s else 0.0,
         output_megapixels_per_s=writer.out_pixels / 1e6 / wall_s if wall_s else 0.0,
         stats_uri=layout.stats_run(plan.run_id), failures=writer.failures)
-    _write_run_record(plan, "finished", started_at, pool, writer.counts, result)
+    _write_run_record(plan, "finished", started_at, pool, writer.counts, result,
+                      phases=phases.finished(writer, wall_s))
     return result
+
+
+@dataclass
+class Phases:
+    """Where a run's seconds went, for the run record (`phases_s`): the driver's own phases, and
+    the slowest actor's start-up from the rows (`setup_s`)."""
+
+    plan: float | None = None  # plan_run: listing, reuse join, naming, a user model's probe
+    ray_start: float | None = None  # starting (or joining) Ray; 0 if it was up (a probe's start
+    # of Ray, for a user's model file, counts in `plan`)
+    first_rows: float | None = None  # graph start -> the first rows back: actor start-up included
+    actor_setup: float | None = None  # the slowest actor's imports and first model load
+    run: float | None = None  # execute() from start to end (the run record's wall_s)
+
+    def finished(self, writer: "_StatsWriter", run_s: float) -> dict:
+        self.actor_setup, self.run = writer.max_setup_s, run_s
+        return asdict(self)
 
 
 def _header(plan: RunPlan, pool: tuple[int, int]) -> str:
@@ -305,6 +332,10 @@ QUIET_WORKER_LINES = "|".join([
 _PROGRESS_BARS_OFF = "Progress bars disabled."
 
 
+# Seconds the last init_ray() spent starting (or joining) Ray; 0.0 where Ray was already up.
+_ray_start_s = 0.0
+
+
 def init_ray(address: str | None) -> None:
     """Start (or join) Ray once a process. Ray's console is kept to real errors unless -v
     (a DEBUG root logger) asks for everything; Ray's own log files keep every line."""
@@ -327,8 +358,11 @@ def init_ray(address: str | None) -> None:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
+    global _ray_start_s
     if ray.is_initialized():
+        _ray_start_s = 0.0
         return
+    began = time.perf_counter()
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
     if address == "local":
         # A one-machine Ray needs no network: Ray's single-node mode puts the node
@@ -342,11 +376,15 @@ def init_ray(address: str | None) -> None:
         # 3 of 9 demo runs on a busy 2-core machine) and its crash report reaches the console.
         # A local Ray ends with the run, and so do the few workers it keeps.
         os.environ.setdefault("RAY_kill_idle_workers_interval_ms", "0")
+    # A local Ray lives as long as the run and its progress lines say what the dashboard would:
+    # no dashboard (a second sooner, and no HTTP server). A cluster keeps its own.
+    local_only = {"include_dashboard": False} if address == "local" else {}
     ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
-             runtime_env={"env_vars": env}, configure_logging=True)
+             runtime_env={"env_vars": env}, configure_logging=True, **local_only)
     if quiet:
         _spend_actor_restart_notice()
         _drop_log_message("ray.data._internal.progress", _PROGRESS_BARS_OFF)
+    _ray_start_s = time.perf_counter() - began
 
 
 def _skip_worker_lines(pattern: str) -> None:
@@ -477,6 +515,7 @@ class _StatsWriter:
         self.rows = 0
         self.seq = 0
         self.out_pixels = 0
+        self.max_setup_s: float | None = None
         self.counts: dict[str, int] = {}
         self.failures: list[dict] = []
         self.began = self.last_flush = self.last_progress = time.perf_counter()
@@ -486,8 +525,10 @@ class _StatsWriter:
         self.pending_rows += batch.num_rows
         self.rows += batch.num_rows
         for row in batch.select(["status", "source_uri", "error_type", "error_message",
-                                 "out_width", "out_height"]).to_pylist():
+                                 "out_width", "out_height", "setup_s"]).to_pylist():
             self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
+            if row["setup_s"] is not None:
+                self.max_setup_s = max(self.max_setup_s or 0.0, row["setup_s"])
             if row["status"] == stats.STATUS_OK:
                 self.out_pixels += (row["out_width"] or 0) * (row["out_height"] or 0)
             elif row["status"] == stats.STATUS_FAILED:
@@ -551,7 +592,7 @@ def _version(*names: str) -> str | None:
 def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
                       pool: tuple[int, int] | None = None, counts: dict | None = None,
                       result: RunResult | None = None, error: str | None = None,
-                      quiet: bool = False) -> None:
+                      quiet: bool = False, phases: dict | None = None) -> None:
     """OUT/runs/<run_id>.json: written first as `running` (which also proves OUT is writable
     before any image is touched), then as finished, interrupted or failed."""
     config, tiling = plan.config, plan.tiling
@@ -571,6 +612,7 @@ def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
         "wall_s": result and result.wall_s,
         "images_per_s": result and result.images_per_s,
         "output_megapixels_per_s": result and result.output_megapixels_per_s,
+        "phases_s": phases,
         "versions": {"sr_batch": sr_batch.__version__, "ray": _version("ray"),
                      "tensorflow": _version("tensorflow", "tensorflow-cpu"),
                      "keras": _version("keras"), "python": sys.version.split()[0]},

@@ -60,6 +60,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("infer_s", pa.float64(), "model time, s (this image's share of its packed batches)"),
     ("encode_s", pa.float64(), "encode + write time, s"),
     ("total_s", pa.float64(), "wall time spent on this image, s"),
+    ("setup_s", pa.float64(), "start-up of the actor that made this row (imports, first model load), s: on the first row each actor returns, null on the others"),
     ("worker", pa.string(), "host:pid of the actor, with its CUDA_VISIBLE_DEVICES"),
     ("finished_at", pa.timestamp("us", tz="UTC"), "when the row was made"),
     ("psnr_y_consistency", pa.float64(), "dB: Y-PSNR of bicubic-downscaled output vs input"),

@@ -61,6 +61,14 @@ def test_end_to_end_default_model(ray_local, image_dir, tmp_path):
         assert relative == source_rel
     record = json.loads((out / "runs" / "e2e-1.json").read_text())
     assert record["counts"] == {"ok": 5}
+    # Where the seconds went: each actor says its start-up once, on its first row.
+    setups = [r["setup_s"] for r in table.to_pylist() if r["setup_s"] is not None]
+    assert len(setups) == len({r["worker"] for r in table.to_pylist()}) and min(setups) > 0
+    phases = record["phases_s"]
+    assert set(phases) == {"plan", "ray_start", "first_rows", "actor_setup", "run"}
+    assert phases["actor_setup"] == max(setups)
+    assert phases["ray_start"] == 0.0  # the session's Ray was already up
+    assert 0 < phases["plan"] and phases["actor_setup"] < phases["first_rows"] < phases["run"] == record["wall_s"]
     assert record["versions"]["ray"] and record["versions"]["tensorflow"]
     assert record["config"]["tile_size"] == 16
     # No temporary files are left next to the outputs.
@@ -500,8 +508,11 @@ def test_staged_arrangement_writes_what_the_fused_one_does(ray_local, tmp_path):
         outputs[arrangement] = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
         record = json.loads((out / "runs" / f"{arrangement}.json").read_text())
         assert record["config"]["arrangement"] == arrangement
+        setups = [r["setup_s"] for r in stats.read_stats(str(out)).to_pylist() if r["setup_s"] is not None]
+        assert setups and record["phases_s"]["actor_setup"] == max(setups)
     assert outputs["fused"] == outputs["staged"]
-    volatile = {"decode_s", "infer_s", "encode_s", "total_s", "worker", "finished_at", "output_uri", "run_id"}
+    volatile = {"decode_s", "infer_s", "encode_s", "total_s", "setup_s", "worker", "finished_at",
+                "output_uri", "run_id"}
     rows = {a: sorted(({k: v for k, v in r.items() if k not in volatile}
                        for r in stats.read_stats(str(tmp_path / a)).to_pylist()), key=lambda r: r["image_id"])
             for a in ("fused", "staged")}
