@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from PIL import Image
 
 from sr_batch.resample import resize_bicubic
 
@@ -141,19 +142,52 @@ def sharpness_ratio(output: np.ndarray, lr_input: np.ndarray, baseline: np.ndarr
     return gradient_energy_y(output) / denominator
 
 
-def gradient_energy_y(image: np.ndarray) -> float:
-    """Mean squared forward difference of the BT.601 luma along x plus along y.
+def no_reference_metrics(output: np.ndarray, lr_input: np.ndarray) -> tuple[float, float]:
+    """(psnr_y_consistency, sharpness_ratio) made on luma alone, what the job records.
 
-    The same number as differencing `rgb_to_y(image)` (to about 1e-6 relative), made
-    in float32 strips of rows: a few hundred KB of temporaries instead of float64
-    planes of the whole image, 5-15x faster on outputs of 1-67 MP.
+    The same definitions as the two functions above, with the order of two linear steps
+    swapped: luma is taken first and the bicubic resizes run on the float32 luma plane (one
+    plane instead of three, and no rounding of resized RGB to 8 bits). The bicubic baseline
+    is made band by band (Pillow's resize of a box of the input), so only the output's
+    float32 luma plane is held whole. bench/bench_codecs.py gives the cost and the difference
+    from the RGB definitions.
     """
-    height, width = image.shape[:2]
+    out_luma = _luma_plane(output)
+    lr_luma = _luma_plane(lr_input)
+    out_h, out_w = out_luma.shape
+    lr_h, lr_w = lr_luma.shape
+    shrunk = np.asarray(Image.fromarray(out_luma, "F").resize((lr_w, lr_h), Image.BICUBIC))
+    consistency = psnr(shrunk.astype(np.float64), lr_luma.astype(np.float64))
+    source = Image.fromarray(lr_luma, "F")
+
+    def baseline_strips():
+        for top in range(0, out_h, _STRIP_ROWS):
+            bottom = min(top + _STRIP_ROWS, out_h)
+            box = (0, top * lr_h / out_h, lr_w, bottom * lr_h / out_h)
+            yield np.asarray(source.resize((out_w, bottom - top), Image.BICUBIC, box=box))
+
+    denominator = _gradient_energy(baseline_strips(), out_h, out_w)
+    if denominator == 0:
+        return consistency, math.nan
+    strips = (out_luma[top:top + _STRIP_ROWS] for top in range(0, out_h, _STRIP_ROWS))
+    return consistency, _gradient_energy(strips, out_h, out_w) / denominator
+
+
+def _luma_plane(image: np.ndarray) -> np.ndarray:
+    """BT.601 luma without its offset (which cancels in every difference), float32 HxW, on the
+    0-255 scale of `rgb_to_y`, made in strips of rows (no float64 planes)."""
     weights = _unit_luma_weights(image)
+    luma = np.empty(image.shape[:2], np.float32)
+    for top in range(0, image.shape[0], _STRIP_ROWS):
+        luma[top:top + _STRIP_ROWS] = _luma_strip(image[top:top + _STRIP_ROWS], weights)
+    return luma
+
+
+def _gradient_energy(strips, height: int, width: int) -> float:
+    """Mean squared forward difference along x plus along y of a plane given as strips of rows."""
     across = down = 0.0
     previous = None
-    for top in range(0, height, _STRIP_ROWS):
-        luma = _luma_strip(image[top : top + _STRIP_ROWS], weights)
+    for luma in strips:
         if width > 1:
             step = (luma[:, 1:] - luma[:, :-1]).ravel()
             across += float(np.dot(step, step))
@@ -169,6 +203,19 @@ def gradient_energy_y(image: np.ndarray) -> float:
     if height > 1:
         energy += down / ((height - 1) * width)
     return energy
+
+
+def gradient_energy_y(image: np.ndarray) -> float:
+    """Mean squared forward difference of the BT.601 luma along x plus along y.
+
+    The same number as differencing `rgb_to_y(image)` (to about 1e-6 relative), made
+    in float32 strips of rows: a few hundred KB of temporaries instead of float64
+    planes of the whole image, 5-15x faster on outputs of 1-67 MP.
+    """
+    height, width = image.shape[:2]
+    weights = _unit_luma_weights(image)
+    strips = (_luma_strip(image[top:top + _STRIP_ROWS], weights) for top in range(0, height, _STRIP_ROWS))
+    return _gradient_energy(strips, height, width)
 
 
 def _unit_luma_weights(image: np.ndarray) -> np.ndarray:

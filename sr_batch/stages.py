@@ -311,13 +311,12 @@ class Finisher:
 
     def _no_reference_metrics(self, output: np.ndarray, lr: np.ndarray) -> dict:
         """The metrics that need no reference: output against its own input (and NIQE, asked)."""
-        # One bicubic upscale of the input serves as sharpness's baseline and NIQE's reference.
-        bicubic = resample.resize_bicubic(lr, (output.shape[1], output.shape[0]))
-        measured = {"psnr_y_consistency": _finite(quality.psnr_y_consistency(output, lr)),
-                    "sharpness_ratio": _finite(quality.sharpness_ratio(output, lr, bicubic))}
+        consistency, sharpness = quality.no_reference_metrics(output, lr)
+        measured = {"psnr_y_consistency": _finite(consistency), "sharpness_ratio": _finite(sharpness)}
         if "niqe" in self.settings.metrics:
             from sr_batch.niqe import niqe
 
+            bicubic = resample.resize_bicubic(lr, (output.shape[1], output.shape[0]))
             measured.update(niqe=_finite(niqe(output)), niqe_bicubic=_finite(niqe(bicubic)))
         return measured
 

@@ -7,6 +7,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sr_batch.quality import (
+    no_reference_metrics,
     crop_to_multiple,
     gradient_energy_y,
     psnr,
@@ -214,3 +215,38 @@ def test_gradient_energy_in_strips_matches_the_float64_definition(height, width,
 def test_sharpness_ratio_of_flat_input_is_nan():
     lr = np.full((8, 8, 3), 128, dtype=np.uint8)
     assert math.isnan(sharpness_ratio(upscale_bicubic(lr, 2), lr))
+
+
+@pytest.mark.parametrize("size", [(48, 64), (36, 48), (61, 47)])  # x2, x1.5, an odd size
+def test_no_reference_metrics_on_luma_match_the_rgb_definitions(size):
+    """The job's luma-first metrics against the RGB definitions: equal where nothing is rounded
+    (float images), and within the 8-bit rounding of resized RGB for uint8 images."""
+    rng = np.random.default_rng(size[0])  # texture: PSNRs of a photo's, not of a smooth ramp's
+    lr = np.clip(make_smooth_rgb(24, 32) + rng.normal(0, 12, (24, 32, 3)), 0, 255).astype(np.uint8)
+    height, width = size
+    lr_float = lr.astype(np.float32) / 255
+    for output, source in ((resize_bicubic(lr_float, (width, height)) * 1.1 - 0.05, lr_float),
+                           (resize_bicubic(lr, (width, height)), lr)):
+        consistency, sharpness = no_reference_metrics(output, source)
+        rounded = output.dtype == np.uint8
+        if rounded:  # the RGB path rounds resized RGB to 8 bits (about 0.3 levels of noise)
+            assert consistency == pytest.approx(psnr_y_consistency(output, source), abs=0.3)
+            assert sharpness == pytest.approx(sharpness_ratio(output, source), rel=0.03)
+        else:
+            assert consistency == pytest.approx(psnr_y_consistency(output, source), abs=1e-3)
+            assert sharpness == pytest.approx(sharpness_ratio(output, source), rel=1e-4)
+    # The bicubic upscale in float is the baseline itself; flipped content is inconsistent.
+    bicubic = resize_bicubic(lr.astype(np.float32), (64, 48)) / 255
+    assert no_reference_metrics(bicubic, lr)[1] == pytest.approx(1.0, abs=1e-5)
+    assert no_reference_metrics(resize_bicubic(lr, (64, 48))[::-1], lr)[0] < 25
+    flat = np.full((8, 8, 3), 128, dtype=np.uint8)
+    assert math.isnan(no_reference_metrics(upscale_bicubic(flat, 2), flat)[1])
+
+
+def test_no_reference_metrics_baseline_in_bands_is_the_whole_resize():
+    """The bicubic baseline made band by band has the gradient energy of the whole resize."""
+    rng = np.random.default_rng(3)
+    lr = rng.integers(0, 256, (150, 70, 3), dtype=np.uint8)  # several bands at x2 and x3
+    for scale in (2, 3):
+        output = upscale_bicubic(lr.astype(np.float32) / 255, scale)
+        assert no_reference_metrics(output, lr)[1] == pytest.approx(1.0, abs=1e-4)
