@@ -205,6 +205,32 @@ def _gradient_energy(strips, height: int, width: int) -> float:
     return energy
 
 
+def grid_blockiness(output: np.ndarray, scale: int, block: int = 8) -> float:
+    """How much the input's JPEG grid shows in an upscaled output: the mean |step| of luma
+    across the input's block borders (every `block` * `scale` output pixels, both axes) over
+    the mean |step| across the other input pixel borders (every `scale` output pixels), so
+    that an interpolator's own pattern of `scale` phases cancels. About 1.0 for a clean
+    photo; a bicubic upscale of a JPEG at quality 30-50 reads 1.3-1.6. nan where the output
+    holds no border or no step.
+    """
+    luma = _luma_plane(output)
+    period = block * scale
+    border_sum = other_sum = 0.0
+    border_count = other_count = 0
+    for plane in (luma, luma.T):
+        steps = np.abs(np.diff(plane, axis=1))  # steps[:, j]: between columns j and j + 1
+        position = np.arange(1, steps.shape[1] + 1)
+        on_border = position % period == 0
+        same_phase = (position % scale == 0) & ~on_border
+        border_sum += float(steps[:, on_border].sum())
+        other_sum += float(steps[:, same_phase].sum())
+        border_count += steps.shape[0] * int(on_border.sum())
+        other_count += steps.shape[0] * int(same_phase.sum())
+    if not border_count or not other_count or other_sum == 0:
+        return math.nan
+    return (border_sum / border_count) / (other_sum / other_count)
+
+
 def gradient_energy_y(image: np.ndarray) -> float:
     """Mean squared forward difference of the BT.601 luma along x plus along y.
 

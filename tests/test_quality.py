@@ -7,6 +7,7 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from sr_batch.quality import (
+    grid_blockiness,
     no_reference_metrics,
     crop_to_multiple,
     gradient_energy_y,
@@ -250,3 +251,28 @@ def test_no_reference_metrics_baseline_in_bands_is_the_whole_resize():
     for scale in (2, 3):
         output = upscale_bicubic(lr.astype(np.float32) / 255, scale)
         assert no_reference_metrics(output, lr)[1] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_grid_blockiness_sees_the_inputs_jpeg_grid_in_an_upscale():
+    """About 1 for an upscale of a clean input, well above for a JPEG q30 input's, at x2 and x4;
+    the interpolator's own pattern of `scale` phases does not count as blocking."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    lr = np.clip(make_smooth_rgb(96, 128) + rng.normal(0, 6, (96, 128, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(lr).save(buffer, "JPEG", quality=30)
+    jpeg = np.asarray(Image.open(buffer))
+    for scale in (2, 4):
+        clean = grid_blockiness(upscale_bicubic(lr, scale), scale)
+        blocky = grid_blockiness(upscale_bicubic(jpeg, scale), scale)
+        assert 0.9 < clean < 1.1
+        assert blocky > 1.25
+    # Steps only on the 8 * scale grid: all blocking; too small to hold a border: nan.
+    grid = np.zeros((64, 64), np.uint8)
+    grid[:, 16:32] = grid[:, 48:] = 40
+    grid[:, 8:16] += 1  # a weak step off the grid
+    assert grid_blockiness(grid, 2) > 10
+    assert math.isnan(grid_blockiness(np.zeros((8, 8), np.uint8), 2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -46,19 +47,26 @@ def degraded_lr(hr: np.ndarray, scale: int, preset: str = "clean", index: int = 
 
 
 def score(upscale: Upscale, images: list[np.ndarray], scale: int, preset: str = "clean",
-          ssim: bool = True) -> dict:
+          ssim: bool = True, blockiness: bool = True) -> dict:
     """Mean Y-PSNR (and Y-SSIM) of `upscale` (uint8 LR -> uint8 SR) over HR images, and of
-    bicubic on the same degraded LR."""
-    ours, theirs = {"psnr_y": [], "ssim_y": []}, {"psnr_y": [], "ssim_y": []}
+    bicubic on the same degraded LR; and how much of the LR's 8x8 JPEG grid each output shows
+    (`quality.grid_blockiness`, mean over the images)."""
+    ours = {"psnr_y": [], "ssim_y": [], "blockiness": []}
+    theirs = {"psnr_y": [], "ssim_y": [], "blockiness": []}
     for index, image in enumerate(images):
         hr = quality.crop_to_multiple(image, scale)
         lr = degraded_lr(hr, scale, preset, index)
         for result, sr in ((ours, upscale(lr)), (theirs, resample.upscale_bicubic(lr, scale))):
             result["psnr_y"].append(quality.psnr_y(sr, hr, border=scale))
+            if blockiness:
+                result["blockiness"].append(quality.grid_blockiness(sr, scale))
             if ssim:
                 result["ssim_y"].append(quality.ssim_y(sr, hr, border=scale))
     scores = {"psnr_y": round(float(np.mean(ours["psnr_y"])), 3),
               "psnr_y_bicubic": round(float(np.mean(theirs["psnr_y"])), 3), "images": len(images)}
+    if blockiness:
+        scores.update(blockiness=round(float(np.nanmean(ours["blockiness"])), 3),
+                      blockiness_bicubic=round(float(np.nanmean(theirs["blockiness"])), 3))
     if ssim:
         scores.update(ssim_y=round(float(np.mean(ours["ssim_y"])), 4),
                       ssim_y_bicubic=round(float(np.mean(theirs["ssim_y"])), 4))
@@ -291,7 +299,7 @@ def format_table(rows: list[Row]) -> str:
         group = [row for row in rows if row.preset == preset]
         datasets = list(group[0].scores)
         head = f"{'model':<20} {'scale':>5} {'params':>9} {'FLOPs/px':>9} {'MP/s':>7}"
-        head += "".join(f"  {ds + ' PSNR/SSIM (gain)':>30}" for ds in datasets)
+        head += "".join(f"  {ds + ' PSNR/SSIM (gain) blocks':>37}" for ds in datasets)
         lines = [f"preset {preset}: {degradations.preset(preset).description}", head, "-" * len(head)]
         for row in group:
             line = (f"{row.label:<20} {'x' + str(row.scale):>5} {row.params:>9,} "
@@ -299,11 +307,12 @@ def format_table(rows: list[Row]) -> str:
             for ds in datasets:
                 s = row.scores[ds]
                 gain = s["psnr_y"] - s["psnr_y_bicubic"]
-                line += f"  {s['psnr_y']:>9.2f} / {s['ssim_y']:.4f} ({gain:+.2f})"
+                line += f"  {s['psnr_y']:>9.2f} / {s['ssim_y']:.4f} ({gain:+.2f}) {s.get('blockiness', math.nan):6.3f}"
             lines.append(line)
         blocks.append("\n".join(lines))
     blocks.append("Y-PSNR (dB) / Y-SSIM on BT.601 luma, border = scale, HR cropped to a multiple of the "
                   "scale, LR by Pillow BICUBIC then the preset; gain = over bicubic of the same LR; "
+                  "blocks = the LR's 8x8 grid in the output (quality.grid_blockiness; ~1.0 clean); "
                   "MP/s = forward pass over 16 tiles of 128 px")
     return "\n\n".join(blocks)
 

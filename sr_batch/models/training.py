@@ -151,7 +151,8 @@ def batch_stream(images: list[np.ndarray], config: TrainConfig, first_step: int)
 
 def validate(model, images: list[np.ndarray], scale: int, preset: str = "clean") -> dict:
     """Y-PSNR of the model (one call per whole image) and of bicubic, by the evaluation protocol."""
-    return evaluation.score(evaluation.whole_image_upscale(model), images, scale, preset, ssim=False)
+    return evaluation.score(evaluation.whole_image_upscale(model), images, scale, preset, ssim=False,
+                            blockiness=False)
 
 
 def _strategy_scope():

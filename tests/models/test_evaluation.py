@@ -36,6 +36,11 @@ def test_evaluate_prints_bicubic_and_models_in_the_standard_convention(tmp_path,
         ssims.append(quality.ssim_y(up, hr, border=2))
     scores = rows["bicubic"]["scores"]["synthetic"]
     assert scores["psnr_y"] == pytest.approx(np.mean(psnrs), abs=1e-3)
+    assert scores["blockiness"] == scores["blockiness_bicubic"] == pytest.approx(np.mean(
+        [quality.grid_blockiness(resample.upscale_bicubic(resample.downscale_bicubic(
+            hr[: hr.shape[0] // 2 * 2, : hr.shape[1] // 2 * 2], 2), 2), 2)
+         for hr in load_images([str(hr_folder)])]), abs=1e-3)
+    assert "blocks" in printed
     assert scores["ssim_y"] == pytest.approx(np.mean(ssims), abs=1e-4)
     # The untrained residual model is TF's bicubic: within a rounding step of Pillow's.
     model_row = rows["untrained.keras"]
