@@ -350,7 +350,6 @@ def _tiles_luma(tiles: np.ndarray) -> np.ndarray:
 
 # --- the rules ---------------------------------------------------------------------------
 
-AUTO = "auto"
 # Bump when the rules change: the version is part of `--model auto`'s identity, so an
 # incremental run redoes the images whose route the new rules would choose differently.
 RULES_VERSION = 2
@@ -404,10 +403,10 @@ def choose(estimates: Estimates, scale: int = 4) -> Choice:
     quality, why = estimates.jpeg_quality, None
     if quality is not None:
         why = f"jpeg q{quality:.0f}"
-    elif _finite(estimates.blockiness) and estimates.blockiness >= BLOCKY:
+    elif _measured(estimates.blockiness) and estimates.blockiness >= BLOCKY:
         quality = next((q for b, q in _BLOCKINESS_QUALITY if estimates.blockiness >= b), 90)
         why = f"blocky {estimates.blockiness:.2f} (like q{quality})"
-    sigma = estimates.noise_sigma if _finite(estimates.noise_sigma) else 0.0
+    sigma = estimates.noise_sigma if _measured(estimates.noise_sigma) else 0.0
     strengths, reasons = [], []
     if quality is not None and quality <= CLEAN_ABOVE_QUALITY:
         strengths.append(next(d for q, d in JPEG_DENOISE if quality <= q))
@@ -420,5 +419,6 @@ def choose(estimates: Estimates, scale: int = 4) -> Choice:
     return Choice("real", max(strengths), ", ".join(reasons))
 
 
-def _finite(value: float | None) -> bool:
+def _measured(value: float | None) -> bool:
+    """True for an estimate that was made (not None, not nan from too small an image)."""
     return value is not None and math.isfinite(value)
