@@ -339,8 +339,7 @@ def _time_stages(model, config, paths, sample_s) -> dict:
         t3 = time.perf_counter()
         codec.encode_image(out, None, "png", png_compress_level=1)
         t4 = time.perf_counter()
-        quality.psnr_y_consistency(out, lr)
-        quality.sharpness_ratio(out, lr)
+        quality.no_reference_metrics(out, lr)  # the job's two reference-free metrics
         t5 = time.perf_counter()
         totals["decode"] += (t1 - t0) * decode_share
         totals["infer"] += result.infer_s
