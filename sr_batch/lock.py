@@ -5,8 +5,9 @@ exposes, so the lock is write-then-verify: write a file holding a random
 token, wait for the store to settle, read it back. Of two racing writers the
 last write wins, and only its owner reads back its own token; the other backs
 off. A lock older than `stale_s` (its holder died without releasing it) is
-taken over. The holder refreshes it while it works, so a long run is never
-taken for a dead one.
+taken over, and so is one whose holder ran on this machine and is gone (its pid
+no longer lives: kill -9). The holder refreshes it while it works, so a long run
+is never taken for a dead one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,21 @@ from sr_batch.errors import SrBatchError
 SETTLE_S = 0.5
 # A run that has not refreshed its lock for 6 hours is taken for dead.
 DEFAULT_STALE_S = 6 * 3600.0
+
+
+def is_dead(host: str | None, pid) -> bool:
+    """True only where `host` is this machine and no process `pid` lives on it: the holder of
+    a lock or a run record died without cleaning up (kill -9, a crash). Another host's
+    process, or one of another user's, is never taken for dead."""
+    if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 class LockHeldError(SrBatchError):
@@ -60,7 +76,7 @@ class OutputLock:
         if current is not None:
             age = (dt.datetime.now(dt.timezone.utc)
                    - dt.datetime.fromisoformat(current["refreshed_at"])).total_seconds()
-            if age < self.stale_s:
+            if age < self.stale_s and not is_dead(current.get("host"), current.get("pid")):
                 raise LockHeldError(
                     f"{self.uri} is held by {current.get('purpose')} on {current.get('host')} "
                     f"(pid {current.get('pid')}, refreshed {age:.0f} s ago); it goes stale after "

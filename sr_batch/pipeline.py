@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -128,7 +129,12 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
     started_at = dt.datetime.now(dt.timezone.utc)
     began = time.perf_counter()
     config, layout = plan.config, plan.layout
-    _write_run_record(plan, "running", started_at)  # also proves OUT is writable, before any image
+    try:
+        stats.check_writable(layout, plan.run_id, config.retries)
+    except ImageError as exc:  # WriteError: no row of this run could be recorded
+        raise StorageError(f"cannot write the stats under {storage.display(layout.stats)}: {exc}") from None
+    _write_run_record(plan, "running", started_at)  # also proves OUT/runs is writable, before any image
+    _mark_dead_runs(layout, plan.run_id, config.retries, echo)
     writer = _StatsWriter(layout, plan.run_id, plan.listed.num_rows, config, echo, lock)
     pool = None
     try:
@@ -535,8 +541,9 @@ class _StatsWriter:
         """Flush what arrived before a run stopped; a failing flush must not hide why it stopped."""
         try:
             self.flush()
-        except Exception:  # noqa: BLE001
-            log.warning("could not flush the last stats rows", exc_info=True)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not flush the last stats rows: %s", storage.display(str(exc)))
+            log.debug("the flush failed here", exc_info=True)
 
 
 def _version(*names: str) -> str | None:
@@ -546,6 +553,32 @@ def _version(*names: str) -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def _mark_dead_runs(layout: OutLayout, run_id: str, retries: int, echo: Echo) -> None:
+    """Rewrite as `failed` the records still `running` whose driver ran on this machine and is
+    gone (lock.is_dead: kill -9, a crash), so that no run stays `running` for ever."""
+    from sr_batch.lock import is_dead
+
+    fs, runs = storage.get_fs(layout.runs)
+    for path in fs.glob(runs.rstrip("/") + "/*.json"):
+        try:
+            record = json.loads(fs.cat_file(path))
+        except (OSError, ValueError):
+            continue  # a record is a convenience; an unreadable one is left alone
+        if (not isinstance(record, dict) or record.get("status") != "running"
+                or record.get("run_id") == run_id or not is_dead(record.get("host"), record.get("pid"))):
+            continue
+        record.update(status="failed", error=(f"its driver (pid {record['pid']} on {record['host']}) "
+                                              f"ended without recording how the run ended"))
+        try:
+            storage.write_bytes_atomic("file://" + path if storage.is_local(fs) else fs.unstrip_protocol(path),
+                                       json.dumps(record, indent=2, default=str).encode(), retries)
+        except ImageError as exc:  # WriteError: the record stays as it was; the run goes on
+            log.warning("could not record run %s as failed: %s", record.get("run_id"), exc)
+            continue
+        echo(f"run {storage.display(str(record.get('run_id')))}: recorded as failed (its driver, pid "
+             f"{record['pid']}, is gone)")
 
 
 def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
@@ -566,6 +599,8 @@ def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
         "model": asdict(plan.model),
         "counts": counts,
         "error": error,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "started_at": started_at.isoformat(),
         "finished_at": status != "running" and dt.datetime.now(dt.timezone.utc).isoformat() or None,
         "wall_s": result and result.wall_s,

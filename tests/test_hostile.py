@@ -497,7 +497,7 @@ def test_a_run_that_dies_mid_run_records_failed_with_its_error(ray_local, tmp_pa
 
     with pytest.raises(WriteError, match="run_id=doomed"):
         run_job(JobConfig(sources=(str(src),), output=str(out), model="bicubic", run_id="doomed",
-                          stats_flush_s=0), echo=block_stats)
+                          stats_flush_s=0.001), echo=block_stats)
 
     record = json.loads((out / "runs" / "doomed.json").read_text())
     assert record["status"] == "failed", record
