@@ -47,6 +47,15 @@ Echo = Callable[[str], None]
 # images themselves are already written and a rerun redoes only the unrecorded.
 FLUSH_ROWS = 5000
 
+# The least the stats timer waits between looks, whatever --stats-flush-s: no busy loop.
+MIN_FLUSH_WAIT_S = 0.05
+
+# Ray Data hands a block's stats rows back only when the whole block is done, so a block is
+# one actor call: every call's rows reach the driver, and the stats, as soon as it ends. Above
+# this many calls a block holds several, which keeps the driver's object count bounded (a
+# million images in calls of 8 make 7 calls a block).
+MAX_BLOCKS = 20_000
+
 # Failed images listed one line each before the rest are only counted.
 MAX_FAILURE_LINES = 20
 
@@ -207,7 +216,7 @@ def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
                                      # over every actor as soon as it is up
                                      max_tasks_in_flight_per_actor=CALLS_PER_ACTOR)
     resources = {"num_cpus": config.cpus_per_actor, "num_gpus": config.gpus_per_actor or None}
-    ds = ray.data.from_arrow(_blocks(plan.todo, per_call, pool[1]))
+    ds = ray.data.from_arrow(_blocks(plan.todo, per_call))
     if not config.staged:
         ds = ds.map_batches(UpscaleActor, fn_constructor_kwargs={"settings": settings},
                             batch_size=per_call, batch_format="pyarrow", compute=model_actors,
@@ -462,15 +471,18 @@ def _remove_orphan_temps(layout: OutLayout, listed: pa.Table, started: float, ec
         echo(f"removed {removed} temporary file(s) left by an interrupted run")
 
 
-def _blocks(table: pa.Table, images_per_call: int, max_actors: int) -> list[pa.Table]:
-    """Cut the manifest into blocks: enough for every actor, big enough to pack tiles."""
-    rows = max(images_per_call, min(256, math.ceil(table.num_rows / (4 * max_actors))))
-    rows = math.ceil(rows / images_per_call) * images_per_call
+def _blocks(table: pa.Table, images_per_call: int) -> list[pa.Table]:
+    """Cut the manifest into blocks of one actor call each (of several calls above MAX_BLOCKS)."""
+    calls = math.ceil(table.num_rows / images_per_call)
+    rows = images_per_call * max(1, math.ceil(calls / MAX_BLOCKS))
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
 
 
 class _StatsWriter:
-    """Collects stats batches, flushes Parquet parts, prints progress and failures."""
+    """Collects stats batches, flushes Parquet parts, prints progress and failures.
+
+    Rows are flushed when a batch comes and, by a thread of their own, when they have waited
+    --stats-flush-s while no batch came: a killed driver loses at most that much bookkeeping."""
 
     def __init__(self, layout: OutLayout, run_id: str, total: int, config: JobConfig,
                  echo: Echo, lock=None) -> None:
@@ -486,8 +498,30 @@ class _StatsWriter:
         self.counts: dict[str, int] = {}
         self.failures: list[dict] = []
         self.began = self.last_flush = self.last_progress = time.perf_counter()
+        self._mutex = threading.Lock()  # pending rows and part numbers: the run's and the timer's
+        self._stopped = threading.Event()
+        self._failure: Exception | None = None  # what the timer's flush raised, for the run to raise
+        self._timer = threading.Thread(target=self._flush_on_time, name="stats-flush", daemon=True)
+        self._timer.start()
+
+    def _flush_on_time(self) -> None:
+        while not self._stopped.wait(max(self.flush_s, MIN_FLUSH_WAIT_S)):
+            with self._mutex:
+                if not self.pending or time.perf_counter() - self.last_flush < self.flush_s:
+                    continue
+                try:
+                    self.flush()
+                except Exception as exc:  # noqa: BLE001 - raised by the run at its next batch
+                    self._failure = exc
+                    return
 
     def add(self, batch: pa.Table) -> None:
+        if self._failure is not None:
+            raise self._failure
+        with self._mutex:
+            self._add(batch)
+
+    def _add(self, batch: pa.Table) -> None:
         self.pending.append(batch)
         self.pending_rows += batch.num_rows
         self.rows += batch.num_rows
@@ -534,11 +568,19 @@ class _StatsWriter:
         self.pending, self.pending_rows = [], 0
         self.last_flush = time.perf_counter()
 
+    def _stop_timer(self) -> None:
+        self._stopped.set()
+        self._timer.join()
+
     def close(self) -> None:
+        self._stop_timer()
+        if self._failure is not None:
+            raise self._failure
         self.flush()
 
     def close_quietly(self) -> None:
         """Flush what arrived before a run stopped; a failing flush must not hide why it stopped."""
+        self._stop_timer()
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001

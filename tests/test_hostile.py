@@ -723,3 +723,29 @@ def test_a_keras_model_with_a_grey_output_is_refused_before_any_image(tmp_path, 
     assert proc.stderr.splitlines() == [
         f"sr-batch: error: file://{model} returns 1 channels; an RGB upscaler returns 3"], proc.stderr
     assert not (out / "images").exists()
+
+
+def test_stats_rows_come_back_one_actor_call_at_a_time(ray_local, tmp_path, monkeypatch):
+    """Every actor call's rows reach the driver (and so the stats) as soon as that call ends:
+    with two images a call, no batch the driver gets holds more than two rows (blocks of
+    several calls used to hold every row until the whole block was done)."""
+    from sr_batch import pipeline
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(12):
+        (src / f"{i}.png").write_bytes(png_bytes(scene(12, 12, seed=i)))
+    sizes: list[int] = []
+    upscale = pipeline._upscale
+
+    def recording(*args):
+        for batch in upscale(*args):
+            sizes.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pipeline, "_upscale", recording)
+    result = run_job(JobConfig(sources=(str(src),), output=str(out), model="bicubic", images_per_call=2,
+                               stats_flush_s=0.001), echo=quiet)
+
+    assert result.counts == {"ok": 12}
+    assert sum(sizes) == 12 and max(sizes) <= 2, sizes
