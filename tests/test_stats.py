@@ -24,10 +24,12 @@ def test_rows_waiting_past_the_flush_interval_are_flushed_while_no_batch_comes(t
     from sr_batch.pipeline import _StatsWriter
 
     out = tmp_path / "out"
-    config = JobConfig(sources=("x",), output=str(out), stats_flush_s=0.2, progress_s=3600)
+    config = JobConfig(sources=("x",), output=str(out), stats_flush_s=2.0, progress_s=3600)
+    batch = stats.make_table([{"image_id": "a", "source_uri": "file:///a.png", "status": "ok"}])
     writer = _StatsWriter(OutLayout.of(str(out)), "r1", 3, config, echo=lambda line: None)
     try:
-        writer.add(stats.make_table([{"image_id": "a", "source_uri": "file:///a.png", "status": "ok"}]))
+        writer.add(batch)  # within 2 s of the start: it waits, as rows do between flushes
+        assert not list(out.glob("stats/run_id=r1/part-*.parquet"))
         deadline = time.monotonic() + 30  # a guard against a hang, not a timing
         while not list(out.glob("stats/run_id=r1/part-*.parquet")):
             assert time.monotonic() < deadline, "the waiting row was never flushed"
