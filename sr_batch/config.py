@@ -49,6 +49,11 @@ PIXELS_PER_CALL = 4_000_000
 CALL_SIZE_SAMPLE = 16
 # 178 MP input: Pillow's own decompression-bomb threshold (2 x 89.5 MP).
 DEFAULT_MAX_PIXELS = 178_956_970
+# Output pixels an image may come to: a 31623 px square, about 3 GB as 8-bit RGB and minutes
+# of the default model on a GPU (about 5 min at the 3.6 MP/s of a 2-core CPU). Far larger
+# outputs (a 330 kB TIFF declaring 20000 x 20000 px makes 1.6 GP at x2) fail their row as
+# too_many_pixels unless --max-output-pixels is raised.
+DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000
 # The widest context a tile may carry per side: ten times the zoo's widest receptive radius
 # (27 px). A 256 px core with this overlap is a 768 px tile, whose batch of 16 at 64 channels
 # holds about 2.4 GB of activations; 100000 px asked for 448 GiB.
@@ -149,6 +154,9 @@ class JobConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Input pixel limit: larger tiled/stripped TIFFs are streamed in bounded memory to a
     tiled BigTIFF; larger images of other formats fail as too_many_pixels."""
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    """Output pixel limit per image (streamed or not); an image whose output would be larger
+    fails as too_many_pixels."""
     alpha: str = "model"
     """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
     metrics: tuple[str, ...] = ()
@@ -217,7 +225,7 @@ class JobConfig:
         check_run_id(self.run_id)
         if self.denoise is not None and not 0.0 <= self.denoise <= 1.0:
             raise ConfigError(f"--denoise must be in [0, 1], got {self.denoise:g}")
-        for name in ("batch_size", "images_per_call", "max_pixels"):
+        for name in ("batch_size", "images_per_call", "max_pixels", "max_output_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if not 1 <= self.quality <= 100:

@@ -239,6 +239,7 @@ def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
         model=plan.model, scale=config.scale, tiling=plan.tiling, layout=plan.layout,
         batch_size=config.batch_size, format=config.format, quality=config.quality,
         png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
+        max_output_pixels=config.max_output_pixels,
         retries=config.retries, read_timeout_s=config.read_timeout_s,
         intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
         self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise,

@@ -749,3 +749,34 @@ def test_stats_rows_come_back_one_actor_call_at_a_time(ray_local, tmp_path, monk
 
     assert result.counts == {"ok": 12}
     assert sum(sizes) == 12 and max(sizes) <= 2, sizes
+
+
+def test_an_output_above_the_per_image_pixel_budget_fails_as_too_many_pixels(ray_local, tmp_path):
+    """--max-output-pixels bounds every image's output, streamed or not: a PNG and a stripped
+    TIFF streamed above --max-pixels whose x2 output would pass it fail as too_many_pixels
+    (the TIFF used to stream whatever size it declared); a small image comes out; raising the
+    budget lets the other two run."""
+    import tifffile
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "small.png").write_bytes(png_bytes(scene(8, 8)))
+    (src / "big.png").write_bytes(png_bytes(scene(40, 40, seed=1)))
+    tifffile.imwrite(src / "stripped.tif", scene(48, 48, seed=2), photometric="rgb", rowsperstrip=8)
+    config = JobConfig(sources=(str(src),), output=str(out), model="bicubic", max_pixels=2000,
+                       max_output_pixels=5000, run_id="tight")
+
+    assert run_job(config, echo=quiet).counts == {"ok": 1, "failed": 2}
+
+    rows = rows_by_name(out, "tight")
+    assert rows["small.png"]["status"] == "ok"
+    assert rows["big.png"]["error_message"] == ("40x40 to 80x80 is 6400 output pixels, more than the "
+                                                "limit of 5000 (--max-output-pixels)")
+    assert rows["stripped.tif"]["error_message"] == ("48x48 to 96x96 is 9216 output pixels, more than "
+                                                     "the limit of 5000 (--max-output-pixels)")
+    assert {rows[n]["error_type"] for n in ("big.png", "stripped.tif")} == {"too_many_pixels"}
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["small.png"]
+    again = run_job(config.replace(max_output_pixels=10_000, run_id="roomy"), echo=quiet)
+    assert again.counts == {"ok": 2, "skipped": 1}
+    assert read_pixels(out / "images" / "big.png").shape == (80, 80, 3)
+    assert tifffile.imread(out / "images" / "stripped.tif").shape[:2] == (96, 96)
