@@ -49,8 +49,8 @@ PIXELS_PER_CALL = 4_000_000
 CALL_SIZE_SAMPLE = 16
 # 178 MP input: Pillow's own decompression-bomb threshold (2 x 89.5 MP).
 DEFAULT_MAX_PIXELS = 178_956_970
-# Output pixels an image may come to: a 31623 px square, about 3 GB as 8-bit RGB and minutes
-# of the default model on a GPU (about 5 min at the 3.6 MP/s of a 2-core CPU). Far larger
+# Output pixels an image may come to: a 31623 px square, about 3 GB as 8-bit RGB and 1,000 s
+# of model time at 1 MP/s. Far larger
 # outputs (a 330 kB TIFF declaring 20000 x 20000 px makes 1.6 GP at x2) fail their row as
 # too_many_pixels unless --max-output-pixels is raised.
 DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000
