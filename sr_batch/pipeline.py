@@ -604,10 +604,13 @@ def _mark_dead_runs(layout: OutLayout, run_id: str, retries: int, echo: Echo) ->
     from sr_batch.lock import is_dead
 
     fs, runs = storage.get_fs(layout.runs)
-    for path in fs.glob(runs.rstrip("/") + "/*.json"):
+    paths = fs.glob(runs.rstrip("/") + "/*.json")
+    # One call for all: object stores fetch them concurrently. Unreadable ones are left out.
+    contents = fs.cat(paths, on_error="omit") if paths else {}
+    for path, data in sorted(contents.items()):
         try:
-            record = json.loads(fs.cat_file(path))
-        except (OSError, ValueError):
+            record = json.loads(data)
+        except ValueError:
             continue  # a record is a convenience; an unreadable one is left alone
         if (not isinstance(record, dict) or record.get("status") != "running"
                 or record.get("run_id") == run_id or not is_dead(record.get("host"), record.get("pid"))):
