@@ -138,11 +138,13 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None) -> RunResult:
     started_at = dt.datetime.now(dt.timezone.utc)
     began = time.perf_counter()
     config, layout = plan.config, plan.layout
+    _write_run_record(plan, "running", started_at)  # also proves OUT is writable, before any image
     try:
         stats.check_writable(layout, plan.run_id, config.retries)
     except ImageError as exc:  # WriteError: no row of this run could be recorded
-        raise StorageError(f"cannot write the stats under {storage.display(layout.stats)}: {exc}") from None
-    _write_run_record(plan, "running", started_at)  # also proves OUT/runs is writable, before any image
+        error = StorageError(f"cannot write the stats under {storage.display(layout.stats)}: {exc}")
+        _write_run_record(plan, "failed", started_at, error=f"StorageError: {error}", quiet=True)
+        raise error from None
     _mark_dead_runs(layout, plan.run_id, config.retries, echo)
     writer = _StatsWriter(layout, plan.run_id, plan.listed.num_rows, config, echo, lock)
     pool = None

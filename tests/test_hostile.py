@@ -685,7 +685,8 @@ def test_bad_options_and_a_linked_out_are_exit_2_in_one_line_before_any_work(tmp
 
 def test_stats_that_cannot_be_written_stop_the_run_before_any_image_in_one_line(tmp_path):
     """OUT/stats is a file, so no stats row could be written (as with a read-only OUT/stats for
-    another user): exit 3 with one line, before any image is written."""
+    another user): exit 3 with one line, before any image is written; the run is recorded as
+    failed with that error."""
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(3):
@@ -699,7 +700,9 @@ def test_stats_that_cannot_be_written_stop_the_run_before_any_image_in_one_line(
     (line,) = proc.stderr.splitlines()
     assert line.startswith(f"sr-batch: error: cannot write the stats under file://{out}/stats: cannot write "
                            f"file://{out}/stats/run_id=blocked/.write-check-"), line
-    assert not (out / "images").exists() and not (out / "runs").exists()
+    assert not (out / "images").exists()
+    record = json.loads((out / "runs" / "blocked.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "StorageError: " + line[len("sr-batch: error: "):]
 
 
 def _grey_model(path: Path) -> None:
