@@ -29,11 +29,26 @@ SETTLE_S = 0.5
 DEFAULT_STALE_S = 6 * 3600.0
 
 
-def is_dead(host: str | None, pid) -> bool:
-    """True only where `host` is this machine and no process `pid` lives on it: the holder of
-    a lock or a run record died without cleaning up (kill -9, a crash). Another host's
-    process, or one of another user's, is never taken for dead."""
-    if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+def holder() -> dict:
+    """Who this process is, as a lock or a run record names it: host, pid and, on Linux, the
+    pid namespace (containers that share a host name each number their own processes)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": _pid_namespace()}
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def is_dead(record: dict) -> bool:
+    """True only where the `holder()` named in `record` ran in this machine's process space
+    and its pid no longer lives: it died without cleaning up (kill -9, a crash). A process of
+    another host or pid namespace, or one of another user's, is never taken for dead."""
+    pid = record.get("pid")
+    if (record.get("host") != socket.gethostname() or "pid_ns" not in record
+            or record["pid_ns"] != _pid_namespace() or not isinstance(pid, int) or pid <= 0):
         return False
     try:
         os.kill(pid, 0)  # signal 0: only asks whether the process exists
@@ -58,8 +73,8 @@ class OutputLock:
 
     def _record(self) -> bytes:
         return json.dumps({
-            "token": self.token, "purpose": self.purpose, "host": socket.gethostname(),
-            "pid": os.getpid(), "refreshed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "token": self.token, "purpose": self.purpose, **holder(),
+            "refreshed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }).encode()
 
     def _read(self) -> dict | None:
@@ -76,7 +91,7 @@ class OutputLock:
         if current is not None:
             age = (dt.datetime.now(dt.timezone.utc)
                    - dt.datetime.fromisoformat(current["refreshed_at"])).total_seconds()
-            if age < self.stale_s and not is_dead(current.get("host"), current.get("pid")):
+            if age < self.stale_s and not is_dead(current):
                 raise LockHeldError(
                     f"{self.uri} is held by {current.get('purpose')} on {current.get('host')} "
                     f"(pid {current.get('pid')}, refreshed {age:.0f} s ago); it goes stale after "

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from sr_batch.actor import ActorSettings, ModelActor, UpscaleActor
 from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
 from sr_batch.errors import ConfigError, ImageError, ModelError, StorageError
 from sr_batch.layout import OutLayout
+from sr_batch.lock import holder, is_dead
 from sr_batch.models.registry import ModelSpec
 from sr_batch.plan import RunPlan, new_run_id, plan_run
 
@@ -603,8 +603,6 @@ def _version(*names: str) -> str | None:
 def _mark_dead_runs(layout: OutLayout, run_id: str, retries: int, echo: Echo) -> None:
     """Rewrite as `failed` the records still `running` whose driver ran on this machine and is
     gone (lock.is_dead: kill -9, a crash), so that no run stays `running` for ever."""
-    from sr_batch.lock import is_dead
-
     fs, runs = storage.get_fs(layout.runs)
     paths = fs.glob(runs.rstrip("/") + "/*.json")
     # One call for all: object stores fetch them concurrently. Unreadable ones are left out.
@@ -615,7 +613,7 @@ def _mark_dead_runs(layout: OutLayout, run_id: str, retries: int, echo: Echo) ->
         except ValueError:
             continue  # a record is a convenience; an unreadable one is left alone
         if (not isinstance(record, dict) or record.get("status") != "running"
-                or record.get("run_id") == run_id or not is_dead(record.get("host"), record.get("pid"))):
+                or record.get("run_id") == run_id or not is_dead(record)):
             continue
         record.update(status="failed", error=(f"its driver (pid {record['pid']} on {record['host']}) "
                                               f"ended without recording how the run ended"))
@@ -647,8 +645,7 @@ def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
         "model": asdict(plan.model),
         "counts": counts,
         "error": error,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
+        **holder(),
         "started_at": started_at.isoformat(),
         "finished_at": status != "running" and dt.datetime.now(dt.timezone.utc).isoformat() or None,
         "wall_s": result and result.wall_s,

@@ -616,6 +616,8 @@ def test_a_run_record_left_running_by_a_killed_driver_is_marked_by_the_next_run(
     the next run into OUT records it as failed, saying why; a live run's record is left alone."""
     import socket
 
+    from sr_batch.lock import holder
+
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     (src / "a.png").write_bytes(png_bytes(scene(12, 12)))
@@ -624,7 +626,7 @@ def test_a_run_record_left_running_by_a_killed_driver_is_marked_by_the_next_run(
     dead.wait()
     for run_id, pid in (("killed", dead.pid), ("alive", os.getpid())):
         (out / "runs" / f"{run_id}.json").write_text(json.dumps(
-            {"run_id": run_id, "status": "running", "host": socket.gethostname(), "pid": pid}))
+            {"run_id": run_id, "status": "running", **holder(), "pid": pid}))
     lines: list[str] = []
 
     run_job(JobConfig(sources=(str(src),), output=str(out), model="bicubic", run_id="next"),

@@ -111,26 +111,26 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def test_is_dead_only_for_a_gone_process_of_this_host():
-    import os
-    import socket
+def test_is_dead_only_for_a_gone_process_of_this_host_and_pid_namespace():
+    from sr_batch.lock import holder, is_dead
 
-    from sr_batch.lock import is_dead
-
-    host = socket.gethostname()
-    assert is_dead(host, _dead_pid())
-    assert not is_dead(host, os.getpid())
-    assert not is_dead("another-host", _dead_pid())
-    assert not is_dead(host, None) and not is_dead(None, 123)
+    me = holder()
+    assert is_dead({**me, "pid": _dead_pid()})
+    assert not is_dead(me)
+    assert not is_dead({**me, "host": "another-host", "pid": _dead_pid()})
+    assert not is_dead({**me, "pid_ns": "pid:[1]", "pid": _dead_pid()})  # another container's
+    dead = _dead_pid()
+    assert not is_dead({"host": me["host"], "pid": dead})  # who wrote it cannot be told
+    assert not is_dead({**me, "pid": None}) and not is_dead({})
 
 
 def test_a_lock_whose_holder_died_on_this_host_is_taken_over(lock_uri):
     """kill -9 leaves a fresh lock behind: its pid is gone, so the next run takes it at once."""
-    import socket
+    from sr_batch.lock import holder
 
     fs, path = fsspec.core.url_to_fs(lock_uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(path, json.dumps({"token": "dead", "purpose": "sr-batch run x", "host": socket.gethostname(),
+    fs.pipe_file(path, json.dumps({"token": "dead", "purpose": "sr-batch run x", **holder(),
                                    "pid": _dead_pid(),
                                    "refreshed_at": dt.datetime.now(dt.timezone.utc).isoformat()}).encode())
     with OutputLock(lock_uri, stale_s=3600, purpose="next", settle_s=0) as lock:
