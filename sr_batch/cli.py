@@ -71,6 +71,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="input pixel limit; larger tiled/stripped TIFFs are streamed in bounded "
                         "memory to a tiled BigTIFF, larger images of other formats fail as "
                         "too_many_pixels")
+    p.add_argument("--max-output-pixels", type=int, default=c.DEFAULT_MAX_OUTPUT_PIXELS, metavar="N",
+                   help="output pixel limit per image (streamed TIFFs too); an image whose output "
+                        f"would be larger fails as too_many_pixels (default {c.DEFAULT_MAX_OUTPUT_PIXELS:,})")
     p.add_argument("--alpha", default="model", choices=c.ALPHA_MODES,
                    help="upscale an alpha channel with the model (as a grey image) or bicubic")
     p.add_argument("--self-ensemble", action="store_true",

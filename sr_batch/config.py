@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass
 
 from sr_batch.errors import ConfigError
@@ -47,6 +49,28 @@ PIXELS_PER_CALL = 4_000_000
 CALL_SIZE_SAMPLE = 16
 # 178 MP input: Pillow's own decompression-bomb threshold (2 x 89.5 MP).
 DEFAULT_MAX_PIXELS = 178_956_970
+# Output pixels an image may come to: a 31623 px square, about 3 GB as 8-bit RGB and 1,000 s
+# of model time at 1 MP/s. Far larger
+# outputs (a 330 kB TIFF declaring 20000 x 20000 px makes 1.6 GP at x2) fail their row as
+# too_many_pixels unless --max-output-pixels is raised.
+DEFAULT_MAX_OUTPUT_PIXELS = 1_000_000_000
+# The widest context a tile may carry per side: ten times the zoo's widest receptive radius
+# (27 px). A 256 px core with this overlap is a 768 px tile, whose batch of 16 at 64 channels
+# holds about 2.4 GB of activations; 100000 px asked for 448 GiB.
+MAX_TILE_OVERLAP = 256
+# The largest tile side: a batch of 16 such tiles of a 64-channel model is about 17 GB of
+# activations, the most a large GPU holds.
+MAX_TILE_SIZE = 2048
+# A run id names a folder (OUT/stats/run_id=ID) and a file (OUT/runs/ID.json): letters, digits,
+# `.`, `_` and `-`, starting with a letter or digit, so it can never leave those folders.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str | None) -> None:
+    """ConfigError unless `run_id` is None or a name RUN_ID allows."""
+    if run_id is not None and not RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"--run-id must be 1 to 128 letters, digits, '.', '_' or '-', starting with a "
+                          f"letter or digit, got {run_id!r}")
 
 
 def parse_actors(text: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -130,6 +154,9 @@ class JobConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Input pixel limit: larger tiled/stripped TIFFs are streamed in bounded memory to a
     tiled BigTIFF; larger images of other formats fail as too_many_pixels."""
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    """Output pixel limit per image (streamed or not); an image whose output would be larger
+    fails as too_many_pixels."""
     alpha: str = "model"
     """How an alpha channel is upscaled: `model` (as a grey image) or `bicubic`."""
     metrics: tuple[str, ...] = ()
@@ -179,19 +206,26 @@ class JobConfig:
             raise ConfigError(f"--arrangement must be one of {', '.join(ARRANGEMENTS)}, got {self.arrangement!r}")
         if self.alpha not in ALPHA_MODES:
             raise ConfigError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
-        if self.tile_size is not None and self.tile_size < 8:
-            raise ConfigError(f"--tile-size must be at least 8, got {self.tile_size}")
+        if self.tile_size is not None and not 8 <= self.tile_size <= MAX_TILE_SIZE:
+            raise ConfigError(f"--tile-size must be 8 to {MAX_TILE_SIZE} px, got {self.tile_size}")
         if self.tile_overlap is not None and self.tile_size is not None:
             if self.tile_size - 2 * self.tile_overlap < 1:
                 raise ConfigError(
                     f"--tile-size {self.tile_size} leaves no core with --tile-overlap "
                     f"{self.tile_overlap}; need tile_size > 2 * tile_overlap"
                 )
-        if self.tile_overlap is not None and self.tile_overlap < 0:
-            raise ConfigError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
+        if self.tile_overlap is not None and not 0 <= self.tile_overlap <= MAX_TILE_OVERLAP:
+            raise ConfigError(f"--tile-overlap must be 0 to {MAX_TILE_OVERLAP} px, got {self.tile_overlap}")
+        if self.tf_threads < 0:
+            raise ConfigError(f"--tf-threads must be >= 0 (0: automatic), got {self.tf_threads}")
+        for name in ("stats_flush_s", "progress_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value:g}")
+        check_run_id(self.run_id)
         if self.denoise is not None and not 0.0 <= self.denoise <= 1.0:
             raise ConfigError(f"--denoise must be in [0, 1], got {self.denoise:g}")
-        for name in ("batch_size", "images_per_call", "max_pixels"):
+        for name in ("batch_size", "images_per_call", "max_pixels", "max_output_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if not 1 <= self.quality <= 100:
@@ -202,8 +236,9 @@ class JobConfig:
             raise ConfigError("--gpus-per-actor and --cpus-per-actor must be >= 0")
         if self.gpus_per_actor == 0 and self.cpus_per_actor == 0:
             raise ConfigError("an actor needs some CPU or GPU: set --cpus-per-actor > 0")
-        if self.read_timeout_s is not None and self.read_timeout_s <= 0:
-            raise ConfigError("--read-timeout-s must be > 0")
+        if self.read_timeout_s is not None and not (math.isfinite(self.read_timeout_s)
+                                                    and self.read_timeout_s > 0):
+            raise ConfigError("--read-timeout-s must be a number of seconds > 0")
         if self.retries < 0:
             raise ConfigError("--retries must be >= 0")
         if self.plan_manifest is not None:
@@ -215,7 +250,9 @@ class JobConfig:
                 raise ConfigError(f"--plan-manifest must end in {', '.join(MANIFEST_EXTENSIONS)}, "
                                   f"got {self.plan_manifest!r}")
         object.__setattr__(self, "actors", parse_actors(self.actors))
-        self.output_size  # checked here, once
+        from sr_batch.sizing import check_reachable
+
+        check_reachable(self.output_size, self.scale, SCALES)  # checked here, once
 
     @property
     def output_size(self):

@@ -8,7 +8,9 @@
 
 An output path is accepted only under OUT/images: by its name, and on local
 disks also after following links, so neither a manifest row nor a symlink in
-OUT can send a write onto the job's own files or outside OUT.
+OUT can send a write onto the job's own files or outside OUT. OUT itself may be
+a link; its folders (images, stats, runs, manifests, a run's stats folder) may
+not lead elsewhere: a run refuses to start on such an OUT (`check_folders`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from sr_batch import storage
-from sr_batch.errors import PathEscapeError
+from sr_batch.errors import ConfigError, PathEscapeError
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ class OutLayout:
     def real_outside(self, directory: str, cached: bool = True) -> str | None:
         """The real path of a local `directory` (a path, no protocol) under OUT/images where,
         through a link, it lies outside OUT/images; None where it stays inside."""
-        root = self._real_dir(storage.get_fs(self.images)[1], cached)
+        # OUT's real path, then `images`: were OUT/images itself a link, its real path differs.
+        root = self._real_dir(storage.get_fs(self.root)[1], cached) + "/images"
         real = self._real_dir(directory, cached)
         return None if real == root or real.startswith(root + "/") else real
 
@@ -92,3 +95,22 @@ class OutLayout:
         if real is None:
             real = self._real_dirs[path] = os.path.realpath(path)
         return real
+
+    def check_folders(self, run_id: str | None = None) -> None:
+        """ConfigError where one of OUT's own folders (and `run_id`'s stats folder) exists on a
+        local disk as a link, or otherwise leads outside OUT: the job writes only inside OUT."""
+        fs, root = storage.get_fs(self.root)
+        if not storage.is_local(fs):
+            return
+        real_root = os.path.realpath(root)
+        folders = [self.images, self.stats, self.runs, self.manifests]
+        if run_id is not None:
+            folders.append(self.stats_run(run_id))
+        for uri in folders:
+            path = storage.get_fs(uri)[1]
+            if not os.path.lexists(path):
+                continue
+            expected = real_root + path[len(root):]
+            if os.path.islink(path) or os.path.realpath(path) != expected:
+                raise ConfigError(f"{storage.display(uri)} is a link (to {storage.display(os.path.realpath(path))}); "
+                                  f"sr-batch writes only inside {storage.display(self.root)}: make it a folder")

@@ -5,8 +5,9 @@ exposes, so the lock is write-then-verify: write a file holding a random
 token, wait for the store to settle, read it back. Of two racing writers the
 last write wins, and only its owner reads back its own token; the other backs
 off. A lock older than `stale_s` (its holder died without releasing it) is
-taken over. The holder refreshes it while it works, so a long run is never
-taken for a dead one.
+taken over, and so is one whose holder ran on this machine and is gone (its pid
+no longer lives: kill -9). The holder refreshes it while it works, so a long run
+is never taken for a dead one.
 """
 
 from __future__ import annotations
@@ -28,6 +29,36 @@ SETTLE_S = 0.5
 DEFAULT_STALE_S = 6 * 3600.0
 
 
+def holder() -> dict:
+    """Who this process is, as a lock or a run record names it: host, pid and, on Linux, the
+    pid namespace (containers that share a host name each number their own processes)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_ns": _pid_namespace()}
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def is_dead(record: dict) -> bool:
+    """True only where the `holder()` named in `record` ran in this machine's process space
+    and its pid no longer lives: it died without cleaning up (kill -9, a crash). A process of
+    another host or pid namespace, or one of another user's, is never taken for dead."""
+    pid = record.get("pid")
+    if (record.get("host") != socket.gethostname() or "pid_ns" not in record
+            or record["pid_ns"] != _pid_namespace() or not isinstance(pid, int) or pid <= 0):
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class LockHeldError(SrBatchError):
     error_type = "lock_held"
 
@@ -42,8 +73,8 @@ class OutputLock:
 
     def _record(self) -> bytes:
         return json.dumps({
-            "token": self.token, "purpose": self.purpose, "host": socket.gethostname(),
-            "pid": os.getpid(), "refreshed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "token": self.token, "purpose": self.purpose, **holder(),
+            "refreshed_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }).encode()
 
     def _read(self) -> dict | None:
@@ -60,7 +91,7 @@ class OutputLock:
         if current is not None:
             age = (dt.datetime.now(dt.timezone.utc)
                    - dt.datetime.fromisoformat(current["refreshed_at"])).total_seconds()
-            if age < self.stale_s:
+            if age < self.stale_s and not is_dead(current):
                 raise LockHeldError(
                     f"{self.uri} is held by {current.get('purpose')} on {current.get('host')} "
                     f"(pid {current.get('pid')}, refreshed {age:.0f} s ago); it goes stale after "

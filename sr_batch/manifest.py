@@ -258,6 +258,29 @@ def _empty_as_null(column: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
 
 
+def _sizes(column: pa.ChunkedArray, where: str) -> pa.Array:
+    """The `bytes` column as int64: whole numbers >= 0, else ManifestError naming the column."""
+    column = column.combine_chunks()
+    try:
+        sizes = column.cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        bad = next((v for v in column.to_pylist() if v is not None and not _is_size(v)), None)
+        raise ManifestError(f"manifest {where}: column 'bytes' must hold file sizes (whole numbers "
+                            f">= 0), got {bad!r}") from None
+    if pc.any(pc.less(sizes, 0)).as_py():
+        bad = pc.min(sizes).as_py()
+        raise ManifestError(f"manifest {where}: column 'bytes' must hold file sizes (whole numbers "
+                            f">= 0), got {bad!r}")
+    return sizes
+
+
+def _is_size(value) -> bool:
+    try:
+        return int(value) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
 def validate_manifest(table: pa.Table, where: str) -> pa.Table:
     """Check columns and ids, fill defaults, and return a table with MANIFEST_SCHEMA.
 
@@ -284,12 +307,15 @@ def validate_manifest(table: pa.Table, where: str) -> pa.Table:
     if len(dupes):
         raise ManifestError(
             f"manifest {where} has {len(dupes)} duplicate image_id values, e.g. {dupes[0].as_py()!r}")
-    if "relative_path" in table.column_names and table.column("relative_path").null_count == 0:
-        columns["relative_path"] = table.column("relative_path").cast(pa.string())
-    else:
+    given = (_empty_as_null(_as_strings(table.column("relative_path")))
+             if "relative_path" in table.column_names else pa.nulls(len(uris), pa.string()))
+    if given.null_count == 0:
+        columns["relative_path"] = given
+    else:  # rows without a name get the default: the path relative to the common root
         paths = pc.replace_substring_regex(uris, r"^.*?://", "", max_replacements=1)
         root = _common_root(paths)
-        columns["relative_path"] = pc.utf8_ltrim(pc.utf8_slice_codeunits(paths, len(root)), "/")
+        defaults = pc.utf8_ltrim(pc.utf8_slice_codeunits(paths, len(root)), "/")
+        columns["relative_path"] = pc.coalesce(given, defaults)
     for name in ("reference_uri", "output_uri", "etag", "planned_outputs"):
         if name in table.column_names:
             values = _empty_as_null(_as_strings(table.column(name)))
@@ -297,7 +323,7 @@ def validate_manifest(table: pa.Table, where: str) -> pa.Table:
                 values = storage.to_uris(values)
             columns[name] = values
     if "bytes" in table.column_names:
-        columns["bytes"] = table.column("bytes").cast(pa.int64())
+        columns["bytes"] = _sizes(table.column("bytes"), where)
     if "mtime" in table.column_names:
         try:
             columns["mtime"] = table.column("mtime").cast(pa.timestamp("us", tz="UTC"))

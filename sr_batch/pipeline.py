@@ -35,6 +35,7 @@ from sr_batch.actor import ActorSettings, ModelActor, UpscaleActor
 from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
 from sr_batch.errors import ConfigError, ImageError, ModelError, StorageError
 from sr_batch.layout import OutLayout
+from sr_batch.lock import holder, is_dead
 from sr_batch.models.registry import ModelSpec
 from sr_batch.plan import RunPlan, new_run_id, plan_run
 
@@ -45,6 +46,15 @@ Echo = Callable[[str], None]
 # --stats-flush-s seconds), so a killed driver loses little bookkeeping; the
 # images themselves are already written and a rerun redoes only the unrecorded.
 FLUSH_ROWS = 5000
+
+# The least the stats timer waits between looks, whatever --stats-flush-s: no busy loop.
+MIN_FLUSH_WAIT_S = 0.05
+
+# Ray Data hands a block's stats rows back only when the whole block is done, so a block is
+# one actor call: every call's rows reach the driver, and the stats, as soon as it ends. Above
+# this many calls a block holds several, which keeps the driver's object count bounded (a
+# million images in calls of 8 make 7 calls a block).
+MAX_BLOCKS = 20_000
 
 # Failed images listed one line each before the rest are only counted.
 MAX_FAILURE_LINES = 20
@@ -134,6 +144,13 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None, plan_s: float | 
     phases = Phases(plan=plan_s)
     config, layout = plan.config, plan.layout
     _write_run_record(plan, "running", started_at)  # also proves OUT is writable, before any image
+    try:
+        stats.check_writable(layout, plan.run_id, config.retries)
+    except ImageError as exc:  # WriteError: no row of this run could be recorded
+        error = StorageError(f"cannot write the stats under {storage.display(layout.stats)}: {exc}")
+        _write_run_record(plan, "failed", started_at, error=f"StorageError: {error}", quiet=True)
+        raise error from None
+    _mark_dead_runs(layout, plan.run_id, config.retries, echo)
     writer = _StatsWriter(layout, plan.run_id, plan.listed.num_rows, config, echo, lock)
     pool = None
     try:
@@ -228,7 +245,7 @@ def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
                                      # over every actor as soon as it is up
                                      max_tasks_in_flight_per_actor=CALLS_PER_ACTOR)
     resources = {"num_cpus": config.cpus_per_actor, "num_gpus": config.gpus_per_actor or None}
-    ds = ray.data.from_arrow(_blocks(plan.todo, per_call, pool[1]))
+    ds = ray.data.from_arrow(_blocks(plan.todo, per_call))
     if not config.staged:
         ds = ds.map_batches(UpscaleActor, fn_constructor_kwargs={"settings": settings},
                             batch_size=per_call, batch_format="pyarrow", compute=model_actors,
@@ -251,6 +268,7 @@ def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
         model=plan.model, scale=config.scale, tiling=plan.tiling, layout=plan.layout,
         batch_size=config.batch_size, format=config.format, quality=config.quality,
         png_compress_level=config.png_compress_level, max_pixels=config.max_pixels,
+        max_output_pixels=config.max_output_pixels,
         retries=config.retries, read_timeout_s=config.read_timeout_s,
         intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
         self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise,
@@ -494,15 +512,18 @@ def _remove_orphan_temps(layout: OutLayout, listed: pa.Table, started: float, ec
         echo(f"removed {removed} temporary file(s) left by an interrupted run")
 
 
-def _blocks(table: pa.Table, images_per_call: int, max_actors: int) -> list[pa.Table]:
-    """Cut the manifest into blocks: enough for every actor, big enough to pack tiles."""
-    rows = max(images_per_call, min(256, math.ceil(table.num_rows / (4 * max_actors))))
-    rows = math.ceil(rows / images_per_call) * images_per_call
+def _blocks(table: pa.Table, images_per_call: int) -> list[pa.Table]:
+    """Cut the manifest into blocks of one actor call each (of several calls above MAX_BLOCKS)."""
+    calls = math.ceil(table.num_rows / images_per_call)
+    rows = images_per_call * max(1, math.ceil(calls / MAX_BLOCKS))
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
 
 
 class _StatsWriter:
-    """Collects stats batches, flushes Parquet parts, prints progress and failures."""
+    """Collects stats batches, flushes Parquet parts, prints progress and failures.
+
+    Rows are flushed when a batch comes and, by a thread of their own, when they have waited
+    --stats-flush-s while no batch came: a killed driver loses at most that much bookkeeping."""
 
     def __init__(self, layout: OutLayout, run_id: str, total: int, config: JobConfig,
                  echo: Echo, lock=None) -> None:
@@ -519,8 +540,30 @@ class _StatsWriter:
         self.counts: dict[str, int] = {}
         self.failures: list[dict] = []
         self.began = self.last_flush = self.last_progress = time.perf_counter()
+        self._mutex = threading.Lock()  # pending rows and part numbers: the run's and the timer's
+        self._stopped = threading.Event()
+        self._failure: Exception | None = None  # what the timer's flush raised, for the run to raise
+        self._timer = threading.Thread(target=self._flush_on_time, name="stats-flush", daemon=True)
+        self._timer.start()
+
+    def _flush_on_time(self) -> None:
+        while not self._stopped.wait(max(self.flush_s, MIN_FLUSH_WAIT_S)):
+            with self._mutex:
+                if not self.pending or time.perf_counter() - self.last_flush < self.flush_s:
+                    continue
+                try:
+                    self.flush()
+                except Exception as exc:  # noqa: BLE001 - raised by the run at its next batch
+                    self._failure = exc
+                    return
 
     def add(self, batch: pa.Table) -> None:
+        if self._failure is not None:
+            raise self._failure
+        with self._mutex:
+            self._add(batch)
+
+    def _add(self, batch: pa.Table) -> None:
         self.pending.append(batch)
         self.pending_rows += batch.num_rows
         self.rows += batch.num_rows
@@ -569,15 +612,24 @@ class _StatsWriter:
         self.pending, self.pending_rows = [], 0
         self.last_flush = time.perf_counter()
 
+    def _stop_timer(self) -> None:
+        self._stopped.set()
+        self._timer.join()
+
     def close(self) -> None:
+        self._stop_timer()
+        if self._failure is not None:
+            raise self._failure
         self.flush()
 
     def close_quietly(self) -> None:
         """Flush what arrived before a run stopped; a failing flush must not hide why it stopped."""
+        self._stop_timer()
         try:
             self.flush()
-        except Exception:  # noqa: BLE001
-            log.warning("could not flush the last stats rows", exc_info=True)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not flush the last stats rows: %s", storage.display(str(exc)))
+            log.debug("the flush failed here", exc_info=True)
 
 
 def _version(*names: str) -> str | None:
@@ -587,6 +639,33 @@ def _version(*names: str) -> str | None:
         except metadata.PackageNotFoundError:
             continue
     return None
+
+
+def _mark_dead_runs(layout: OutLayout, run_id: str, retries: int, echo: Echo) -> None:
+    """Rewrite as `failed` the records still `running` whose driver ran on this machine and is
+    gone (lock.is_dead: kill -9, a crash), so that no run stays `running` for ever."""
+    fs, runs = storage.get_fs(layout.runs)
+    paths = fs.glob(runs.rstrip("/") + "/*.json")
+    # One call for all: object stores fetch them concurrently. Unreadable ones are left out.
+    contents = fs.cat(paths, on_error="omit") if paths else {}
+    for path, data in sorted(contents.items()):
+        try:
+            record = json.loads(data)
+        except ValueError:
+            continue  # a record is a convenience; an unreadable one is left alone
+        if (not isinstance(record, dict) or record.get("status") != "running"
+                or record.get("run_id") == run_id or not is_dead(record)):
+            continue
+        record.update(status="failed", error=(f"its driver (pid {record['pid']} on {record['host']}) "
+                                              f"ended without recording how the run ended"))
+        try:
+            storage.write_bytes_atomic("file://" + path if storage.is_local(fs) else fs.unstrip_protocol(path),
+                                       json.dumps(record, indent=2, default=str).encode(), retries)
+        except ImageError as exc:  # WriteError: the record stays as it was; the run goes on
+            log.warning("could not record run %s as failed: %s", record.get("run_id"), exc)
+            continue
+        echo(f"run {storage.display(str(record.get('run_id')))}: recorded as failed (its driver, pid "
+             f"{record['pid']}, is gone)")
 
 
 def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
@@ -607,6 +686,7 @@ def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
         "model": asdict(plan.model),
         "counts": counts,
         "error": error,
+        **holder(),
         "started_at": started_at.isoformat(),
         "finished_at": status != "running" and dt.datetime.now(dt.timezone.utc).isoformat() or None,
         "wall_s": result and result.wall_s,

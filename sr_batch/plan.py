@@ -29,11 +29,12 @@ import pyarrow.compute as pc
 
 from sr_batch import incremental, manifest, storage
 from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_CALL, DEFAULT_TILE_CORE,
-                             LARGE_TILE_CORE, PIXELS_PER_CALL, SCALES, JobConfig)
+                             LARGE_TILE_CORE, PIXELS_PER_CALL, SCALES, JobConfig, check_run_id)
 from sr_batch.errors import ConfigError, ImageError, ManifestError, ModelNotFoundError, PathEscapeError
 from sr_batch.layout import OutLayout
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
+from sr_batch.sizing import check_reachable
 
 # How long the driver waits for the sampled headers in all: a slow or hung source (a
 # network stall) costs the sizing its sample, never the run.
@@ -116,9 +117,9 @@ def output_extensions(requested: str, source_name: str) -> tuple[str, ...]:
 
 # Relative paths that column-wise naming leaves to OutLayout.image_path, one row at a time:
 # empty or absolute paths, `//`, `\\`, `::` (fsspec's chaining), `?` and `#`, `.` or `..`
-# parts, a final `/`, and file names that start with a dot (where posixpath.splitext finds
-# another extension than the text after the last dot).
-_UNUSUAL_RELATIVE = r"^$|^/|//|/$|\\|::|[?#]|(?:^|/)\.\.?(?:/|$)|(?:^|/)\.[^/]*$"
+# parts, a final `/`, file names that start with a dot (where posixpath.splitext finds
+# another extension than the text after the last dot), and NUL bytes (which no path holds).
+_UNUSUAL_RELATIVE = r"^$|^/|//|/$|\\|::|[?#\x00]|(?:^|/)\.\.?(?:/|$)|(?:^|/)\.[^/]*$"
 
 
 def plan_outputs(table: pa.Table, layout: OutLayout, requested: str, *,
@@ -609,13 +610,17 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
     nightly and dry runs plan without one and match earlier runs of any overlap).
     `size_calls` reads a sample of headers to size the actor calls (a dry run reads it
     whatever is asked, to tell the pixels)."""
+    check_run_id(run_id)
+    run_id = run_id or config.run_id or new_run_id()
     layout = OutLayout.of(config.output)
+    layout.check_folders(run_id)
     table = manifest.load_sources(config.sources)
     spec = resolve_model(config, probe)
     tiling = (resolve_tiling(config, spec.receptive_radius, spec.input_side)
               if spec.receptive_radius is not None else None)
     denoise = resolve_denoise(config, spec)
     pass_models = resolve_pass_models(config, spec)
+    check_reachable(config.output_size, config.scale, (config.scale, *(m.scale for m, _ in pass_models)))
     routes, auto_identity = resolve_routes(config, spec)
     identity = spec.identity
     if spec.uri is not None and spec.sha256 is None:  # an unprobed user file: hash its bytes
@@ -635,7 +640,7 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
               if wants_sample and split.todo.num_rows else ())
     calls = calls_for_sample(config, pixels) if size_calls else (
         config.images_per_call or DEFAULT_IMAGES_PER_CALL)
-    return RunPlan(run_id=run_id or config.run_id or new_run_id(), config=config, layout=layout,
+    return RunPlan(run_id=run_id, config=config, layout=layout,
                    model=spec, tiling=tiling, denoise=denoise, pass_models=pass_models,
                    routes=routes, identity=auto_identity, reuse_key=key, listed=listed,
                    todo=split.todo, reasons=split.reasons, skipped=split.skipped,

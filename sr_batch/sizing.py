@@ -16,6 +16,9 @@ from sr_batch.errors import ConfigError
 # More passes than this would be a x64 (two passes of x4 and one of x4 more) or larger
 # output from one image: almost surely a wrong option, not a wish.
 MAX_PASSES = 3
+# The smallest output side --width, --height and --fit may ask for: the smallest tile side, and
+# the least that still shows an image (a 1 px or empty output is almost surely a typo).
+MIN_OUTPUT_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,11 @@ class OutputSize:
             raise ConfigError(f"--outscale must be a number >= 1, got {self.outscale:g}")
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {value}")
-        if self.fit is not None and min(self.fit) < 1:
-            raise ConfigError(f"--fit must be WxH with W, H >= 1, got {self.fit[0]}x{self.fit[1]}")
+            if value is not None and value < MIN_OUTPUT_SIDE:
+                raise ConfigError(f"--{name} must be >= {MIN_OUTPUT_SIDE} px, got {value}")
+        if self.fit is not None and min(self.fit) < MIN_OUTPUT_SIDE:
+            raise ConfigError(f"--fit must be WxH with W, H >= {MIN_OUTPUT_SIDE} px, "
+                              f"got {self.fit[0]}x{self.fit[1]}")
 
     @property
     def asked(self) -> bool:
@@ -59,6 +63,17 @@ class OutputSize:
         if self.width is not None or self.height is not None:
             return "size=" + "x".join("*" if v is None else str(v) for v in (self.width, self.height))
         return None
+
+
+def check_reachable(size: OutputSize, scale: int, scales: tuple[int, ...]) -> None:
+    """ConfigError where --outscale asks for more than MAX_PASSES model passes of `scales`
+    (the run's `scale` first) can reach."""
+    if size.outscale is None:
+        return
+    most = scale * max(scales) ** (MAX_PASSES - 1)
+    if size.outscale > most * (1 + 1e-9):
+        raise ConfigError(f"--outscale {size.outscale:g} is more than x{most}, the most that "
+                          f"{MAX_PASSES} model passes reach from x{scale}")
 
 
 def parse_fit(text: str | None) -> tuple[int, int] | None:

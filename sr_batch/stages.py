@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from sr_batch import images, quality, resample, stats, storage, streaming
+from sr_batch.config import DEFAULT_MAX_OUTPUT_PIXELS
 from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError, UnsupportedModeError
 from sr_batch.layout import OutLayout
 from sr_batch.models.registry import ModelSpec
@@ -97,6 +98,8 @@ class ActorSettings:
     """Extra metrics (config.OPTIONAL_METRICS): `niqe`."""
     identity: str | None = None
     """What the stats record as model_sha256 under auto (the rules and every model); else the model's."""
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    """Output pixels an image may come to (--max-output-pixels); larger: too_many_pixels."""
 
     @property
     def all_routes(self) -> tuple[Route, ...]:
@@ -204,6 +207,7 @@ def route_image(s: ActorSettings, w: Work, image, data: bytes | None) -> None:
 def plan_size(s: ActorSettings, route: Route, image) -> tuple[tuple[int, ...], tuple[int, int] | None]:
     """(model scales to run, the exact output size or None) for one image."""
     if not s.size.asked:
+        check_output_pixels(s, image, (image.width * s.scale, image.height * s.scale))
         return (s.scale,), None
     if isinstance(image, streaming.TiffLayout):
         raise TooManyPixelsError(
@@ -220,7 +224,17 @@ def plan_size(s: ActorSettings, route: Route, image) -> tuple[tuple[int, ...], t
         raise TooManyPixelsError(
             f"{image.width}x{image.height} to {target[0]}x{target[1]} runs through "
             f"{' then '.join(f'x{p}' for p in passes)} ({reached} pixels), more than --max-pixels x scale^2")
+    check_output_pixels(s, image, target)
     return passes, target
+
+
+def check_output_pixels(s: ActorSettings, image, target: tuple[int, int]) -> None:
+    """TooManyPixelsError where the output of `image` (decoded, or a TIFF to stream) would have
+    more than --max-output-pixels: the run's bound on one image's time and bytes."""
+    if target[0] * target[1] > s.max_output_pixels:
+        raise TooManyPixelsError(
+            f"{image.width}x{image.height} to {target[0]}x{target[1]} is {target[0] * target[1]} output "
+            f"pixels, more than the limit of {s.max_output_pixels} (--max-output-pixels)")
 
 
 def read_and_decode(s: ActorSettings, row: dict) -> tuple[images.DecodedImage | streaming.TiffLayout,

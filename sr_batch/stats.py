@@ -7,7 +7,9 @@ not stored inside the files.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import uuid
 
 import pyarrow as pa
@@ -101,6 +103,19 @@ def write_part(output: OutLayout | str, run_id: str, table: pa.Table, seq: int, 
     uri = storage.join(layout.stats_run(run_id), f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet")
     storage.write_bytes_atomic(uri, buffer.getvalue(), retries=retries)
     return uri
+
+
+def check_writable(layout: OutLayout, run_id: str, retries: int = 3) -> None:
+    """Write and delete a small file in the run's stats folder: a WriteError here, before any
+    image runs, rather than after the first images are written with no row to say so."""
+    uri = storage.join(layout.stats_run(run_id), f".write-check-{uuid.uuid4().hex[:8]}")
+    storage.write_bytes_atomic(uri, b"", retries=retries)
+    fs, path = storage.get_fs(uri)
+    with contextlib.suppress(OSError):  # a store that lets us write but not delete: harmless
+        fs.rm_file(path)
+    if storage.is_local(fs):  # leave no empty folder: the first part makes it again
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))
 
 
 # The stats parts a run writes (write_part); anything else under OUT/stats is not ours to read.

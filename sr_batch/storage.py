@@ -138,6 +138,8 @@ def get_fs(uri: str, timeout_s: float | None = None) -> tuple[fsspec.AbstractFil
     Raises ReadError for a protocol fsspec does not know (`foo://...`) or whose package is
     not installed; `timeout_s` bounds reads where the backend allows (module docstring).
     """
+    if "\x00" in uri:  # no filesystem takes one; os.stat would raise a bare ValueError
+        raise ReadError(f"a URI with a NUL byte names no file: {display(uri)}")
     protocol = get_protocol(uri)
     try:
         return url_to_fs(uri, **_timeout_options(protocol, timeout_s))
@@ -219,7 +221,7 @@ def _call_reading(uri: str, call: Callable[[], T], retries: int, timeout_s: floa
     except FileNotFoundError:
         raise MissingFileError(f"no such file: {display(uri)}") from None
     except IsADirectoryError:
-        raise MissingFileError(f"is a directory, not a file: {display(uri)}") from None
+        raise ReadError(f"is a directory, not a file: {display(uri)}") from None
     except _read_failures() as exc:
         raise ReadError(f"cannot read {display(uri)}: {_reason(exc, timeout_s)}") from None
 
@@ -263,7 +265,7 @@ def file_size(uri: str, retries: int = 3, timeout_s: float | None = None) -> int
     _refuse_special(fs, path, uri)
     info = _call_reading(uri, lambda: fs.info(path), retries, timeout_s)
     if info.get("type") == "directory":
-        raise MissingFileError(f"is a directory, not a file: {display(uri)}")
+        raise ReadError(f"is a directory, not a file: {display(uri)}")
     return int(info.get("size") or 0)
 
 
@@ -295,9 +297,20 @@ def open_input(uri: str, retries: int = 3, block_size: int | None = None,
 _TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 
 
+# The longest file name most filesystems take (ext4, XFS, APFS, NTFS: 255 bytes).
+NAME_MAX = 255
+
+
 def temp_name(directory: str, name: str) -> str:
-    """Hidden sibling path that a local atomic write fills before renaming it onto `name`."""
-    return os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+    """Hidden sibling path that a local atomic write fills before renaming it onto `name`.
+
+    It adds 14 bytes (`.` and `.tmp-` + 8 hex digits) to the name, so a name within 14 bytes
+    of NAME_MAX is cut short here (at a whole character): any name the filesystem takes can
+    be written."""
+    suffix = f".tmp-{uuid.uuid4().hex[:8]}"
+    room = NAME_MAX - len(suffix) - 1
+    stem = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return os.path.join(directory, f".{stem}{suffix}")
 
 
 def remove_orphan_temps(directories: Iterable[str], older_than: float) -> int:
@@ -405,7 +418,8 @@ def write_bytes_atomic(uri: str, data: bytes, retries: int = 3) -> None:
 
 def resolve_inside(root: str, relative: str) -> str:
     """URI of `relative` under `root`; raise PathEscapeError if it could leave root."""
-    if not relative or "\\" in relative or relative.startswith("/") or "://" in relative:
+    if (not relative or "\\" in relative or "\x00" in relative or relative.startswith("/")
+            or "://" in relative):
         raise PathEscapeError(f"output path {relative!r} is not a plain relative path")
     if ".." in relative.split("/"):
         raise PathEscapeError(f"output path {relative!r} contains '..'")
@@ -414,6 +428,8 @@ def resolve_inside(root: str, relative: str) -> str:
 
 def check_inside(root: str, uri: str) -> str:
     """Return `uri` if it lies under `root` (same protocol), else raise PathEscapeError."""
+    if "\x00" in uri:
+        raise PathEscapeError(f"output_uri {display(uri)} contains a NUL byte")
     root_fs, root_path = get_fs(root)
     try:
         fs, path = get_fs(uri)

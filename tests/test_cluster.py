@@ -92,7 +92,7 @@ def test_a_node_killed_mid_run(tmp_path, arrangement):
                       [NodeSpec("gpu_a", num_cpus=1, num_gpus=1),
                        NodeSpec("gpu_b", num_cpus=1, num_gpus=1)]) as cluster:
         args = run_args(src, out, cluster, "--gpus-per-actor", "1", "--model", "residual",
-                        "--actors", "1", "--images-per-batch", "1", "--stats-flush-s", "0",
+                        "--actors", "1", "--images-per-batch", "1", "--stats-flush-s", "0.001",
                         "--arrangement", arrangement)
         log = tmp_path / "run.log"
         with log.open("wb") as stderr:
@@ -197,7 +197,7 @@ def test_driver_memory_does_not_grow_with_the_stats_of_a_long_manifest(cluster, 
         # A flush after every batch: by default up to FLUSH_ROWS rows wait for the next
         # part, a bounded ~8 KB each (measured) that would hide what grows with the images.
         args = run_args(src, out, cluster, "--gpus-per-actor", "1", "--model", "bicubic",
-                        "--stats-flush-s", "0")
+                        "--stats-flush-s", "0.001")
         peaks[count] = run_sampling_memory(args, cluster)
         rows = stats.read_stats(str(out))
         assert rows.num_rows == count and set(rows.column("status").to_pylist()) == {"ok"}

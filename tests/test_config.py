@@ -23,8 +23,25 @@ def test_defaults_are_valid():
     ({"scale": 5}, "--scale must be one of"),
     ({"format": "gif"}, "--format must be one of"),
     ({"tile_size": 16, "tile_overlap": 8}, "need tile_size > 2 \\* tile_overlap"),
-    ({"tile_overlap": -1}, "--tile-overlap must be >= 0"),
-    ({"tile_size": 4}, "--tile-size must be at least 8"),
+    ({"tile_overlap": -1}, "--tile-overlap must be 0 to 256 px"),
+    ({"tile_overlap": 100000}, "--tile-overlap must be 0 to 256 px, got 100000"),
+    ({"tile_size": 4}, "--tile-size must be 8 to 2048 px"),
+    ({"tile_size": 100000}, "--tile-size must be 8 to 2048 px"),
+    ({"tf_threads": -1}, "--tf-threads must be >= 0"),
+    ({"stats_flush_s": 0}, "--stats-flush-s must be a number of seconds > 0"),
+    ({"stats_flush_s": float("nan")}, "--stats-flush-s must be a number of seconds > 0"),
+    ({"read_timeout_s": float("inf")}, "--read-timeout-s must be a number of seconds > 0"),
+    ({"outscale": 1e9}, r"--outscale 1e\+09 is more than x32, the most that 3 model passes reach from x2"),
+    ({"outscale": 65, "scale": 4}, "more than x64"),
+    ({"fit": "1x1"}, "--fit must be WxH with W, H >= 8 px"),
+    ({"width": 7}, "--width must be >= 8 px"),
+    ({"height": 0}, "--height must be >= 8 px"),
+    ({"run_id": "../../evil"}, "--run-id must be 1 to 128 letters"),
+    ({"run_id": "a/b"}, "--run-id must be"),
+    ({"run_id": "run_id=x"}, "--run-id must be"),
+    ({"run_id": ".hidden"}, "--run-id must be"),
+    ({"run_id": ""}, "--run-id must be"),
+    ({"run_id": "x" * 129}, "--run-id must be"),
     ({"cpus_per_actor": 0, "gpus_per_actor": 0}, "needs some CPU or GPU"),
     ({"gpus_per_actor": -1}, "must be >= 0"),
     ({"quality": 0}, "--quality"),
@@ -50,6 +67,9 @@ def test_boundary_configs_are_accepted():
     assert make(tile_size=17, tile_overlap=8).tile_overlap == 8
     assert make(cpus_per_actor=0, gpus_per_actor=0.5).gpus_per_actor == 0.5
     assert make(scale=4, format="tiff").scale == 4
+    assert make(outscale=32).outscale == 32 and make(scale=4, outscale=64).outscale == 64
+    assert make(fit="8x8").fit == "8x8" and make(tile_overlap=256).tile_overlap == 256
+    assert make(run_id="20250101T000000Z-ab12cd").run_id and make(run_id="nightly_2.1-a").run_id
 
 
 def test_replace_validates_again():

@@ -497,7 +497,7 @@ def test_a_run_that_dies_mid_run_records_failed_with_its_error(ray_local, tmp_pa
 
     with pytest.raises(WriteError, match="run_id=doomed"):
         run_job(JobConfig(sources=(str(src),), output=str(out), model="bicubic", run_id="doomed",
-                          stats_flush_s=0), echo=block_stats)
+                          stats_flush_s=0.001), echo=block_stats)
 
     record = json.loads((out / "runs" / "doomed.json").read_text())
     assert record["status"] == "failed", record
@@ -562,3 +562,226 @@ def test_a_failed_file_with_a_newline_in_its_name_is_one_escaped_line(ray_local,
     failed = [line for line in lines if line.startswith("failed:")]
     assert len(failed) == 1 and "\n" not in failed[0], lines
     assert failed[0].startswith(f"failed: file://{src}/bad\\nname.png: corrupt_image: "), failed
+
+
+# --- 8. names, manifests and options that used to crash, stray or run for nothing -------------
+
+
+def test_names_no_filesystem_takes_fail_their_rows_and_long_or_partial_names_come_out(ray_local, tmp_path):
+    """One manifest: a NUL byte in a uri (read_error), in a relative_path's folder and in its file
+    name (path_escape), a folder named as an image (read_error); a legal 246-character name and
+    a relative_path column with some nulls (named rows get their name, the others the default)
+    come out. Nothing stops the run and no row is internal_error."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    long_name = "n" * 242 + ".png"
+    for i, name in enumerate(["g0.png", "g1.png", "g2.png", "g3.png", "g4.png", long_name]):
+        (src / name).write_bytes(png_bytes(scene(12, 12, seed=i)))
+    (src / "folder.png").mkdir()
+    rows = [  # uri, relative_path
+        (f"{src}/o\x00k.png", "nul-uri.png"),
+        (f"{src}/g0.png", "nuldir\x00/x.png"),
+        (f"{src}/g1.png", "o\x00k.png"),
+        (f"{src}/folder.png", None),
+        (f"{src}/{long_name}", None),
+        (f"{src}/g2.png", "named/two.png"),
+        (f"{src}/g3.png", None),
+        (f"{src}/g4.png", "named/four.png"),
+    ]
+    manifest_path = write_manifest(tmp_path / "m.parquet", uri=[u for u, _ in rows],
+                                   relative_path=[r for _, r in rows])
+
+    result = run_job(JobConfig(sources=(str(manifest_path),), output=str(out), model="bicubic",
+                               run_id="names"), echo=quiet)
+
+    assert result.counts == {"ok": 4, "failed": 4}
+    by_uri = {r["source_uri"]: r for r in stats.read_stats(str(out), "names").to_pylist()}
+    expected = {f"{src}/o\x00k.png": "read_error", f"{src}/g0.png": "path_escape",
+                f"{src}/g1.png": "path_escape", f"{src}/folder.png": "read_error"}
+    for path, error_type in expected.items():
+        row = by_uri[f"file://{path}"]
+        assert (row["status"], row["error_type"]) == ("failed", error_type), row
+    assert "NUL byte" in by_uri[f"file://{src}/o\x00k.png"]["error_message"]
+    assert "is a directory" in by_uri[f"file://{src}/folder.png"]["error_message"]
+    outputs = {Path(r["source_uri"]).name: r["output_uri"] for r in by_uri.values() if r["status"] == "ok"}
+    assert outputs == {long_name: f"file://{out}/images/{long_name}",
+                       "g2.png": f"file://{out}/images/named/two.png",
+                       "g3.png": f"file://{out}/images/g3.png",
+                       "g4.png": f"file://{out}/images/named/four.png"}
+    assert read_pixels(out / "images" / long_name).shape == (24, 24, 3)
+
+
+def test_a_run_record_left_running_by_a_killed_driver_is_marked_by_the_next_run(ray_local, tmp_path):
+    """A record still `running` whose driver (a pid on this host) is gone, as kill -9 leaves it:
+    the next run into OUT records it as failed, saying why; a live run's record is left alone."""
+    import socket
+
+    from sr_batch.lock import holder
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "a.png").write_bytes(png_bytes(scene(12, 12)))
+    (out / "runs").mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for run_id, pid in (("killed", dead.pid), ("alive", os.getpid())):
+        (out / "runs" / f"{run_id}.json").write_text(json.dumps(
+            {"run_id": run_id, "status": "running", **holder(), "pid": pid}))
+    lines: list[str] = []
+
+    run_job(JobConfig(sources=(str(src),), output=str(out), model="bicubic", run_id="next"),
+            echo=lines.append)
+
+    killed = json.loads((out / "runs" / "killed.json").read_text())
+    assert killed["status"] == "failed", killed
+    assert killed["error"] == (f"its driver (pid {dead.pid} on {socket.gethostname()}) ended "
+                               f"without recording how the run ended")
+    assert f"run killed: recorded as failed (its driver, pid {dead.pid}, is gone)" in lines
+    assert json.loads((out / "runs" / "alive.json").read_text())["status"] == "running"
+    assert json.loads((out / "runs" / "next.json").read_text())["status"] == "finished"
+
+
+def _link_out_folder(name: str):
+    def make(out: Path, elsewhere: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        os.symlink(elsewhere, out / name)
+    return make
+
+
+EXIT_2_BEFORE_RAY = {
+    "outscale-1e9": (["--outscale", "1e9"], None,
+                     "--outscale 1e+09 is more than x32, the most that 3 model passes reach from x2"),
+    "fit-1x1": (["--fit", "1x1"], None, "--fit must be WxH with W, H >= 8 px, got 1x1"),
+    "tile-overlap-100000": (["--tile-overlap", "100000"], None,
+                            "--tile-overlap must be 0 to 256 px, got 100000"),
+    "tf-threads-negative": (["--tf-threads", "-1"], None, "--tf-threads must be >= 0 (0: automatic), got -1"),
+    "stats-flush-s-0": (["--stats-flush-s", "0"], None,
+                        "--stats-flush-s must be a number of seconds > 0, got 0"),
+    "run-id-dot-dot": (["--run-id", "../../evil"], None, "--run-id must be 1 to 128 letters, digits, "
+                       "'.', '_' or '-', starting with a letter or digit, got '../../evil'"),
+    "linked-images": ([], _link_out_folder("images"), "images is a link (to "),
+    "linked-runs": ([], _link_out_folder("runs"), "runs is a link (to "),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXIT_2_BEFORE_RAY))
+def test_bad_options_and_a_linked_out_are_exit_2_in_one_line_before_any_work(tmp_path, case):
+    """Each of these used to start Ray and fail every image, run for nothing, or write outside
+    OUT: now one line, exit 2, and nothing written (no run record, no image), here or elsewhere."""
+    options, setup, message = EXIT_2_BEFORE_RAY[case]
+    src, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    src.mkdir()
+    elsewhere.mkdir()
+    (src / "a.png").write_bytes(png_bytes(scene(12, 12)))
+    if setup is not None:
+        setup(out, elsewhere)
+
+    proc = run_cli("run", str(src), "--output", str(out), "--model", "bicubic", *options)
+
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith("sr-batch: error: ") and message in proc.stderr, proc.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert not list(tmp_path.glob("**/*.json")) and not list(tmp_path.glob("out/**/*.png"))
+
+
+def test_stats_that_cannot_be_written_stop_the_run_before_any_image_in_one_line(tmp_path):
+    """OUT/stats is a file, so no stats row could be written (as with a read-only OUT/stats for
+    another user): exit 3 with one line, before any image is written; the run is recorded as
+    failed with that error."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.png").write_bytes(png_bytes(scene(12, 12, seed=i)))
+    out.mkdir()
+    (out / "stats").write_text("in the way")
+
+    proc = run_cli("run", str(src), "--output", str(out), "--model", "bicubic", "--run-id", "blocked")
+
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"sr-batch: error: cannot write the stats under file://{out}/stats: cannot write "
+                           f"file://{out}/stats/run_id=blocked/.write-check-"), line
+    assert not (out / "images").exists()
+    record = json.loads((out / "runs" / "blocked.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "StorageError: " + line[len("sr-batch: error: "):]
+
+
+def _grey_model(path: Path) -> None:
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    outputs = keras.layers.Conv2DTranspose(1, 2, strides=2)(inputs)
+    keras.Model(inputs, outputs).save(path)
+
+
+def test_a_keras_model_with_a_grey_output_is_refused_before_any_image(tmp_path, image_dir):
+    """RGB in, 1 channel out: one line and exit 3 as for the same model in ONNX, no image written
+    (it used to write grey images of colour inputs, all `ok`)."""
+    model = tmp_path / "grey_x2.keras"
+    _grey_model(model)
+    out = tmp_path / "out"
+
+    proc = run_cli("run", str(image_dir), "--output", str(out), "--model", str(model))
+
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"sr-batch: error: file://{model} returns 1 channels; an RGB upscaler returns 3"], proc.stderr
+    assert not (out / "images").exists()
+
+
+def test_stats_rows_come_back_one_actor_call_at_a_time(ray_local, tmp_path, monkeypatch):
+    """Every actor call's rows reach the driver (and so the stats) as soon as that call ends:
+    with two images a call, no batch the driver gets holds more than two rows (blocks of
+    several calls used to hold every row until the whole block was done)."""
+    from sr_batch import pipeline
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(12):
+        (src / f"{i}.png").write_bytes(png_bytes(scene(12, 12, seed=i)))
+    sizes: list[int] = []
+    upscale = pipeline._upscale
+
+    def recording(*args):
+        for batch in upscale(*args):
+            sizes.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pipeline, "_upscale", recording)
+    result = run_job(JobConfig(sources=(str(src),), output=str(out), model="bicubic", images_per_call=2,
+                               stats_flush_s=0.001), echo=quiet)
+
+    assert result.counts == {"ok": 12}
+    assert sum(sizes) == 12 and max(sizes) <= 2, sizes
+
+
+def test_an_output_above_the_per_image_pixel_budget_fails_as_too_many_pixels(ray_local, tmp_path):
+    """--max-output-pixels bounds every image's output, streamed or not: a PNG and a stripped
+    TIFF streamed above --max-pixels whose x2 output would pass it fail as too_many_pixels
+    (the TIFF used to stream whatever size it declared); a small image comes out; raising the
+    budget lets the other two run."""
+    import tifffile
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "small.png").write_bytes(png_bytes(scene(8, 8)))
+    (src / "big.png").write_bytes(png_bytes(scene(40, 40, seed=1)))
+    tifffile.imwrite(src / "stripped.tif", scene(48, 48, seed=2), photometric="rgb", rowsperstrip=8)
+    config = JobConfig(sources=(str(src),), output=str(out), model="bicubic", max_pixels=2000,
+                       max_output_pixels=5000, run_id="tight")
+
+    assert run_job(config, echo=quiet).counts == {"ok": 1, "failed": 2}
+
+    rows = rows_by_name(out, "tight")
+    assert rows["small.png"]["status"] == "ok"
+    assert rows["big.png"]["error_message"] == ("40x40 to 80x80 is 6400 output pixels, more than the "
+                                                "limit of 5000 (--max-output-pixels)")
+    assert rows["stripped.tif"]["error_message"] == ("48x48 to 96x96 is 9216 output pixels, more than "
+                                                     "the limit of 5000 (--max-output-pixels)")
+    assert {rows[n]["error_type"] for n in ("big.png", "stripped.tif")} == {"too_many_pixels"}
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["small.png"]
+    again = run_job(config.replace(max_output_pixels=10_000, run_id="roomy"), echo=quiet)
+    assert again.counts == {"ok": 2, "skipped": 1}
+    assert read_pixels(out / "images" / "big.png").shape == (80, 80, 3)
+    assert tifffile.imread(out / "images" / "stripped.tif").shape[:2] == (96, 96)

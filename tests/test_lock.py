@@ -99,3 +99,40 @@ def test_run_with_lock_refuses_while_another_run_holds_it(tmp_path):
             run_job(JobConfig(sources=(str(tmp_path / "in"),), output=str(out), lock=True),
                     echo=lambda line: None)
     assert not (out / "stats").exists() and not (out / "runs").exists()
+
+
+def _dead_pid() -> int:
+    """The pid of a process of ours that has ended (and been reaped)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_is_dead_only_for_a_gone_process_of_this_host_and_pid_namespace():
+    from sr_batch.lock import holder, is_dead
+
+    me = holder()
+    assert is_dead({**me, "pid": _dead_pid()})
+    assert not is_dead(me)
+    assert not is_dead({**me, "host": "another-host", "pid": _dead_pid()})
+    assert not is_dead({**me, "pid_ns": "pid:[1]", "pid": _dead_pid()})  # another container's
+    dead = _dead_pid()
+    assert not is_dead({"host": me["host"], "pid": dead})  # who wrote it cannot be told
+    assert not is_dead({**me, "pid": None}) and not is_dead({})
+
+
+def test_a_lock_whose_holder_died_on_this_host_is_taken_over(lock_uri):
+    """kill -9 leaves a fresh lock behind: its pid is gone, so the next run takes it at once."""
+    from sr_batch.lock import holder
+
+    fs, path = fsspec.core.url_to_fs(lock_uri)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, json.dumps({"token": "dead", "purpose": "sr-batch run x", **holder(),
+                                   "pid": _dead_pid(),
+                                   "refreshed_at": dt.datetime.now(dt.timezone.utc).isoformat()}).encode())
+    with OutputLock(lock_uri, stale_s=3600, purpose="next", settle_s=0) as lock:
+        assert read(lock_uri)["token"] == lock.token
+

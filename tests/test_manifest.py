@@ -392,3 +392,37 @@ def test_load_sources_refuses_manifest_mixed_with_directories(image_dir, tmp_pat
 
     with pytest.raises(ManifestError, match="either one manifest file or image sources"):
         load_sources([str(path), str(image_dir)])
+
+
+def test_a_relative_path_column_with_some_nulls_names_those_rows_only(tmp_path):
+    """Rows that give a relative_path keep it; rows that leave it null (or empty) get the
+    default, the path relative to the common root."""
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"uri": ["/data/in/a.png", "/data/in/sub/b.png", "/data/in/c.png"],
+                             "relative_path": ["named/a.png", None, ""]}), path)
+
+    table = read_manifest(str(path))
+
+    assert table.column("relative_path").to_pylist() == ["named/a.png", "sub/b.png", "c.png"]
+
+
+@pytest.mark.parametrize("value", ["12kB", "1.5", "-3"])
+def test_a_bytes_column_that_holds_no_file_sizes_is_a_manifest_error_naming_it(tmp_path, value):
+    path = tmp_path / "m.csv"
+    path.write_text(f"uri,bytes\n/data/a.png,100\n/data/b.png,{value}\n")
+    with pytest.raises(ManifestError, match=f"column 'bytes' must hold file sizes .*got '?{value}"):
+        read_manifest(str(path))
+
+
+def test_a_bad_bytes_column_is_exit_2_with_one_line_before_any_work(tmp_path, capsys):
+    from sr_batch import cli
+
+    path = tmp_path / "m.csv"
+    path.write_text("uri,bytes\n/data/a.png,many\n")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(path), "--output", str(out), "--model", "bicubic"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"sr-batch: error: manifest {path}: column 'bytes' must hold file sizes "
+                   "(whole numbers >= 0), got 'many'\n")
+    assert not out.exists()
+

@@ -109,7 +109,7 @@ def test_driver_killed_with_sigkill_then_rerun(ray_head, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     make_folder(src, 40, size=48)
     args = ["run", str(src), "--output", str(out), "--address", gcs, "--images-per-call", "1",
-            "--stats-flush-s", "0", "--tile-size", "32"]
+            "--stats-flush-s", "0.001", "--tile-size", "32"]
     env = {**env, "RAY_AUTH_MODE": "token"}
     proc = subprocess.Popen(sr_batch_cmd(*args), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True,

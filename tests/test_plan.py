@@ -17,10 +17,10 @@ import pytest
 
 from sr_batch import manifest, storage
 from sr_batch.config import JobConfig
-from sr_batch.errors import ConfigError
+from sr_batch.errors import ConfigError, PathEscapeError
 from sr_batch.layout import OutLayout
 from sr_batch.pipeline import run_job
-from sr_batch.plan import plan_outputs
+from sr_batch.plan import plan_outputs, plan_run
 from sr_batch.preview import dry_run, find_rate
 
 from conftest import png_bytes, scene
@@ -234,7 +234,8 @@ TRICKY = ["a.png", "a.gif", "a.PNG", "a.jpg", "a.jpeg", "a.gif.png", "b.tif", "b
           "../e.png", "/abs.png", "f//g.png", "./h.png", "i/./j.png", "k.png/", "q?x.png", "r#.png",
           "s::t.png", "u\\v.png", "link/l.png", "link/sub/m.png", "sub/n.JPG", "sub/n.png",
           "sub/n.jpg.png", "o.bmp", "o.png", "p.", "p.png", "t.tif", "t.png", "t.tif.png", "w.JPEG",
-          "w.png", "ü/ñ.png", "ü/ñ.gif", "z.x.y.png", "dir.v/file", "dir.v/file.png", "sp ace.png"]
+          "w.png", "ü/ñ.png", "ü/ñ.gif", "z.x.y.png", "dir.v/file", "dir.v/file.png", "sp ace.png",
+          "nul\x00dir/x.png", "o\x00k.png"]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -345,3 +346,59 @@ def test_a_plan_manifest_keeps_the_names_the_full_plan_gave(ray_local, tmp_path)
     assert (out / "images" / "a.gif.png").read_bytes() != first_gif  # redone from the new a.gif
     rows = {r["run_id"]: r for r in pq.read_table(out / "stats").to_pylist() if r["source_uri"].endswith("a.gif")}
     assert rows["second"]["output_uri"].endswith("/images/a.gif.png")
+
+
+def test_a_nul_byte_in_a_folder_or_file_name_fails_that_row_only(tmp_path):
+    """`nuldir\x00/x.png` and `o\x00k.png` as relative paths (and a NUL in an output_uri): those
+    rows fail as path_escape in planning, the others keep their names."""
+    out = tmp_path / "out"
+    table = pa.table({"uri": [f"file:///src/{i}.png" for i in range(4)],
+                      "relative_path": ["nuldir\x00/x.png", "o\x00k.png", "fine.png", "other.png"],
+                      "output_uri": [None, None, None, f"file://{out}/images/b\x00d.png"]})
+    planned = plan_outputs(table, OutLayout.of(str(out)), "keep")
+    assert planned.column("plan_error_type").to_pylist() == ["path_escape", "path_escape", None, "path_escape"]
+    assert planned.column("output_uris").to_pylist()[2] == [f"file://{out}/images/fine.png"]
+
+
+@pytest.mark.parametrize("folder", ["images", "runs", "stats", "manifests", "stats/run_id=r1"])
+def test_an_out_folder_that_is_a_link_elsewhere_stops_the_plan(tmp_path, folder):
+    """OUT/images (or runs, stats, manifests, the run's stats folder) as a link to a folder
+    outside OUT: the plan refuses the run (exit 2) before anything is written."""
+    src, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    src.mkdir()
+    elsewhere.mkdir()
+    save(src, "a")
+    (out / folder).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(elsewhere, out / folder)
+    config = JobConfig(sources=(str(src),), output=str(out), model="bicubic", run_id="r1")
+    with pytest.raises(ConfigError, match=f"{folder} is a link .*writes only inside"):
+        plan_run(config)
+    # OUT itself may be a link: its folders are then inside it.
+    os.unlink(out / folder)
+    os.symlink(out, tmp_path / "out-link")
+    assert plan_run(config.replace(output=str(tmp_path / "out-link"))).todo.num_rows == 1
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_link_made_in_place_of_out_images_after_planning_is_still_caught(tmp_path):
+    """The writer's own check (not cached) finds OUT/images replaced by a link after planning."""
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (out / "images").mkdir(parents=True)
+    elsewhere.mkdir()
+    layout = OutLayout.of(str(out))
+    uri = layout.image_path("a.png")
+    os.rmdir(out / "images")
+    os.symlink(elsewhere, out / "images")
+    with pytest.raises(PathEscapeError, match="through a link"):
+        layout.check_output(uri, cached=False)
+
+
+def test_an_outscale_no_pass_of_the_models_reaches_is_a_config_error(tmp_path):
+    """With only x2 models of a name (a user's file has one scale), --outscale 9 needs four x2
+    passes: refused in the plan, before any image."""
+    from sr_batch.sizing import check_reachable, OutputSize
+
+    check_reachable(OutputSize(outscale=8), 2, (2,))
+    with pytest.raises(ConfigError, match="--outscale 9 is more than x8, the most that 3 model passes reach from x2"):
+        check_reachable(OutputSize(outscale=9), 2, (2,))
+

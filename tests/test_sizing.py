@@ -52,7 +52,7 @@ def test_options_are_checked_once_in_the_config():
     assert JobConfig(**base, fit="3840x2160").output_size.fit == (3840, 2160)
     assert JobConfig(**base, width=3840).output_size.key() == "size=3840x*"
     for bad, message in [({"outscale": 0.5}, ">= 1"), ({"outscale": 2, "width": 100}, "give one of"),
-                         ({"fit": "big"}, "WxH"), ({"width": 0}, ">= 1")]:
+                         ({"fit": "big"}, "WxH"), ({"width": 0}, ">= 8 px")]:
         with pytest.raises(ConfigError, match=message):
             JobConfig(**base, **bad)
     assert parse_fit(" 1920X1080 ") == (1920, 1080)

@@ -204,9 +204,38 @@ def test_read_bytes_missing_file(tmp_path, memory_root):
         storage.read_bytes(f"{memory_root}/absent.png")
 
 
-def test_read_bytes_of_a_directory_is_missing_file(tmp_path):
-    with pytest.raises(MissingFileError, match="directory"):
-        storage.read_bytes(storage.to_uri(str(tmp_path)))
+def test_a_directory_is_a_read_error_not_a_missing_file(tmp_path):
+    """A folder exists: it cannot be read as an image (read_error), whether read or sized."""
+    for call in (storage.read_bytes, storage.file_size):
+        with pytest.raises(ReadError, match="is a directory, not a file"):
+            call(storage.to_uri(str(tmp_path)))
+
+
+def test_a_uri_with_a_nul_byte_is_a_read_error_and_no_output_path(tmp_path):
+    """A NUL byte names no file: reads fail as read_error (not a bare ValueError), and an output
+    name or output_uri holding one is path_escape."""
+    for uri in (f"file://{tmp_path}/o\x00k.png", f"file://{tmp_path}/nul\x00dir/x.png"):
+        with pytest.raises(ReadError, match="NUL byte"):
+            storage.read_bytes(uri)
+        with pytest.raises(ReadError, match="NUL byte"):
+            storage.file_size(uri)
+    with pytest.raises(PathEscapeError, match="not a plain relative path"):
+        storage.resolve_inside(f"file://{tmp_path}", "nuldir\x00/x.png")
+    with pytest.raises(PathEscapeError, match="NUL byte"):
+        storage.check_inside(f"file://{tmp_path}", f"file://{tmp_path}/o\x00k.png")
+
+
+def test_the_temporary_name_of_a_255_byte_name_fits_in_255_bytes(tmp_path):
+    """Names of 242 to 255 bytes (ASCII or multi-byte) are written: the hidden temporary name is
+    cut to 255 bytes at a whole character and is still swept as an orphan."""
+    names = ("a" * 242 + ".png", "b" * 251 + ".png", "\u00e9" * 125 + "x.png")
+    assert [len(name.encode()) for name in names] == [246, 255, 255]
+    for name in names:
+        temp = os.path.basename(storage.temp_name(str(tmp_path), name))
+        assert len(temp.encode()) <= 255 and storage._TEMP_NAME.match(temp), temp
+        storage.write_bytes_atomic(storage.to_uri(str(tmp_path / name)), b"pixels")
+        assert (tmp_path / name).read_bytes() == b"pixels"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
 
 
 # --- retry / is_transient --------------------------------------------------------------

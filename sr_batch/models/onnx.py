@@ -179,8 +179,7 @@ def measure_scale(session, layout: OnnxLayout, name: str) -> int:
         raise ModelFormatError(f"ONNX Runtime cannot run {name} on a {side}x{side} RGB image: "
                                f"{_first_line(exc)}") from None
     height, width, channels = out.shape[1:]
-    if channels != 3:
-        raise ModelFormatError(f"{name} returns {channels} channels; an RGB upscaler returns 3")
+    registry.check_output_channels(channels, name)
     if height != width or height % side:
         raise ModelScaleError(f"model {name} maps {side}x{side} input to {width}x{height}: "
                               f"not an integer upscale")

@@ -21,8 +21,8 @@ import numpy as np
 
 from sr_batch import storage
 from sr_batch.config import PRECISIONS
-from sr_batch.errors import (ImageError, ModelChecksumError, ModelError, ModelNotFoundError,
-                             ModelScaleError)
+from sr_batch.errors import (ImageError, ModelChecksumError, ModelError, ModelFormatError,
+                             ModelNotFoundError, ModelScaleError)
 
 MODELS_DIR = Path(__file__).resolve().parent
 INDEX_PATH = MODELS_DIR / "index.json"
@@ -189,8 +189,8 @@ def load_keras_model(spec: ModelSpec, scale: int | None = None, denoise: float |
 
     expected = spec.scale if scale is None else scale
     try:
-        measured = measure_scale(model)
-    except ModelScaleError:
+        measured = measure_scale(model, storage.display(spec.uri))
+    except (ModelScaleError, ModelFormatError):
         raise
     except Exception as exc:  # noqa: BLE001 - a model that loads but cannot run on an image
         raise ModelError(f"cannot run model {storage.display(spec.uri)}: it fails on a "
@@ -352,11 +352,19 @@ def stored_in_float16(model) -> bool:
     return any(np.asarray(w).dtype == np.float16 for w in model.weights)
 
 
-def measure_scale(model) -> int:
-    """The model's upscaling factor, from one run on a small zeros batch."""
+def check_output_channels(channels: int, name: str) -> None:
+    """ModelFormatError unless the model returns RGB (3 channels), whatever its file format: a
+    1-channel output would write grey images of colour inputs."""
+    if channels != 3:
+        raise ModelFormatError(f"{name} returns {channels} channels; an RGB upscaler returns 3")
+
+
+def measure_scale(model, name: str = "the model") -> int:
+    """The model's upscaling factor, from one run on a small zeros batch; its output must be RGB."""
     channels = model.input_shape[-1] or 3
     probe = np.zeros((1, _SCALE_PROBE, _SCALE_PROBE, channels), dtype=np.float32)
     shape = tuple(model(probe, training=False).shape)
+    check_output_channels(shape[-1], name)
     height, width = shape[1], shape[2]
     if height != width or height % _SCALE_PROBE:
         raise ModelScaleError(

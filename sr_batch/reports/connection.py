@@ -8,7 +8,8 @@ projection and filter pushdown (no httpfs extension to download or configure).
 Every connection is opened with extensions off (no auto-install, no auto-load,
 no community extensions), then `enable_external_access = false` and
 `lock_configuration = true`, so no statement can open a file, reach the network
-or undo the settings. The report's own queries may still read the stats files
+or undo the settings; it has no temp directory (DuckDB's `.tmp` would stay open to
+every query), so a query larger than memory fails rather than spill. The report's own queries may still read the stats files
 (DuckDB's `allowed_paths`); a connection for the user's SQL (`user_sql`) gets
 no path at all: it sees the stats as pyarrow datasets, because `allowed_paths`
 would also let `COPY ... TO` overwrite those files. `allow_writes` leaves file
@@ -187,6 +188,10 @@ def _connect(allowed_paths: list[str], allow_writes: bool) -> duckdb.DuckDBPyCon
     if allowed_paths:
         con.execute("SET allowed_paths = ?", [allowed_paths])
     if not allow_writes:
+        # DuckDB lets every query reach its temp directory (`.tmp` under the working directory,
+        # which a link could send anywhere), even with external access off: no temp directory,
+        # so the query spills nothing and can read or write no file there.
+        con.execute("SET temp_directory = ''")
         con.execute("SET enable_external_access = false")
     con.execute("SET allowed_configs = ?", [_USER_SETTINGS])
     con.execute("SET lock_configuration = true")

@@ -8,6 +8,7 @@ import io
 import json
 import math
 
+from sr_batch import storage
 from sr_batch.reports.queries import Report
 
 
@@ -58,7 +59,8 @@ def _align(rows: list[list[str]]) -> list[str]:
 
 
 def format_value(value) -> str:
-    """A cell for people: 3 decimals or 4 significant digits, ISO times, blank for null."""
+    """A cell for people: 3 decimals or 4 significant digits, ISO times, blank for null, control
+    characters escaped."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -67,7 +69,9 @@ def format_value(value) -> str:
         return f"{value:.1f}" if abs(value) >= 1000 else f"{value:.4g}" if abs(value) < 0.01 else f"{value:.3f}"
     if isinstance(value, dt.datetime):
         return value.isoformat()
-    return str(value)
+    # Control characters (ESC, CR, a newline) from file names would drive the terminal or
+    # break the row: shown escaped, as the run's own lines show them.
+    return storage.display(str(value))
 
 
 def render_json(report: Report) -> str:

@@ -16,7 +16,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from sr_batch import quality, resample  # noqa: E402
-from sr_batch.errors import (ModelChecksumError, ModelError, ModelNotFoundError,  # noqa: E402
+from sr_batch.errors import (ModelChecksumError, ModelError, ModelFormatError, ModelNotFoundError,  # noqa: E402
                              ModelScaleError)
 from sr_batch.models import registry  # noqa: E402
 from sr_batch.models.architectures import ARCHITECTURES, build_model, receptive_radius  # noqa: E402
@@ -186,6 +186,22 @@ def test_refused_model_file_is_one_line_naming_the_users_file(tmp_path, case):
     assert f" {spec.uri}: " in message and reason in message
     assert "\n" not in message
     assert not re.search(r"/tmp/tmp\w+\.keras", message)  # never the temporary copy
+
+
+def test_a_keras_model_with_a_one_channel_output_is_refused_as_onnx_is(tmp_path):
+    """RGB in, one (grey) channel out: refused on load with the check ONNX files get, so no
+    colour image is written grey."""
+    inputs = keras.Input((None, None, 3))
+    grey = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    outputs = keras.layers.Conv2DTranspose(1, 2, strides=2)(grey)
+    path = tmp_path / "grey_x2.keras"
+    keras.Model(inputs, outputs).save(path)
+    spec = registry.resolve_model(str(path), 2)
+
+    with pytest.raises(ModelFormatError) as info:
+        registry.load_keras_model(spec)
+
+    assert str(info.value) == f"{spec.uri} returns 1 channels; an RGB upscaler returns 3"
 
 
 @pytest.mark.parametrize("spec", [s for s in registry.list_models() if s.scale == 2], ids=lambda s: s.name)

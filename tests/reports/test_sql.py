@@ -72,6 +72,40 @@ def test_sql_opens_no_file_without_allow_writes(out, tmp_path, capsys, statement
     assert open(part, "rb").read() == before
 
 
+@pytest.mark.parametrize("statement", [
+    "COPY (SELECT 1 AS x) TO '.tmp/x.csv'",
+    "SELECT * FROM read_csv('.tmp/planted.csv')",
+    "SELECT * FROM glob('.tmp/*')",
+])
+def test_sql_cannot_reach_duckdbs_temp_directory(out, tmp_path, capsys, monkeypatch, statement):
+    """DuckDB's default temp directory, `.tmp` where the command runs (here a link to another
+    folder), is no door to files without --allow-writes: nothing is written or read there."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "planted.csv").write_text("secret\nnot for the report\n")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / ".tmp").symlink_to(elsewhere)
+    monkeypatch.chdir(cwd)
+
+    assert cli.main(["report", out, "--sql", statement]) == cli.EXIT_USAGE
+    err = _one_error_line(capsys)
+    assert "needs --allow-writes" in err and "not for the report" not in err, err
+    assert capsys.readouterr().out == ""
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["planted.csv"]
+
+
+def test_sql_table_output_escapes_control_characters(out, capsys):
+    """ESC and CR in a value (a file name) print escaped in the table, as a run's lines print
+    them; JSON escapes them by its own rules."""
+    sql = "SELECT 'a' || chr(27) || '[31mred' || chr(13) || 'b' || chr(10) || 'c' AS name"
+    assert cli.main(["report", out, "--sql", sql]) == 0
+    printed = capsys.readouterr().out
+    assert printed == "name\n" + "a\\x1b[31mred\\rb\\nc\n", repr(printed)
+    assert cli.main(["report", out, "--format", "json", "--sql", sql]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"name": "a\x1b[31mred\rb\nc"}]
+
+
 def test_allow_writes_lets_copy_write_a_file(out, tmp_path, capsys):
     target = tmp_path / "counts.csv"
     code = cli.main(["report", out, "--allow-writes", "--sql",
