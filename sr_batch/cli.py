@@ -27,7 +27,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "strength, by its JPEG quality, blocking and noise), 'clean' (the zoo's default "
                         "for the scale, for every image), a zoo name, 'bicubic', or a path/URI to a "
                         ".keras or .onnx file")
-    p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
+    p.add_argument("--scale", type=int, default=None, choices=c.SCALES,
+                   help="upscaling factor (default: a model file's own, as its probe measures it; "
+                        "for the zoo, 2)")
     p.add_argument("--outscale", type=float, default=None, metavar="F",
                    help="output size as a factor of the input, any F >= 1 (e.g. 1.5, 8): the model runs "
                         "at its scale (twice for x8: x4 then x2), then a Lanczos resize to the exact size")
@@ -45,6 +47,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "+ 2 x overlap, each image taking the one that runs fewer padded pixels)")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="context per tile side (default: the model's receptive-field radius)")
+    p.add_argument("--whole-image", action="store_true",
+                   help="run each image through the model in one piece (no tile seams at all; the "
+                        "whole image must fit the device's memory)")
     p.add_argument("--batch-size", type=int, default=c.DEFAULT_BATCH_SIZE, metavar="N",
                    help="tiles per model call (of the smaller tile; larger tiles go in batches of the same pixel count)")
     p.add_argument("--images-per-call", "--images-per-batch", dest="images_per_call", type=int,

@@ -15,7 +15,7 @@ def make(**changes) -> JobConfig:
 def test_defaults_are_valid():
     config = make()
 
-    assert config.scale == 2 and config.format == "keep" and config.actors is None
+    assert config.scale is None and config.format == "keep" and config.actors is None
     assert config.intra_op_threads == 1
 
 

@@ -64,6 +64,23 @@ class ModelSpec:
     """For a model shipped as a pair (`real`): the strong-denoise file; `uri` is the mild one,
     and `--denoise S` interpolates their weights, (1 - S) * mild + S * strong."""
     denoise_sha256: str | None = None
+    tiles_exactly: bool = True
+    """The response vanishes within `receptive_radius`: tiles equal the whole image to float
+    rounding. False (a deep model whose response only decays): `receptive_radius` is the
+    overlap where it falls below 1e-3 of its peak, and neighbouring tiles are feathered."""
+    seams: tuple[tuple[int, float, float], ...] = ()
+    """Measured by the probe: (overlap, max, mean) |tiled - whole image| in 8-bit levels on
+    the probe image, per overlap probed; empty for the zoo (exact by construction)."""
+    response_decay: tuple[float, ...] = ()
+    """The probe's impulse response per input px from the impulse, relative to its peak."""
+    probe_s: float | None = None
+    """Seconds the probe took when it ran (a cached probe keeps the first run's)."""
+
+    def seam_at(self, overlap: int) -> tuple[float, float] | None:
+        """(max, mean) levels the probe measured at this overlap; (0, 0) where tiles are exact."""
+        if self.tiles_exactly and self.receptive_radius is not None and overlap >= self.receptive_radius:
+            return 0.0, 0.0
+        return next(((m, a) for o, m, a in self.seams if o == overlap), None)
 
     @property
     def is_bicubic(self) -> bool:
