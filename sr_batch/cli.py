@@ -231,6 +231,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from sr_batch.models.convert import convert_model
+
+    for line in convert_model(args.model, args.output).lines():
+        print(line)
+    return EXIT_OK
+
+
 def _card_score(card: dict, dataset: str) -> str:
     """`37.53/0.9587` from a model card's eval of `dataset`, or `-`."""
     result = card.get("eval", {}).get(dataset)
@@ -371,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", required=True, help="file to write (fsspec URI)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tf2onnx's)")
     export.set_defaults(func=cmd_export)
+
+    convert = sub.add_parser(
+        "convert", help="convert a PyTorch super-resolution file (.pth, .safetensors) to ONNX, "
+                        "checked against PyTorch (needs the [torch] extra)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  sr-batch convert RealESRGAN_x4plus.pth -o realesrgan-x4plus.onnx\n"
+               "  sr-batch convert 4x-model.safetensors -o s3://bucket/models/4x-model.onnx\n"
+               "  sr-batch run photos/ --output out/ --model realesrgan-x4plus.onnx")
+    convert.add_argument("model", metavar="MODEL", help="path/URI to a .pth, .pt, .ckpt or .safetensors file")
+    convert.add_argument("--output", "-o", required=True, help="ONNX file to write (fsspec URI)")
+    convert.set_defaults(func=cmd_convert)
 
     evaluate = sub.add_parser(
         "evaluate", help="Y-PSNR/SSIM, FLOPs and speed of every model vs bicubic (see jobs/evaluate.py --help)",

@@ -21,7 +21,7 @@ import numpy as np
 
 from sr_batch import storage
 from sr_batch.config import PRECISIONS
-from sr_batch.errors import (ImageError, ModelChecksumError, ModelError, ModelNotFoundError,
+from sr_batch.errors import (ConfigError, ImageError, ModelChecksumError, ModelError, ModelNotFoundError,
                              ModelScaleError)
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -160,6 +160,11 @@ def resolve_model(name_or_uri: str | None, scale: int, index_path: Path | str = 
                 f"pass --model bicubic or a .keras file")
     if name_or_uri == BICUBIC:
         return bicubic_spec(scale)
+    if name_or_uri.lower().endswith((".pth", ".pt", ".ckpt", ".safetensors")):
+        # Converted once, checked, then run: the job's nodes need no PyTorch (gigabytes).
+        stem = posixpath.splitext(posixpath.basename(name_or_uri))[0]
+        raise ConfigError(f"--model {name_or_uri} is a PyTorch file: convert it once with "
+                          f"`sr-batch convert {name_or_uri} -o {stem}.onnx`, then pass {stem}.onnx")
     if is_model_uri(name_or_uri):
         uri = storage.to_uri(name_or_uri)
         arch = "onnx" if uri.lower().endswith(".onnx") else "keras"
