@@ -118,8 +118,7 @@ def resolve_tiling(config: JobConfig, radius: int, fixed_side: int | None = None
         raise ConfigError(
             f"--tile-size {config.tile_size} is too small for a tile overlap of {overlap} px "
             f"(the model's receptive-field radius); use --tile-size > {2 * overlap}")
-    blend = min(blend, (config.tile_size - 2 * overlap) // 2)
-    return Tiling((config.tile_size,), overlap, blend, seam if blend else (0.0, 0.0))
+    return Tiling((config.tile_size,), overlap, min(blend, (config.tile_size - 2 * overlap) // 2), seam)
 
 
 def overlap_warning(config: JobConfig, spec: ModelSpec, tiling: Tiling) -> str | None:
@@ -141,29 +140,28 @@ def overlap_warning(config: JobConfig, spec: ModelSpec, tiling: Tiling) -> str |
 # --- the probe cache -------------------------------------------------------------------
 
 
-def probe_cache_uri(layout: OutLayout, sha256: str) -> str:
-    """Where a model file's probe is kept: OUT/probes/<sha256>.json, beside the runs that use it
-    (every node of a cluster and every later run into OUT sees it; a per-node cache would not)."""
-    return storage.join(layout.root, "probes", f"{sha256}.json")
-
-
 def read_probe(layout: OutLayout, spec: ModelSpec) -> ModelSpec | None:
-    """The spec completed from OUT's cached probe of its file (spec.sha256); None if none is
-    there, it is from another probe version, or it cannot be read."""
+    """The spec completed from OUT's cached probe of its file (spec.sha256), kept in
+    OUT/probes/<sha256>.json beside the runs that use it (every node of a cluster and every
+    later run into OUT sees it; a per-node cache would not); None if none is there, it is
+    from another probe version, or it does not read as one."""
     import json
 
     try:
-        cached = json.loads(storage.read_bytes(probe_cache_uri(layout, spec.sha256)))
+        cached = json.loads(storage.read_bytes(layout.probe(spec.sha256)))
     except Exception:  # noqa: BLE001 - an absent or broken cache only means probing again
         return None
     if not isinstance(cached, dict) or cached.get("probe_version") != PROBE_VERSION:
         return None
     try:
         fields = {name: cached[name] for name in _PROBED_FIELDS}
-        fields["seams"] = tuple(tuple(s) for s in fields["seams"])
-        fields["response_decay"] = tuple(fields["response_decay"])
+        fields["seams"] = tuple((int(o), float(m), float(a)) for o, m, a in fields["seams"])
+        fields["response_decay"] = tuple(map(float, fields["response_decay"]))
+        if fields["scale"] not in SCALES or not isinstance(fields["receptive_radius"], int) \
+                or fields["receptive_radius"] < 0:
+            return None
         return replace(spec, **fields)
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -174,7 +172,7 @@ def write_probe(layout: OutLayout, spec: ModelSpec, retries: int) -> None:
     record = {"probe_version": PROBE_VERSION, "model": spec.uri, "sha256": spec.sha256,
               **{name: getattr(spec, name) for name in _PROBED_FIELDS}}
     try:
-        storage.write_bytes_atomic(probe_cache_uri(layout, spec.sha256),
+        storage.write_bytes_atomic(layout.probe(spec.sha256),
                                    json.dumps(record, indent=1).encode(), retries)
     except Exception:  # noqa: BLE001 - see the docstring
         return

@@ -20,7 +20,7 @@ from sr_batch.config import JobConfig  # noqa: E402
 from sr_batch.errors import ModelScaleError  # noqa: E402
 from sr_batch.models import onnx as onnx_models  # noqa: E402
 from sr_batch.models import registry  # noqa: E402
-from sr_batch.plan import plan_run, probe_cache_uri, resolve_tiling  # noqa: E402
+from sr_batch.plan import plan_run, resolve_tiling  # noqa: E402
 from sr_batch.upscaler import Upscaler, quantized, to_float  # noqa: E402
 
 from conftest import png_bytes, scene  # noqa: E402
@@ -171,7 +171,7 @@ def test_probe_is_cached_by_sha256_and_scale_comes_from_the_file(tmp_path, deep)
     probe = CountingProbe()
     first = plan_run(config, probe=probe, size_calls=False)
     assert probe.calls == 1 and first.config.scale == 4 and first.model.scale == 4
-    cached = json.loads(storage.read_bytes(probe_cache_uri(first.layout, first.model.sha256)))
+    cached = json.loads(storage.read_bytes(first.layout.probe(first.model.sha256)))
     assert cached["scale"] == 4 and cached["receptive_radius"] == first.model.receptive_radius
     again = plan_run(config, probe=probe, size_calls=False)
     assert probe.calls == 1  # a cache hit: no second probe
@@ -183,6 +183,14 @@ def test_probe_is_cached_by_sha256_and_scale_comes_from_the_file(tmp_path, deep)
     assert probe.calls == 1
     with pytest.raises(ModelScaleError, match=r"x4, but --scale 2 was given"):
         plan_run(config.replace(scale=2), probe=probe, size_calls=False)
+    # A cache that does not read as a probe (broken, edited, another version) is measured again.
+    cache = first.layout.probe(first.model.sha256).removeprefix("file://")
+    for text in ("{not json", json.dumps({**cached, "scale": 5}), json.dumps({**cached, "probe_version": 0})):
+        with open(cache, "w") as handle:
+            handle.write(text)
+        calls = probe.calls
+        again = plan_run(config, probe=probe, size_calls=False).model
+        assert probe.calls == calls + 1 and again.seams == first.model.seams
 
 
 def test_overlap_below_the_model_s_need_warns_with_the_measured_seam(tmp_path, deep, compact):
