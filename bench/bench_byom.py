@@ -10,11 +10,13 @@ with `sr-batch convert` (models/convert.py): the same graph as the released x4pl
 weights. Then, on a local Ray:
 
 - the probe, timed twice: measured, then read from OUT/probes (plan.resolve_model);
-- the job (`run_job`, default pool and threads) on --images and on 3 x --images images of
-  --size, the probe cached; the marginal rate between the two runs (extra output pixels over
-  extra seconds) is the steady-state rate, free of Ray's and the actors' start-up;
-- ONNX Runtime alone on the same tiles: the tiles the job's Upscaler cuts for those images,
-  in batches of the job's batch size, on a session with the actor's thread count.
+- the job (`run_job`, default pool and threads) on --images and on 1 + 8 x --images images
+  of --size, the probe cached; the marginal rate between the two runs (extra output pixels
+  over extra seconds) is the steady-state rate, free of Ray's and the actors' start-up;
+- ONNX Runtime alone on the large run's tiles: the tiles the job's Upscaler cuts for those
+  images, in batches of the job's batch size, on a session with the actor's thread count.
+
+Each is measured --rounds times, interleaved, and the fastest counts.
 
 Rates are output megapixels per second of kept pixels (tile cores). Numbers depend on the
 machine and its load; compare only numbers from one run.
@@ -98,7 +100,8 @@ def forward_only(model: Path, plan, images: list[np.ndarray], threads: int) -> t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="an ONNX file (default: an RRDB x4plus-size model)")
-    parser.add_argument("--images", type=int, default=2, help="images in the smaller run (the larger: 3x)")
+    parser.add_argument("--images", type=int, default=1, help="images in the small run (the large: 1 + 8x)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of measurements; the fastest counts")
     parser.add_argument("--size", default="96x112", help="HxW of each input image")
     args = parser.parse_args()
     height, width = map(int, args.size.split("x"))
@@ -108,7 +111,7 @@ def main() -> None:
         print(f"machine: {platform.processor() or platform.machine()}, {local_cpu_count()} CPUs, "
               f"load {os.getloadavg()[0]:.1f}; model {model.name} ({model.stat().st_size / 1e6:.1f} MB)")
         small = write_images(folder / "small", args.images, height, width)
-        large = write_images(folder / "large", 3 * args.images, height, width)
+        large = write_images(folder / "large", 1 + 8 * args.images, height, width)
         out = folder / "out"
         config = JobConfig(sources=(str(folder / "small"),), output=str(out), model=str(model))
         timings = []
@@ -122,27 +125,29 @@ def main() -> None:
               f"{plan.model.tiles_exactly}, overlap {plan.tiling.overlap} px, feather {plan.tiling.blend} px, "
               f"seam bound max {seam[0]:.3f} / mean {seam[1]:.4f} levels")
         threads = local_cpu_count()  # a local run's one actor takes every core (pipeline._tf_threads)
-        # ONNX Runtime alone before and after the job's runs: a load that changed in between
-        # (other users of the machine) shows as two different forward rates.
-        before = forward_only(model, plan, large, threads)
-        runs = []
-        for images, source in ((small, "small"), (large, "large")):
-            began = time.perf_counter()
-            result = run_job(config.replace(sources=(str(folder / source),), force=True), echo=lambda line: None)
-            wall = time.perf_counter() - began
-            assert result.counts.get("ok") == len(images), result.counts
-            runs.append((wall, sum(i.shape[0] * i.shape[1] for i in images) * plan.model.scale ** 2 / 1e6))
-        (wall_s, mp_s), (wall_l, mp_l) = runs
+        # Rounds of (ONNX Runtime alone, the small run, the large run), fastest of each kept:
+        # on a machine others share, load that comes and goes then shows in no number.
+        forward_s, walls = [], {"small": [], "large": []}
+        for _ in range(args.rounds):
+            forward_s.append(forward_only(model, plan, large, threads)[0])
+            for images, source in ((small, "small"), (large, "large")):
+                began = time.perf_counter()
+                result = run_job(config.replace(sources=(str(folder / source),), force=True),
+                                 echo=lambda line: None)
+                walls[source].append(time.perf_counter() - began)
+                assert result.counts.get("ok") == len(images), result.counts
+        mp_s, mp_l = (sum(i.shape[0] * i.shape[1] for i in images) * plan.model.scale ** 2 / 1e6
+                      for images in (small, large))
+        wall_s, wall_l = min(walls["small"]), min(walls["large"])
         steady = (mp_l - mp_s) / (wall_l - wall_s)
-        after = forward_only(model, plan, large, threads)
-        forward = [kept / seconds for seconds, kept in (before, after)]
+        forward = mp_l / min(forward_s)
         print(f"e2e: {mp_s:.3f} MP out in {wall_s:.1f} s and {mp_l:.3f} MP in {wall_l:.1f} s "
-              f"(with Ray and actor start-up: {mp_l / wall_l:.4f} MP/s); steady state "
-              f"{steady:.4f} MP/s; load {os.getloadavg()[0]:.1f}")
-        print(f"forward only (ONNX Runtime, {threads} threads, the same {len(large)} images' tiles, "
-              f"{plan.tiling.sides} px): {forward[0]:.4f} MP/s before the job's runs, "
-              f"{forward[1]:.4f} MP/s after")
-        print(f"e2e steady / forward: {steady / max(forward):.1%} to {steady / min(forward):.1%}")
+              f"(fastest of {args.rounds}; with Ray and actor start-up {mp_l / wall_l:.4f} MP/s); "
+              f"steady state {steady:.4f} MP/s")
+        print(f"forward only (ONNX Runtime, {threads} threads, the large run's tiles, sides "
+              f"{'/'.join(map(str, plan.tiling.sides))} px): {forward:.4f} MP/s (fastest of "
+              f"{args.rounds}: {', '.join(f'{mp_l / t:.4f}' for t in forward_s)})")
+        print(f"e2e steady / forward: {steady / forward:.1%}; load now {os.getloadavg()[0]:.1f}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -79,7 +79,7 @@ def write_images(folder, count=2, size=(150, 170)):
 # --- the probe ---------------------------------------------------------------------------
 
 
-def test_deep_model_decays_but_never_vanishes_so_its_overlap_comes_from_the_decay(deep):
+def test_deep_model_reaches_past_the_probe_so_its_overlap_comes_from_the_decay(deep):
     spec = onnx_models.probe_onnx(file_spec(deep), None)
     assert spec.scale == 4 and not spec.tiles_exactly
     decay = np.asarray(spec.response_decay)
