@@ -44,7 +44,7 @@ def build_upscaler(settings: ActorSettings, spec: ModelSpec | None = None,
         from sr_batch.models.onnx import load_session, make_onnx_batch_fn
 
         session = load_session(spec, settings.intra_op_threads)
-        run, traces = make_onnx_batch_fn(session, tiling.sides, spec.name)
+        run, traces = make_onnx_batch_fn(session, None if tiling.whole else tiling.sides, spec.name)
         run = quantized(self_ensemble(run) if settings.self_ensemble else run)
     else:
         configure_tensorflow(settings.intra_op_threads)
@@ -52,11 +52,12 @@ def build_upscaler(settings: ActorSettings, spec: ModelSpec | None = None,
 
         model = with_precision(load_keras_model(spec, denoise=denoise), settings.precision)
         if settings.self_ensemble:  # the 8 outputs are averaged in float, then rounded
-            float_run, traces = make_tf_batch_fn(model, tiling.sides)
+            float_run, traces = make_tf_batch_fn(model, None if tiling.whole else tiling.sides)
             run = quantized(self_ensemble(float_run))
         else:  # rounded inside the traced function: 4x fewer bytes leave the device
-            run, traces = make_tf_batch_fn(model, tiling.sides, integer=True)
-    return (Upscaler(run, spec.scale, tiling.sides, tiling.overlap, settings.batch_size, integer=True),
+            run, traces = make_tf_batch_fn(model, None if tiling.whole else tiling.sides, integer=True)
+    return (Upscaler(run, spec.scale, tiling.sides, tiling.overlap, settings.batch_size, integer=True,
+                     blend=tiling.blend, whole=tiling.whole),
             traces)
 
 

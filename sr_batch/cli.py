@@ -27,7 +27,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "strength, by its JPEG quality, blocking and noise), 'clean' (the zoo's default "
                         "for the scale, for every image), a zoo name, 'bicubic', or a path/URI to a "
                         ".keras or .onnx file")
-    p.add_argument("--scale", type=int, default=2, choices=c.SCALES)
+    p.add_argument("--scale", type=int, default=None, choices=c.SCALES,
+                   help="upscaling factor (default: a model file's own, as its probe measures it; "
+                        "for the zoo, 2)")
     p.add_argument("--outscale", type=float, default=None, metavar="F",
                    help="output size as a factor of the input, any F >= 1 (e.g. 1.5, 8): the model runs "
                         "at its scale (twice for x8: x4 then x2), then a Lanczos resize to the exact size")
@@ -45,6 +47,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "+ 2 x overlap, each image taking the one that runs fewer padded pixels)")
     p.add_argument("--tile-overlap", type=int, default=None, metavar="PX",
                    help="context per tile side (default: the model's receptive-field radius)")
+    p.add_argument("--whole-image", action="store_true",
+                   help="run each image through the model in one piece (no tile seams at all; the "
+                        "whole image must fit the device's memory)")
     p.add_argument("--batch-size", type=int, default=c.DEFAULT_BATCH_SIZE, metavar="N",
                    help="tiles per model call (of the smaller tile; larger tiles go in batches of the same pixel count)")
     p.add_argument("--images-per-call", "--images-per-batch", dest="images_per_call", type=int,
@@ -229,6 +234,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from sr_batch.models.convert import convert_model
+
+    for line in convert_model(args.model, args.output).lines():
+        print(line)
+    return EXIT_OK
+
+
 def _card_score(card: dict, dataset: str) -> str:
     """`37.53/0.9587` from a model card's eval of `dataset`, or `-`."""
     result = card.get("eval", {}).get(dataset)
@@ -369,6 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", "-o", required=True, help="file to write (fsspec URI)")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: tf2onnx's)")
     export.set_defaults(func=cmd_export)
+
+    convert = sub.add_parser(
+        "convert", help="convert a PyTorch super-resolution file (.pth, .safetensors) to ONNX, "
+                        "checked against PyTorch (needs the [torch] extra)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  sr-batch convert RealESRGAN_x4plus.pth -o realesrgan-x4plus.onnx\n"
+               "  sr-batch convert 4x-model.safetensors -o s3://bucket/models/4x-model.onnx\n"
+               "  sr-batch run photos/ --output out/ --model realesrgan-x4plus.onnx")
+    convert.add_argument("model", metavar="MODEL", help="path/URI to a .pth, .pt, .ckpt or .safetensors file")
+    convert.add_argument("--output", "-o", required=True, help="ONNX file to write (fsspec URI)")
+    convert.set_defaults(func=cmd_convert)
 
     evaluate = sub.add_parser(
         "evaluate", help="Y-PSNR/SSIM, FLOPs and speed of every model vs bicubic (see jobs/evaluate.py --help)",

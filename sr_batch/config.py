@@ -108,8 +108,9 @@ class JobConfig:
     model: str | None = None
     """`auto`, `clean`, a zoo name, `bicubic`, or a path/URI to a .keras/.onnx file; None (as
     `clean`) picks the zoo's default for the scale. The command line's default is `auto`."""
-    scale: int = 2
-    """Upscaling factor; must match the model's."""
+    scale: int | None = None
+    """Upscaling factor; must match the model's. None: the model's own (a model file's, as its
+    probe measured; the zoo's default x2)."""
     denoise: float | None = None
     """How hard a model shipped as a mild/strong pair (`real`) cleans, 0 to 1; None: the
     model's default. Other models refuse it."""
@@ -126,6 +127,9 @@ class JobConfig:
     a 256 px core plus the overlap on each side, each image taking the cheaper one."""
     tile_overlap: int | None = None
     """Context margin per tile side in input pixels; None uses the model's receptive-field radius."""
+    whole_image: bool = False
+    """Run each image through the model in one piece (mirror-padded by the overlap): no seams
+    at all, for images that fit the device's memory; tiles otherwise."""
     batch_size: int = DEFAULT_BATCH_SIZE
     """Tiles per model call."""
     images_per_call: int | None = None
@@ -192,7 +196,7 @@ class JobConfig:
     def __post_init__(self) -> None:
         if not self.sources:
             raise ConfigError("give at least one SOURCE (directory, glob, URI or manifest file)")
-        if self.scale not in SCALES:
+        if self.scale is not None and self.scale not in SCALES:
             raise ConfigError(f"--scale must be one of {SCALES}, got {self.scale}")
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
@@ -252,7 +256,9 @@ class JobConfig:
         object.__setattr__(self, "actors", parse_actors(self.actors))
         from sr_batch.sizing import check_reachable
 
-        check_reachable(self.output_size, self.scale, SCALES)  # checked here, once
+        # Without --scale a model file's own scale is known only after its probe: bound by the
+        # largest, and the plan checks again with the model's.
+        check_reachable(self.output_size, self.scale or max(SCALES), SCALES)
 
     @property
     def output_size(self):

@@ -60,6 +60,10 @@ class OutLayout:
     def manifest(self, run_id: str) -> str:
         return storage.join(self.manifests, f"{run_id}.parquet")
 
+    def probe(self, sha256: str) -> str:
+        """Where the probe of a model file with this SHA-256 is cached (plan.read_probe)."""
+        return storage.join(self.root, "probes", f"{sha256}.json")
+
     @property
     def lock(self) -> str:
         return storage.join(self.root, "nightly.lock")

@@ -162,6 +162,8 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None, plan_s: float | 
             pool = actor_pool_size(config)
             settings = actor_settings(plan, pool)
             echo(_header(plan, pool))
+            if plan.warning:
+                echo(plan.warning)
             graph_began = time.perf_counter()
             with _interrupt_latch() as interrupted:
                 for batch in _upscale(plan, settings, pool):
@@ -216,11 +218,25 @@ def _header(plan: RunPlan, pool: tuple[int, int]) -> str:
     model = plan.model.name
     if plan.routes:
         model = "auto: " + " / ".join(dict.fromkeys(r.model.name for r in plan.routes)) + " per image"
+    if tiling.whole:
+        tiles = f"whole images, padded {tiling.overlap} px"
+    else:
+        tiles = f"tiles {'/'.join(map(str, tiling.sides))} px, overlap {tiling.overlap}"
+        if tiling.blend:
+            tiles += f" feathered {tiling.blend}"
     return (f"run {plan.run_id}: {plan.listed.num_rows} images ({plan.skipped.num_rows} unchanged, skipped), "
-            f"model {model} x{config.scale}{denoise} (tiles {'/'.join(map(str, tiling.sides))} px, "
-            f"overlap {tiling.overlap}), {pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
+            f"model {model} x{config.scale}{denoise} ({tiles}, {_seam_text(tiling)}), {pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
             f"{config.gpus_per_actor:g} GPU, {plan.images_per_call} images a call, "
             f"{'decode and encode as CPU stages' if config.staged else 'all steps in the actors'}")
+
+
+def _seam_text(tiling) -> str:
+    """The seam bound as the first line tells it."""
+    if tiling.seam is None:
+        return "seam bound not measured"
+    if tiling.seam == (0.0, 0.0) and not tiling.blend:
+        return "seam bound 0 (exact)"
+    return f"seam bound max {tiling.seam[0]:.2f} / mean {tiling.seam[1]:.3f} levels"
 
 
 def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
@@ -282,12 +298,12 @@ def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
 def probe_on_ray(address: str | None):
     """A plan's probe of a user's model file: loaded once in a Ray task (never in the driver,
     which may have no TensorFlow) to learn its scale, receptive radius and SHA-256."""
-    def probe(spec: ModelSpec, scale: int) -> ModelSpec:
+    def probe(spec: ModelSpec, scale: int | None, overlap: int | None = None) -> ModelSpec:
         import ray
 
         init_ray(address)
         try:
-            outcome = ray.get(_probe_task().remote(replace(spec, scale=scale)))
+            outcome = ray.get(_probe_task().remote(replace(spec, scale=scale), overlap))
         except ray.exceptions.RayError as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
             raise ModelError(f"cannot load model {storage.display(spec.uri)}: {first}") from None
@@ -304,24 +320,27 @@ def _probe_task():
     import ray
 
     @ray.remote(num_cpus=1, max_retries=0)
-    def probe(spec: ModelSpec):
+    def probe(spec: ModelSpec, overlap: int | None):
         """The spec completed, or (error class, one-line message naming the user's file)."""
         try:
             if spec.arch == "onnx":  # ONNX Runtime only: no TensorFlow in this task
                 from sr_batch.models.onnx import probe_onnx
 
-                return probe_onnx(spec, spec.scale)
+                return probe_onnx(spec, spec.scale, overlap)
             from sr_batch import tiling
-            from sr_batch.models.registry import load_keras_model, sha256_of
+            from sr_batch.models.registry import load_keras_model, measure_scale, sha256_of
             from sr_batch.runtime import configure_tensorflow
 
             configure_tensorflow(1)
+            began = time.perf_counter()
             # Pin the bytes measured: the actors verify the same SHA-256 when they load.
             spec = replace(spec, sha256=sha256_of(storage.read_bytes(spec.uri)))
-            model = load_keras_model(spec)
+            model = load_keras_model(spec, spec.scale)
+            scale = measure_scale(model)
             radius = tiling.receptive_radius_from_impulse(
-                lambda x: model(x, training=False).numpy(), spec.scale)
-            return replace(spec, receptive_radius=radius, params=int(model.count_params()))
+                lambda x: model(x, training=False).numpy(), scale)
+            return replace(spec, scale=scale, receptive_radius=radius, params=int(model.count_params()),
+                           probe_s=round(time.perf_counter() - began, 3))
         except Exception as exc:  # noqa: BLE001 - any failure is the model's, told in one line
             message = " ".join(str(exc).split()) or type(exc).__name__
             if storage.display(spec.uri) not in message:
@@ -668,6 +687,24 @@ def _mark_dead_runs(layout: OutLayout, run_id: str, retries: int, echo: Echo) ->
              f"{record['pid']}, is gone)")
 
 
+def _onnx_runtime(plan: RunPlan) -> dict:
+    """For an ONNX model: ONNX Runtime's version and the execution provider the actors take
+    (CUDA where they have GPUs and this build has it, else the CPU), as the driver's ONNX
+    Runtime sees them; {} for other models."""
+    if plan.model.arch != "onnx":
+        return {}
+    try:
+        from sr_batch.models.onnx import session_providers
+
+        providers = session_providers()
+    except Exception:  # noqa: BLE001 - no ONNX Runtime on the driver: the version says so
+        providers = []
+    gpu = plan.config.gpus_per_actor > 0 and "CUDAExecutionProvider" in providers
+    return {"onnxruntime": _version("onnxruntime", "onnxruntime-gpu"),
+            "onnxruntime_provider": "CUDAExecutionProvider" if gpu else "CPUExecutionProvider",
+            "onnxruntime_providers_available": providers}
+
+
 def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
                       pool: tuple[int, int] | None = None, counts: dict | None = None,
                       result: RunResult | None = None, error: str | None = None,
@@ -680,6 +717,9 @@ def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
         "status": status,
         "config": {**config.to_dict(), "actors": pool and list(pool)},
         "plan": {"tile_sides": tiling and list(tiling.sides), "tile_overlap": tiling and tiling.overlap,
+                 "tile_blend": tiling and tiling.blend, "whole_image": tiling and tiling.whole,
+                 "seam_max_levels": tiling and tiling.seam and tiling.seam[0],
+                 "seam_mean_levels": tiling and tiling.seam and tiling.seam[1],
                  "images_per_call": plan.images_per_call, "denoise": plan.denoise,
                  "listed": plan.listed.num_rows, "todo": plan.todo.num_rows,
                  "skipped": plan.skipped.num_rows},
@@ -695,7 +735,8 @@ def _write_run_record(plan: RunPlan, status: str, started_at: dt.datetime,
         "phases_s": phases,
         "versions": {"sr_batch": sr_batch.__version__, "ray": _version("ray"),
                      "tensorflow": _version("tensorflow", "tensorflow-cpu"),
-                     "keras": _version("keras"), "python": sys.version.split()[0]},
+                     "keras": _version("keras"), "python": sys.version.split()[0],
+                     **_onnx_runtime(plan)},
     }
     try:
         storage.write_bytes_atomic(plan.layout.run_record(plan.run_id),

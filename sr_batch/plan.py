@@ -30,7 +30,9 @@ import pyarrow.compute as pc
 from sr_batch import incremental, manifest, storage
 from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_CALL, DEFAULT_TILE_CORE,
                              LARGE_TILE_CORE, PIXELS_PER_CALL, SCALES, JobConfig, check_run_id)
-from sr_batch.errors import ConfigError, ImageError, ManifestError, ModelNotFoundError, PathEscapeError
+from sr_batch import tiling as tiling_rules
+from sr_batch.errors import (ConfigError, ImageError, ManifestError, ModelNotFoundError,
+                             ModelScaleError, PathEscapeError)
 from sr_batch.layout import OutLayout
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
@@ -47,7 +49,15 @@ FORMAT_EXTENSION = {"png": "png", "jpeg": "jpg", "webp": "webp", "tiff": "tif"}
 EXTENSION_FORMAT = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp", "tif": "tiff",
                     "tiff": "tiff"}
 
-Probe = Callable[[ModelSpec, int], ModelSpec]
+Probe = Callable[[ModelSpec, "int | None", "int | None"], ModelSpec]
+"""(spec of a user's file, --scale or None, --tile-overlap or None) -> the spec completed."""
+# The zoo's scale when none is asked and no model file says it.
+DEFAULT_SCALE = 2
+# Bumped when the probe measures differently: older cached probes are then measured again.
+PROBE_VERSION = 1
+# A probe's result as cached, in OUT/probes/<sha256>.json: the spec fields it measures.
+_PROBED_FIELDS = ("scale", "channels", "params", "receptive_radius", "input_side", "tiles_exactly",
+                  "seams", "response_decay", "probe_s")
 # `--model auto`: each image gets the clean default or `real` at a denoise strength (routing.py).
 AUTO = "auto"
 
@@ -69,6 +79,14 @@ class Tiling:
     """Every tile side, input px, ascending; each image takes the one that runs fewer padded pixels."""
     overlap: int
     """Context per tile side, input px (at least the model's receptive radius: no seams)."""
+    blend: int = 0
+    """Feather width, input px, where neighbouring tiles are mixed (tiling.feather_width): 0 for
+    exact tiling; > 0 where the overlap is below the model's exact radius or it has none."""
+    seam: tuple[float, float] | None = (0.0, 0.0)
+    """(max, mean) |tiled - whole image| in 8-bit levels, as the probe measured it at this
+    overlap; (0, 0) for exact tiling and whole images; None where not measured."""
+    whole: bool = False
+    """--whole-image: each image runs in one piece, mirror-padded by `overlap`; no tiles."""
 
     @property
     def largest(self) -> int:
@@ -76,22 +94,89 @@ class Tiling:
         return self.sides[-1]
 
 
-def resolve_tiling(config: JobConfig, radius: int, fixed_side: int | None = None) -> Tiling:
+def resolve_tiling(config: JobConfig, radius: int, fixed_side: int | None = None,
+                   spec: ModelSpec | None = None) -> Tiling:
     """--tile-size/--tile-overlap as given, else two tiles (128 and 256 px cores) around the
     model's receptive radius; a model with a fixed input side (some ONNX exports) takes
-    tiles of that side only."""
+    tiles of that side only. Tiles are feathered (tiling.feather_width) where the overlap is
+    below the model's exact radius or the model has none (`spec.tiles_exactly` False)."""
     overlap = radius if config.tile_overlap is None else config.tile_overlap
+    exact = spec is None or spec.tiles_exactly
+    blend = tiling_rules.feather_width(overlap, radius if exact else None)
+    seam = (0.0, 0.0) if blend == 0 else (spec.seam_at(overlap) if spec is not None else None)
+    if config.whole_image:
+        if fixed_side is not None:
+            raise ConfigError(f"this model takes fixed {fixed_side} px tiles; drop --whole-image")
+        return Tiling((DEFAULT_TILE_CORE + 2 * overlap,), overlap, 0, (0.0, 0.0), whole=True)
     if fixed_side is not None:
         if config.tile_size not in (None, fixed_side):
             raise ConfigError(f"this model takes fixed {fixed_side} px tiles; drop --tile-size {config.tile_size}")
         config = config.replace(tile_size=fixed_side)
     if config.tile_size is None:
-        return Tiling((DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap), overlap)
+        return Tiling((DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap), overlap,
+                      blend, seam)
     if config.tile_size - 2 * overlap < 1:
         raise ConfigError(
             f"--tile-size {config.tile_size} is too small for a tile overlap of {overlap} px "
             f"(the model's receptive-field radius); use --tile-size > {2 * overlap}")
-    return Tiling((config.tile_size,), overlap)
+    return Tiling((config.tile_size,), overlap, min(blend, (config.tile_size - 2 * overlap) // 2), seam)
+
+
+def overlap_warning(config: JobConfig, spec: ModelSpec, tiling: Tiling) -> str | None:
+    """One line where --tile-overlap is below what the model needs (its exact radius, or the
+    overlap its decay asks for), with the seam the probe measured there; else None."""
+    if config.tile_overlap is None or spec.receptive_radius is None:
+        return None
+    if config.tile_overlap >= spec.receptive_radius:
+        return None
+    seam = ("tiles differ from the whole image along their borders (not measured for zoo models)"
+            if tiling.seam is None else
+            f"tiles differ from the whole image by up to {tiling.seam[0]:.1f} 8-bit levels "
+            f"(mean {tiling.seam[1]:.2f}) on the probe image")
+    return (f"warning: --tile-overlap {config.tile_overlap} is below the {spec.receptive_radius} px "
+            f"{spec.name} needs: {seam}; feathered over {tiling.blend} px. Drop --tile-overlap "
+            f"for the model's own, or use --whole-image")
+
+
+# --- the probe cache -------------------------------------------------------------------
+
+
+def read_probe(layout: OutLayout, spec: ModelSpec) -> ModelSpec | None:
+    """The spec completed from OUT's cached probe of its file (spec.sha256), kept in
+    OUT/probes/<sha256>.json beside the runs that use it (every node of a cluster and every
+    later run into OUT sees it; a per-node cache would not); None if none is there, it is
+    from another probe version, or it does not read as one."""
+    import json
+
+    try:
+        cached = json.loads(storage.read_bytes(layout.probe(spec.sha256)))
+    except Exception:  # noqa: BLE001 - an absent or broken cache only means probing again
+        return None
+    if not isinstance(cached, dict) or cached.get("probe_version") != PROBE_VERSION:
+        return None
+    try:
+        fields = {name: cached[name] for name in _PROBED_FIELDS}
+        fields["seams"] = tuple((int(o), float(m), float(a)) for o, m, a in fields["seams"])
+        fields["response_decay"] = tuple(map(float, fields["response_decay"]))
+        if fields["scale"] not in SCALES or not isinstance(fields["receptive_radius"], int) \
+                or fields["receptive_radius"] < 0:
+            return None
+        return replace(spec, **fields)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def write_probe(layout: OutLayout, spec: ModelSpec, retries: int) -> None:
+    """Cache a probe's result in OUT; a failure to write costs the next run a probe, no more."""
+    import json
+
+    record = {"probe_version": PROBE_VERSION, "model": spec.uri, "sha256": spec.sha256,
+              **{name: getattr(spec, name) for name in _PROBED_FIELDS}}
+    try:
+        storage.write_bytes_atomic(layout.probe(spec.sha256),
+                                   json.dumps(record, indent=1).encode(), retries)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return
 
 
 # --- output names ----------------------------------------------------------------------
@@ -512,7 +597,7 @@ class RunPlan:
 
     run_id: str
     config: JobConfig
-    """What the user asked for (unchanged)."""
+    """What the user asked for, with the scale resolved (a model file's own where none was asked)."""
     layout: OutLayout
     model: ModelSpec
     """Resolved: scale and receptive radius known (None radius only for an unprobed user file)."""
@@ -542,17 +627,34 @@ class RunPlan:
     sample_pixels: tuple[int, ...] = ()
     """Input pixels of each header read from a sample of `todo` (up to CALL_SIZE_SAMPLE); empty
     where none was read or none was asked for (--images-per-call given, nightly)."""
+    warning: str | None = None
+    """One line for the user before the run: --tile-overlap below what the model needs."""
 
 
-def resolve_model(config: JobConfig, probe: Probe | None) -> ModelSpec:
-    """The spec of --model at --scale (under auto, the clean default's); a user's file is probed
-    (scale, radius, SHA-256) when a probe is given."""
-    spec = registry.resolve_model(None if config.model == AUTO else config.model, config.scale)
+def resolve_model(config: JobConfig, probe: Probe | None, layout: OutLayout | None = None) -> ModelSpec:
+    """The spec of --model at --scale (under auto, the clean default's). A user's file is hashed,
+    then completed from OUT's probe cache (`layout`) or probed (scale, radius or decay, seam
+    bound) when a probe is given, and the probe cached; else left unprobed (radius None)."""
+    spec = registry.resolve_model(None if config.model == AUTO else config.model,
+                                  config.scale or DEFAULT_SCALE)
     if spec.arch == "onnx" and config.precision != "float32":
         raise ConfigError(f"--precision {config.precision} applies to Keras models; {spec.name} is "
                           f"ONNX and runs in the precision it was exported in (use float32)")
-    if spec.receptive_radius is None and probe is not None:
-        spec = probe(spec, config.scale)
+    if spec.receptive_radius is not None:
+        return spec
+    spec = replace(spec, sha256=registry.sha256_of(storage.read_bytes(spec.uri)))
+    cached = read_probe(layout, spec) if layout is not None else None
+    wanted = config.tile_overlap
+    if cached is not None and (wanted is None or cached.seam_at(wanted) is not None):
+        if config.scale is not None and cached.scale != config.scale:
+            raise ModelScaleError(f"model {spec.name!r} upscales by x{cached.scale}, but --scale "
+                                  f"{config.scale} was given; drop --scale to use the model's own")
+        return cached
+    if probe is None:
+        return spec
+    spec = probe(spec, config.scale, wanted)
+    if layout is not None:
+        write_probe(layout, spec, config.retries)
     return spec
 
 
@@ -615,16 +717,17 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
     layout = OutLayout.of(config.output)
     layout.check_folders(run_id)
     table = manifest.load_sources(config.sources)
-    spec = resolve_model(config, probe)
-    tiling = (resolve_tiling(config, spec.receptive_radius, spec.input_side)
+    spec = resolve_model(config, probe, layout)
+    # From here on the scale is the model's (a file's own, where --scale was not given).
+    config = config.replace(scale=spec.scale or config.scale or DEFAULT_SCALE)
+    tiling = (resolve_tiling(config, spec.receptive_radius, spec.input_side, spec)
               if spec.receptive_radius is not None else None)
+    warning = overlap_warning(config, spec, tiling) if tiling is not None else None
     denoise = resolve_denoise(config, spec)
     pass_models = resolve_pass_models(config, spec)
     check_reachable(config.output_size, config.scale, (config.scale, *(m.scale for m, _ in pass_models)))
     routes, auto_identity = resolve_routes(config, spec)
     identity = spec.identity
-    if spec.uri is not None and spec.sha256 is None:  # an unprobed user file: hash its bytes
-        identity = registry.sha256_of(storage.read_bytes(spec.uri))
     if routes:  # auto: its own identity; each route's overlap covers its model's radius
         key = replace(incremental.ReuseKey.of(config, auto_identity, None, None), denoise_per_image=True)
     else:
@@ -644,7 +747,7 @@ def plan_run(config: JobConfig, *, run_id: str | None = None, probe: Probe | Non
                    model=spec, tiling=tiling, denoise=denoise, pass_models=pass_models,
                    routes=routes, identity=auto_identity, reuse_key=key, listed=listed,
                    todo=split.todo, reasons=split.reasons, skipped=split.skipped,
-                   images_per_call=calls, sample_pixels=pixels)
+                   images_per_call=calls, sample_pixels=pixels, warning=warning)
 
 
 def with_run_id(plan: RunPlan, run_id: str) -> RunPlan:

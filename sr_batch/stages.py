@@ -144,6 +144,11 @@ class Work:
 # --- decode ----------------------------------------------------------------------------
 
 
+def model_label(spec: ModelSpec) -> str:
+    """What the stats `model` column says: the zoo name, or a model file's URI as given."""
+    return spec.uri if spec.arch in ("keras", "onnx") and spec.uri else spec.name
+
+
 def start(settings: ActorSettings, row: dict, worker: str) -> Work:
     """The image's base stats row, then read and decode; failures are recorded, not raised."""
     s = settings
@@ -151,8 +156,10 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
     w = Work(row=row, stats={
         "image_id": row["image_id"], "source_uri": row["uri"],
         "reference_uri": row.get("reference_uri"), "status": stats.STATUS_FAILED,
-        "scale": s.scale, "model": s.model.name, "model_sha256": s.identity or s.model.identity,
+        "scale": s.scale, "model": model_label(s.model), "model_sha256": s.identity or s.model.identity,
         "tile_size": s.tiling.largest, "tile_overlap": s.tiling.overlap,
+        "seam_max_levels": s.tiling.seam and s.tiling.seam[0],
+        "seam_mean_levels": s.tiling.seam and s.tiling.seam[1],
         "requested_format": s.format, "self_ensemble": s.self_ensemble,
         "precision": s.precision, "denoise": s.denoise, "output_size": s.size.key(), "passes": 0,
         "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),

@@ -5,6 +5,13 @@ Contract: for any model whose receptive radius (in input pixels) is at most
 upscale_whole(run, image, scale, overlap) up to float rounding. Both sides see
 the image mirrored (np.pad mode="symmetric") by `overlap` pixels on every side,
 and each tile keeps only its core, whose receptive field lies inside the tile.
+
+A model whose response never vanishes (deep GAN-trained networks: RRDB, SwinIR)
+has no such radius. For it, a plan with `blend` > 0 keeps `blend` more pixels of
+each tile's output on every side that meets another tile, and stitching mixes
+neighbours with a raised-cosine ramp 2 x blend px wide whose weights sum to one
+(the feathering of image stitching): no hard edge where one tile's truncated
+context ends, and every kept pixel still has overlap - blend px of context.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ RunModel = Callable[[np.ndarray], np.ndarray]
 Rect = tuple[int, int, int, int]
 
 # Output differences at or below this are float noise, not the impulse's reach.
-_IMPULSE_TOLERANCE = 1e-7
+IMPULSE_TOLERANCE = 1e-7
+# The widest overlap a feathered tiling takes: the large tile (256 px core) is then 384 px,
+# 2.25x its core's pixels, which bounds a tile's activation memory (and the work redone).
+MAX_FEATHERED_OVERLAP = 64
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,9 @@ class TilePlan:
     """Per tile: the part of the tile whose output is kept."""
     destinations: tuple[Rect, ...]
     """Per tile: where that kept part lands in the image; these partition the image."""
+    blend: int = 0
+    """Feather width, input px: each tile's output is kept this much beyond its core where it
+    meets a neighbour, and mixed with it by smooth weights; 0: cores abut (exact tiling)."""
 
     @property
     def n_tiles(self) -> int:
@@ -57,8 +70,9 @@ class TilePlan:
         return self.tile_size - 2 * self.overlap
 
 
-def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> TilePlan:
-    """Cover an image with tile_size x tile_size tiles whose cores partition it."""
+def plan_tiles(height: int, width: int, tile_size: int, overlap: int, blend: int = 0) -> TilePlan:
+    """Cover an image with tile_size x tile_size tiles whose cores partition it; `blend` > 0
+    feathers neighbouring tiles over 2 x blend px (see the module docstring)."""
     if height < 1 or width < 1:
         raise ValueError(f"image must be at least 1x1, got {width}x{height}")
     if overlap < 0:
@@ -69,6 +83,9 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> TilePla
             f"tile_size {tile_size} leaves no core with overlap {overlap}: "
             f"need tile_size >= 2 * overlap + 1 = {2 * overlap + 1}"
         )
+    if not 0 <= blend <= min(overlap, core // 2):
+        raise ValueError(f"blend must be in 0..min(overlap, core // 2) = {min(overlap, core // 2)}, "
+                         f"got {blend}")
     pad_y, tiles_y = _plan_axis(height, tile_size, overlap)
     pad_x, tiles_x = _plan_axis(width, tile_size, overlap)
 
@@ -87,6 +104,7 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> TilePla
         origins=tuple(origins),
         sources=tuple(sources),
         destinations=tuple(destinations),
+        blend=blend,
     )
 
 
@@ -118,6 +136,8 @@ def stitch_tiles(outputs: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
         raise ValueError(
             f"expected outputs of shape ({plan.n_tiles}, {out_size}, {out_size}, C), got {outputs.shape}"
         )
+    if plan.blend:
+        return _stitch_feathered(outputs, plan, scale)
     # np.empty is safe: the destinations partition the image, so every pixel is written.
     image = np.empty((plan.height * scale, plan.width * scale, outputs.shape[3]), dtype=outputs.dtype)
     for index, (source, destination) in enumerate(zip(plan.sources, plan.destinations)):
@@ -125,6 +145,55 @@ def stitch_tiles(outputs: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
         dst_y0, dst_y1, dst_x0, dst_x1 = (v * scale for v in destination)
         image[dst_y0:dst_y1, dst_x0:dst_x1] = outputs[index, src_y0:src_y1, src_x0:src_x1]
     return image
+
+
+def feather_width(overlap: int, radius: int | None) -> int:
+    """The blend a tiling with this overlap takes: 0 where the overlap covers the model's exact
+    receptive radius (cores abut, output exact), else a quarter of the overlap (at least 1)."""
+    if radius is not None and overlap >= radius:
+        return 0
+    return max(1, overlap // 4) if overlap else 0
+
+
+def _stitch_feathered(outputs: np.ndarray, plan: TilePlan, scale: int) -> np.ndarray:
+    """Stitch with each tile's kept part grown by `blend` px towards its neighbours, mixed by
+    raised-cosine weights that sum to one; integer outputs are mixed in float32 and rounded."""
+    height, width = plan.height * scale, plan.width * scale
+    total = np.zeros((height, width, outputs.shape[3]), np.float32)
+    for index, (source, destination) in enumerate(zip(plan.sources, plan.destinations)):
+        rows = _feather_axis(source[0], destination[0], destination[1], plan.height, plan.blend, scale)
+        cols = _feather_axis(source[2], destination[2], destination[3], plan.width, plan.blend, scale)
+        (src_y0, dst_y0, dst_y1, weight_y), (src_x0, dst_x0, dst_x1, weight_x) = rows, cols
+        tile = outputs[index, src_y0:src_y0 + dst_y1 - dst_y0, src_x0:src_x0 + dst_x1 - dst_x0]
+        weight = weight_y[:, None, None] * weight_x[None, :, None]
+        total[dst_y0:dst_y1, dst_x0:dst_x1] += tile.astype(np.float32) * weight
+    if np.issubdtype(outputs.dtype, np.integer):
+        top = np.float32(np.iinfo(outputs.dtype).max)
+        total += np.float32(0.5)
+        np.clip(total, 0, top, out=total)
+        return total.astype(outputs.dtype)
+    return total
+
+
+def _feather_axis(src0: int, dst0: int, dst1: int, length: int, blend: int, scale: int):
+    """One axis of a feathered tile, in output px: (source start, destination start and end,
+    weights). The kept span grows by `blend` input px on each side that meets a neighbour;
+    a ramp rises over [dst0 - blend, dst0 + blend) and falls over [dst1 - blend, dst1 + blend)."""
+    lo = dst0 - blend if dst0 > 0 else dst0
+    hi = min(dst1 + blend, length) if dst1 < length else dst1
+    positions = np.arange(lo * scale, hi * scale, dtype=np.float64) + 0.5
+    weight = np.ones(len(positions))
+    width = 2 * blend * scale
+    if dst0 > 0:
+        weight *= _ramp((positions - (dst0 - blend) * scale) / width)
+    if dst1 < length:
+        weight *= 1.0 - _ramp((positions - (dst1 - blend) * scale) / width)
+    return (src0 - dst0 + lo) * scale, lo * scale, hi * scale, weight.astype(np.float32)
+
+
+def _ramp(t: np.ndarray) -> np.ndarray:
+    """0 -> 1 as t goes 0 -> 1, raised cosine; ramp(t) + ramp(1 - t) = 1, so neighbours sum to one."""
+    return 0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0.0, 1.0))
 
 
 def upscale_whole(run_model: RunModel, image: np.ndarray, scale: int, overlap: int) -> np.ndarray:
@@ -153,7 +222,7 @@ def receptive_radius_from_impulse(run_model: RunModel, scale: int, channels: int
     flat = np.full((1, size, size, channels), 0.5, dtype=np.float32)
     poked = flat.copy()
     poked[0, centre, centre, :] += 0.5
-    changed = np.abs(np.asarray(run_model(poked)) - np.asarray(run_model(flat))) > _IMPULSE_TOLERANCE
+    changed = np.abs(np.asarray(run_model(poked)) - np.asarray(run_model(flat))) > IMPULSE_TOLERANCE
     rows, cols = np.nonzero(changed[0].any(axis=-1))
     if rows.size == 0:
         return 0

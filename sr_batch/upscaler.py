@@ -61,11 +61,14 @@ class Upscaler:
     """Upscales lists of images with a batch function over fixed-shape tiles."""
 
     def __init__(self, run_batch: RunBatch | None, scale: int, tile_size: int | Sequence[int],
-                 overlap: int, batch_size: int, integer: bool = False) -> None:
+                 overlap: int, batch_size: int, integer: bool = False, blend: int = 0,
+                 whole: bool = False) -> None:
         """`run_batch` maps (N, T, T, 3) float32 to (N, T*s, T*s, 3) for every T in
         `tile_size` (one side or several); None means bicubic. `integer`: `run_batch` is an
         integer batch function and results come out in each image's own dtype (the job's
-        way: the model's output is rounded where it is made, and 4x smaller than float32)."""
+        way: the model's output is rounded where it is made, and 4x smaller than float32).
+        `blend` feathers neighbouring tiles (tiling.plan_tiles); `whole` runs each image in one
+        piece, mirror-padded by `overlap`, through a `run_batch` that takes any height and width."""
         self.run_batch = run_batch
         self.integer = integer
         self.scale = scale
@@ -73,6 +76,8 @@ class Upscaler:
         if not self.tile_sizes:
             raise ValueError("need at least one tile size")
         self.overlap = overlap
+        self.blend = blend
+        self.whole = whole
         self.batch_size = batch_size
         self._plan = functools.lru_cache(maxsize=PLAN_CACHE_SIZES)(self._plan_uncached)
 
@@ -93,13 +98,15 @@ class Upscaler:
         return self._plan(height, width)
 
     def _plan_uncached(self, height: int, width: int) -> tiling.TilePlan:
-        plans = [tiling.plan_tiles(height, width, size, self.overlap) for size in self.tile_sizes]
+        plans = [tiling.plan_tiles(height, width, size, self.overlap, self.blend) for size in self.tile_sizes]
         return min(plans, key=lambda plan: plan.n_tiles * plan.tile_size ** 2)
 
     def upscale(self, images: list[np.ndarray]) -> list[Upscaled]:
         """Upscale uint8/uint16 (H, W, 1|3) images; grey goes through the model as R=G=B."""
         if self.run_batch is None:
             return [self._bicubic(image) for image in images]
+        if self.whole:
+            return [self._whole(image) for image in images]
         dtypes = [image.dtype if self.integer else np.dtype(np.float32) for image in images]
         plans = [self.plan(im.shape[0], im.shape[1]) for im in images]
         tiles = [tiling.extract_tiles(self._as_rgb(to_float(im)), plan) for im, plan in zip(images, plans)]
@@ -142,6 +149,25 @@ class Upscaler:
         bounds = np.cumsum([0, *counts])
         return ([out[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
                 [float(tile_s[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])])
+
+    def _whole(self, image: np.ndarray) -> Upscaled:
+        """One image in one model call, mirror-padded by the overlap as every tile is, so its
+        output is the reference that tiled output is held to (tiling.upscale_whole)."""
+        dtype = image.dtype if self.integer else np.dtype(np.float32)
+        rgb = self._as_rgb(to_float(image))
+        began = time.perf_counter()
+        pad = self.overlap
+        padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")[None]
+        out = self.run_batch(padded, dtype) if self.integer else self.run_batch(padded)
+        seconds = time.perf_counter() - began
+        border, (height, width) = pad * self.scale, image.shape[:2]
+        pixels = np.ascontiguousarray(
+            out[0, border:border + height * self.scale, border:border + width * self.scale])
+        if image.shape[2] == 1:
+            pixels = _grey(pixels)
+        elif not self.integer:
+            np.clip(pixels, 0.0, 1.0, out=pixels)
+        return Upscaled(pixels, 1, seconds, 0)
 
     def _bicubic(self, image: np.ndarray) -> Upscaled:
         """The baseline on the integer pixels, exactly as the quality metrics compute it."""
@@ -205,9 +231,10 @@ def self_ensemble(run_batch: RunBatch) -> RunBatch:
     return run
 
 
-def make_tf_batch_fn(model, tile_size: int | Sequence[int], integer: bool = False):
+def make_tf_batch_fn(model, tile_size: int | Sequence[int] | None, integer: bool = False):
     """One tf.function per tile side T, over (None, T, T, 3) float32: one trace per side
-    serves every batch of it. `integer`: the function is `run(tiles, dtype)` and rounds and
+    serves every batch of it (`tile_size` None: one over any height and width, whole images).
+    `integer`: the function is `run(tiles, dtype)` and rounds and
     clips the output to uint8 or uint16 inside the traced function (one more trace per side
     for each dtype used), so 2-4x fewer bytes leave the device.
 
@@ -217,7 +244,7 @@ def make_tf_batch_fn(model, tile_size: int | Sequence[int], integer: bool = Fals
 
     traces = [0]
 
-    def forward_for(size: int, dtype: np.dtype | None):
+    def forward_for(size: int | None, dtype: np.dtype | None):
         @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
         def forward(tiles):
             traces[0] += 1  # runs only while tracing
@@ -230,10 +257,15 @@ def make_tf_batch_fn(model, tile_size: int | Sequence[int], integer: bool = Fals
 
         return forward
 
-    sizes = sorted({tile_size} if isinstance(tile_size, int) else set(tile_size))
+    sizes = sorted({tile_size} if isinstance(tile_size, int) else set(tile_size or ()))
     forwards: dict = {}
 
     def forward(batch: np.ndarray, dtype: np.dtype | None):
+        if tile_size is None:  # whole images: one function over any height and width
+            key = ("any", None if dtype is None else np.dtype(dtype))
+            if key not in forwards:
+                forwards[key] = forward_for(None, key[1])
+            return forwards[key](tf.convert_to_tensor(batch)).numpy()
         if batch.shape[1] not in sizes:
             raise ValueError(f"no traced function for {batch.shape[1]} px tiles; have {sizes}")
         key = (batch.shape[1], None if dtype is None else np.dtype(dtype))

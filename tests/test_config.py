@@ -15,7 +15,7 @@ def make(**changes) -> JobConfig:
 def test_defaults_are_valid():
     config = make()
 
-    assert config.scale == 2 and config.format == "keep" and config.actors is None
+    assert config.scale is None and config.format == "keep" and config.actors is None
     assert config.intra_op_threads == 1
 
 
@@ -31,7 +31,9 @@ def test_defaults_are_valid():
     ({"stats_flush_s": 0}, "--stats-flush-s must be a number of seconds > 0"),
     ({"stats_flush_s": float("nan")}, "--stats-flush-s must be a number of seconds > 0"),
     ({"read_timeout_s": float("inf")}, "--read-timeout-s must be a number of seconds > 0"),
-    ({"outscale": 1e9}, r"--outscale 1e\+09 is more than x32, the most that 3 model passes reach from x2"),
+    ({"outscale": 1e9, "scale": 2}, r"--outscale 1e\+09 is more than x32, the most that 3 model passes reach from x2"),
+    # No --scale: a model file's own may be x4, so the bound is x4's; the plan checks again.
+    ({"outscale": 1e9}, r"--outscale 1e\+09 is more than x64, the most that 3 model passes reach from x4"),
     ({"outscale": 65, "scale": 4}, "more than x64"),
     ({"fit": "1x1"}, "--fit must be WxH with W, H >= 8 px"),
     ({"width": 7}, "--width must be >= 8 px"),

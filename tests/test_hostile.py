@@ -649,7 +649,7 @@ def _link_out_folder(name: str):
 
 
 EXIT_2_BEFORE_RAY = {
-    "outscale-1e9": (["--outscale", "1e9"], None,
+    "outscale-1e9": (["--outscale", "1e9", "--scale", "2"], None,
                      "--outscale 1e+09 is more than x32, the most that 3 model passes reach from x2"),
     "fit-1x1": (["--fit", "1x1"], None, "--fit must be WxH with W, H >= 8 px, got 1x1"),
     "tile-overlap-100000": (["--tile-overlap", "100000"], None,

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sr_batch import manifest, stats
+from sr_batch import manifest, stats, storage
 from sr_batch.config import JobConfig
 from sr_batch.pipeline import run_job
 
@@ -314,7 +314,7 @@ def test_model_from_a_path(ray_local, image_dir, tmp_path, user_model_file):
     assert result.counts == {"ok": 5}
     rows = stats.read_stats(str(tmp_path / "out")).to_pylist()
     assert {r["model_sha256"] for r in rows} == {hashlib.sha256(user_model_file.read_bytes()).hexdigest()}
-    assert {r["model"] for r in rows} == {"mine_x2.keras"}
+    assert {r["model"] for r in rows} == {storage.to_uri(str(user_model_file))}  # the URI given
     # The overlap was measured from the model, and covers its declared radius.
     assert rows[0]["tile_overlap"] >= 1
     assert rows[0]["tile_overlap"] <= receptive_radius("subpixel", 2)

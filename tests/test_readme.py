@@ -41,7 +41,7 @@ def test_run_options_in_the_table_exist():
     assert flags <= known, flags - known
 
 
-@pytest.mark.parametrize("command", ["run", "nightly", "report", "export"])
+@pytest.mark.parametrize("command", ["run", "nightly", "report", "export", "convert"])
 def test_every_option_is_documented(command):
     text = "\n".join(path.read_text() for path in DOCS)
     wanted = long_options(subcommand(command))

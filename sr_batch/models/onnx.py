@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -40,8 +41,17 @@ CHECK_HEIGHT, CHECK_WIDTH = 45, 67
 # kernel, so 'same' padding cannot change the output size (as registry._SCALE_PROBE).
 SCALE_PROBE = 8
 # Sides of the impulse probe that measures a dynamic model's receptive radius, tried in
-# turn until the impulse stays inside (a deep model reaches past 32 px).
-IMPULSE_SIDES = (64, 128, 256)
+# turn until the impulse stays inside (a deep model reaches past 32 px). Small, so that
+# probing a 16.7 M-parameter RRDB costs seconds: a response that still reaches past 63 px
+# is treated as one that never vanishes (tiled with a feathered overlap from its decay).
+IMPULSE_SIDES = (64, 128)
+# Where a response that never vanishes counts as gone: 1e-3 of its peak (an impulse of
+# 127 levels moves a pixel that far away by well under a tenth of a level).
+DECAY_THRESHOLD = 1e-3
+# The seam probe: a photo-like image of this side cut into cores of SEAM_PROBE_CORE px
+# (2 x 2 tiles, so one horizontal and one vertical seam cross it), small enough that a
+# 16.7 M-parameter model runs it in seconds.
+SEAM_PROBE_SIDE, SEAM_PROBE_CORE = 64, 32
 # Names the exported graph gives its input and output (tf2onnx's would be `Identity:0`).
 INPUT_NAME, OUTPUT_NAME = "lr", "sr"
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -150,11 +160,13 @@ def run_nhwc(session, layout: OnnxLayout, batch: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def make_onnx_batch_fn(session, tile_size: int | Sequence[int], name: str = "the model"):
+def make_onnx_batch_fn(session, tile_size: int | Sequence[int] | None, name: str = "the model"):
     """Same contract as upscaler.make_tf_batch_fn: `run` maps (N, T, T, 3) float32 in [0, 1]
-    to (N, T*s, T*s, 3) for every tile side T; ONNX Runtime traces nothing, so the trace
+    to (N, T*s, T*s, 3) for every tile side T (None: any height and width, whole images); ONNX Runtime traces nothing, so the trace
     counter stays 0. A fixed-shape model serves its own side only."""
     layout = read_layout(session, name)
+    if tile_size is None:  # whole images: any height and width
+        return (lambda batch: run_nhwc(session, layout, batch)), (lambda: 0)
     sizes = {tile_size} if isinstance(tile_size, int) else set(tile_size)
     if layout.side is not None and sizes != {layout.side}:
         raise ModelFormatError(f"{name} takes fixed {layout.side} px tiles only, "
@@ -186,24 +198,137 @@ def measure_scale(session, layout: OnnxLayout, name: str) -> int:
     return height // side
 
 
-def measure_radius(session, layout: OnnxLayout, scale: int, name: str) -> int:
-    """Receptive radius by the impulse method (tiling.receptive_radius_from_impulse), as for
-    .keras files: on the fixed side, or on growing sides until the impulse stays inside."""
-    run = lambda batch: run_nhwc(session, layout, batch)  # noqa: E731
-    sides = (layout.side,) if layout.side is not None else IMPULSE_SIDES
+@dataclass(frozen=True)
+class Response:
+    """How far a one-pixel change reaches through the model (the impulse probe)."""
+
+    radius: int | None
+    """Exact receptive radius, input px, where the response vanishes (below float noise) inside
+    the probe; None where it still reaches the probe's edge (deep or attention models)."""
+    decay: tuple[float, ...]
+    """Largest response at each Chebyshev distance (input px) from the impulse, relative to
+    the peak: decay[0] = 1."""
+
+    def reach(self, threshold: float = DECAY_THRESHOLD) -> int | None:
+        """The last distance where the response is still >= threshold x peak; None where that is
+        the probe's edge (the response has not fallen that far inside it)."""
+        above = [d for d, value in enumerate(self.decay) if value >= threshold]
+        last = above[-1] if above else 0
+        return None if last >= len(self.decay) - 1 else last
+
+
+def measure_response(run: tiling.RunModel, scale: int, side: int) -> tuple[np.ndarray, int]:
+    """|output(flat + impulse) - output(flat)| on a constant 0.5 image with a +0.5 impulse at the
+    centre of a side x side probe, as the largest change per distance; and the centre."""
+    centre = side // 2
+    flat = np.full((1, side, side, 3), 0.5, np.float32)
+    poked = flat.copy()
+    poked[0, centre, centre, :] += 0.5
+    out = run(np.concatenate([flat, poked]))
+    change = np.abs(out[1] - out[0]).max(axis=-1)
+    rows = np.abs(np.arange(change.shape[0]) // scale - centre)
+    cols = np.abs(np.arange(change.shape[1]) // scale - centre)
+    distance = np.maximum(rows[:, None], cols[None, :])
+    per_distance = np.zeros(distance.max() + 1)
+    np.maximum.at(per_distance, distance.ravel(), change.ravel())
+    return per_distance, centre
+
+
+def measure_reach(run: tiling.RunModel, scale: int, sides: Sequence[int] = IMPULSE_SIDES) -> Response:
+    """The impulse probe on growing sides until the response vanishes inside one (an exact
+    radius); else the decay measured on the largest side."""
     for side in sides:
-        try:
-            radius = tiling.receptive_radius_from_impulse(run, scale, size=side)
-        except ValueError:
-            continue
-        if layout.side is None or layout.side - 2 * radius >= 1:
-            return radius
+        per_distance, centre = measure_response(run, scale, side)
+        inside = per_distance[:centre]  # distances every direction of the probe still has
+        reached = np.flatnonzero(per_distance > tiling.IMPULSE_TOLERANCE)
+        radius = int(reached[-1]) if reached.size else 0
+        peak = float(per_distance.max()) or 1.0
+        decay = tuple(float(v) / peak for v in inside)
+        if radius < centre - 1:
+            return Response(radius, decay)
+    return Response(None, decay)
+
+
+def measure_radius(session, layout: OnnxLayout, scale: int, name: str) -> int:
+    """A fixed-shape model's receptive radius by the impulse method on its own side; it must
+    leave a core in its tiles (a fixed side cannot grow to blend a wider response)."""
+    run = lambda batch: run_nhwc(session, layout, batch)  # noqa: E731
+    try:
+        radius = tiling.receptive_radius_from_impulse(run, scale, size=layout.side)
+    except ValueError:
+        radius = layout.side
+    if layout.side - 2 * radius >= 1:
+        return radius
+    raise ModelFormatError(
+        f"{name} takes fixed {layout.side}x{layout.side} tiles, and its receptive field "
+        f"leaves no core in them (side - 2 x radius < 1); export it with dynamic height and width")
+
+
+def measure_seams(run: tiling.RunModel, scale: int, overlap: int, blend: int) -> tuple[float, float]:
+    """What tiling costs: (max, mean) |tiled - whole image| in 8-bit levels on the check image,
+    tiled with this overlap and feather into SEAM_PROBE_CORE px cores (seams 4-8x denser than
+    in a run, so the mean is an upper bound on a run's)."""
+    image = make_check_image(SEAM_PROBE_SIDE, SEAM_PROBE_SIDE, seed=1)
+    plan = tiling.plan_tiles(SEAM_PROBE_SIDE, SEAM_PROBE_SIDE, SEAM_PROBE_CORE + 2 * overlap,
+                             overlap, min(blend, SEAM_PROBE_CORE // 2))
+    tiled = tiling.stitch_tiles(run(tiling.extract_tiles(image, plan)), plan, scale)
+    whole = tiling.upscale_whole(run, image, scale, overlap)
+    levels = np.abs(np.clip(tiled, 0, 1) - np.clip(whole, 0, 1)) * 255.0
+    return round(float(levels.max()), 3), round(float(levels.mean()), 4)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the probe of a model file learns: all a run needs to tile it, and what tiling costs."""
+
+    scale: int
+    params: int | None
+    input_side: int | None
+    radius: int | None
+    """Exact receptive radius; None where the response does not vanish inside the probe."""
+    overlap: int
+    """The default overlap: the exact radius, else where the response falls below
+    DECAY_THRESHOLD of its peak, at most tiling.MAX_FEATHERED_OVERLAP."""
+    decay: tuple[float, ...]
+    seams: tuple[tuple[int, float, float], ...]
+    """(overlap, max levels, mean levels) for each overlap measured: the default, and the
+    run's own where it asked another."""
+    probe_s: float
+
+
+def default_overlap(radius: int | None, decay: Sequence[float]) -> int:
+    """The exact radius, else where the response falls below DECAY_THRESHOLD of its peak,
+    capped (tiling.MAX_FEATHERED_OVERLAP)."""
+    if radius is not None:
+        return radius
+    reach = Response(None, tuple(decay)).reach()
+    if reach is None:
+        return tiling.MAX_FEATHERED_OVERLAP
+    # Kept pixels have overlap - feather px of context: grow the overlap so that is the reach.
+    return min(reach + -(-reach // 3), tiling.MAX_FEATHERED_OVERLAP)
+
+
+def probe_file(data: bytes, name: str, overlap: int | None = None) -> Probe:
+    """Measure a model file with ONNX Runtime: scale, receptive radius or decay, and the seam
+    bound at the default overlap (and at `overlap` too, where given and different)."""
+    began = time.perf_counter()
+    session = open_session(data, name, threads=0)
+    layout = read_layout(session, name)
+    scale = measure_scale(session, layout, name)
+    run = lambda batch: run_nhwc(session, layout, batch)  # noqa: E731
     if layout.side is not None:
-        raise ModelFormatError(
-            f"{name} takes fixed {layout.side}x{layout.side} tiles, and its receptive field "
-            f"leaves no core in them (side - 2 x radius < 1); export it with dynamic height and width")
-    raise ModelFormatError(f"the receptive field of {name} reaches past {sides[-1] // 2 - 1} px "
-                           f"(impulse probe on {sides[-1]} px): too wide to tile without seams")
+        radius = measure_radius(session, layout, scale, name)
+        return Probe(scale=scale, params=count_params(data), input_side=layout.side, radius=radius,
+                     overlap=radius, decay=(), seams=(), probe_s=time.perf_counter() - began)
+    response = measure_reach(run, scale)
+    chosen = default_overlap(response.radius, response.decay)
+    seams = []
+    for each in dict.fromkeys(o for o in (chosen, overlap) if o is not None):
+        blend = tiling.feather_width(each, response.radius)
+        seams.append((each, *measure_seams(run, scale, each, blend)))
+    return Probe(scale=scale, params=count_params(data), input_side=None, radius=response.radius,
+                 overlap=chosen, decay=tuple(round(v, 6) for v in response.decay),
+                 seams=tuple(seams), probe_s=round(time.perf_counter() - began, 3))
 
 
 def count_params(data: bytes) -> int | None:
@@ -216,20 +341,26 @@ def count_params(data: bytes) -> int | None:
     return int(sum(int(np.prod(t.dims)) for t in graph.initializer))
 
 
-def probe_onnx(spec: ModelSpec, scale: int | None) -> ModelSpec:
+def spec_from_probe(spec: ModelSpec, probe: Probe, scale: int | None) -> ModelSpec:
+    """The spec completed by a probe (fresh or cached); ModelScaleError where `scale` (None
+    accepts any) is not the model's."""
+    if scale is not None and probe.scale != scale:
+        raise ModelScaleError(f"model {spec.name!r} upscales by x{probe.scale}, but --scale {scale} "
+                              f"was given; drop --scale to use the model's own")
+    return replace(spec, scale=probe.scale, channels=3, params=probe.params,
+                   receptive_radius=probe.overlap, input_side=probe.input_side,
+                   tiles_exactly=probe.radius is not None, seams=probe.seams,
+                   response_decay=probe.decay, probe_s=probe.probe_s)
+
+
+def probe_onnx(spec: ModelSpec, scale: int | None, overlap: int | None = None) -> ModelSpec:
     """The spec of a user's ONNX file completed: SHA-256 pinned, scale checked against `scale`
-    (None accepts any), receptive radius and fixed input side measured. No TensorFlow."""
+    (None accepts any), receptive radius or decay, fixed input side and seam bound measured
+    (also at `overlap` where given). No TensorFlow."""
     data = registry.read_verified(spec.uri, spec.sha256)
     # Pin the bytes we measured: the actors verify the same SHA-256 when they load.
     spec = replace(spec, sha256=registry.sha256_of(data))
-    session = open_session(data, spec.uri, threads=1)
-    layout = read_layout(session, spec.uri)
-    measured = measure_scale(session, layout, spec.uri)
-    if scale is not None and measured != scale:
-        raise ModelScaleError(f"model {spec.name!r} upscales by x{measured}, but x{scale} was requested")
-    return replace(spec, scale=measured, channels=3, params=count_params(data),
-                   receptive_radius=measure_radius(session, layout, measured, spec.uri),
-                   input_side=layout.side)
+    return spec_from_probe(spec, probe_file(data, spec.uri, overlap), scale)
 
 
 # --- exporting Keras models ------------------------------------------------------------

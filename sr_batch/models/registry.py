@@ -21,7 +21,7 @@ import numpy as np
 
 from sr_batch import storage
 from sr_batch.config import PRECISIONS
-from sr_batch.errors import (ImageError, ModelChecksumError, ModelError, ModelFormatError,
+from sr_batch.errors import (ConfigError, ImageError, ModelChecksumError, ModelError, ModelFormatError,
                              ModelNotFoundError, ModelScaleError)
 
 MODELS_DIR = Path(__file__).resolve().parent
@@ -64,6 +64,23 @@ class ModelSpec:
     """For a model shipped as a pair (`real`): the strong-denoise file; `uri` is the mild one,
     and `--denoise S` interpolates their weights, (1 - S) * mild + S * strong."""
     denoise_sha256: str | None = None
+    tiles_exactly: bool = True
+    """The response vanishes within `receptive_radius`: tiles equal the whole image to float
+    rounding. False (a deep model whose response only decays): `receptive_radius` is the
+    overlap where it falls below 1e-3 of its peak, and neighbouring tiles are feathered."""
+    seams: tuple[tuple[int, float, float], ...] = ()
+    """Measured by the probe: (overlap, max, mean) |tiled - whole image| in 8-bit levels on
+    the probe image, per overlap probed; empty for the zoo (exact by construction)."""
+    response_decay: tuple[float, ...] = ()
+    """The probe's impulse response per input px from the impulse, relative to its peak."""
+    probe_s: float | None = None
+    """Seconds the probe took when it ran (a cached probe keeps the first run's)."""
+
+    def seam_at(self, overlap: int) -> tuple[float, float] | None:
+        """(max, mean) levels the probe measured at this overlap; (0, 0) where tiles are exact."""
+        if self.tiles_exactly and self.receptive_radius is not None and overlap >= self.receptive_radius:
+            return 0.0, 0.0
+        return next(((m, a) for o, m, a in self.seams if o == overlap), None)
 
     @property
     def is_bicubic(self) -> bool:
@@ -143,6 +160,11 @@ def resolve_model(name_or_uri: str | None, scale: int, index_path: Path | str = 
                 f"pass --model bicubic or a .keras file")
     if name_or_uri == BICUBIC:
         return bicubic_spec(scale)
+    if name_or_uri.lower().endswith((".pth", ".pt", ".ckpt", ".safetensors")):
+        # Converted once, checked, then run: the job's nodes need no PyTorch (gigabytes).
+        stem = posixpath.splitext(posixpath.basename(name_or_uri))[0]
+        raise ConfigError(f"--model {name_or_uri} is a PyTorch file: convert it once with "
+                          f"`sr-batch convert {name_or_uri} -o {stem}.onnx`, then pass {stem}.onnx")
     if is_model_uri(name_or_uri):
         uri = storage.to_uri(name_or_uri)
         arch = "onnx" if uri.lower().endswith(".onnx") else "keras"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
-from sr_batch import stats  # noqa: E402
+from sr_batch import stats, storage  # noqa: E402
 from sr_batch.actor import ActorSettings, build_upscaler  # noqa: E402
 from sr_batch.cli import main  # noqa: E402
 from sr_batch.config import JobConfig  # noqa: E402
@@ -242,7 +243,7 @@ def test_bad_files_and_scales_fail_the_cli_in_one_line(ray_local, tmp_path, imag
     residual, _ = exported("residual")
     cases = [(bad, 2, "cannot load file://" + str(bad) + " as an ONNX model"),
              (vector, 2, "vector.onnx takes 'x' of shape (batch, 10): not an image batch"),
-             (residual, 3, "model 'residual_x2.onnx' upscales by x2, but x3 was requested")]
+             (residual, 3, "model 'residual_x2.onnx' upscales by x2, but --scale 3 was given")]
     for path, scale, message in cases:
         out = tmp_path / f"out-{path.stem}"
         code = main(["run", str(image_dir), "--output", str(out), "--model", str(path),
@@ -285,7 +286,7 @@ print(sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
 
 def test_wrong_scale_raises_the_scale_error(exported):
     path, _ = exported("residual")
-    with pytest.raises(ModelScaleError, match="x2, but x4"):
+    with pytest.raises(ModelScaleError, match="x2, but --scale 4"):
         onnx_models.probe_onnx(file_spec(path), 4)
 
 
@@ -320,7 +321,11 @@ def test_job_runs_an_onnx_file_like_its_keras_original(ray_local, image_dir, tmp
     assert len(onnx_rows) == 5 and {r["status"] for r in onnx_rows} == {"ok"}
     assert {r["model_sha256"] for r in onnx_rows} == {result.sha256}
     assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert {r["model"] for r in onnx_rows} == {"residual_x2.onnx"}
+    # The model column keeps the file's URI; the run record names ONNX Runtime and its provider.
+    assert {r["model"] for r in onnx_rows} == {storage.to_uri(str(path))}
+    record = json.loads(next((tmp_path / "onnx" / "runs").glob("*.json")).read_text())
+    assert record["versions"]["onnxruntime"] == ort.__version__
+    assert record["versions"]["onnxruntime_provider"] == "CPUExecutionProvider"
     for row in onnx_rows:
         other = keras_rows[row["image_id"]]
         ours = np.asarray(_read(row["output_uri"]), np.int16)
