@@ -228,7 +228,8 @@ def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
         intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
         self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise,
         size=config.output_size, pass_models=plan.pass_models, routes=plan.routes,
-        identity=plan.identity, metrics=config.metrics)
+        identity=plan.identity, metrics=config.metrics, run_id=plan.run_id,
+        provenance=config.provenance, provenance_source=config.provenance_source)
 
 
 # --- Ray -------------------------------------------------------------------------------

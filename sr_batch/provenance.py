@@ -91,6 +91,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_of_stream(handle, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a binary file object read from its start to its end, `chunk` bytes at a time."""
+    handle.seek(0)
+    digest = hashlib.sha256()
+    while block := handle.read(chunk):
+        digest.update(block)
+    return digest.hexdigest()
+
+
 def build_xmp(making: Making, source_xmp: bytes | None) -> tuple[bytes, str | None]:
     """(the output's XMP packet, a note or None): the source's packet kept and extended, or
     sr-batch's alone with a note where the source's cannot be parsed."""
@@ -250,3 +259,63 @@ def describe(xmp: bytes) -> dict[str, object]:
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
+
+
+# What `sr-batch provenance` prints, in this order: (label, key in describe()'s dict).
+_SHOWN = (("digital source type", "DigitalSourceType"), ("software", "SoftwareAgent"),
+          ("source", "SourceURI"), ("source sha256", "SourceSHA256"), ("model", "Model"),
+          ("model sha256", "ModelSHA256"), ("scale", "Scale"), ("output size", "OutputSize"),
+          ("denoise", "Denoise"), ("route", "Route"), ("run", "RunID"))
+
+
+def report(uri: str, output: str | None = None, retries: int = 3) -> tuple[list[str], bool]:
+    """(the lines `sr-batch provenance` prints for the file at `uri`, whether it checks out):
+    what the file's XMP says about its making, its SHA-256, and with `output` the stats row
+    under OUT whose output_sha256 it matches (checks out: a row matches; no `output`: always)."""
+    from sr_batch import storage
+
+    data = storage.read_bytes(uri, retries)
+    digest = sha256_hex(data)
+    lines = [f"file: {storage.display(uri)}", f"sha256: {digest}"]
+    try:
+        xmp = read_xmp(data)
+    except Exception as exc:  # noqa: BLE001 - a file this cannot open says nothing, and that is the answer
+        xmp = None
+        lines.append(f"xmp: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:80]})")
+    if xmp is None:
+        lines.append("xmp: none (nothing in the file says how it was made)")
+    else:
+        try:
+            said = describe(xmp)
+        except (ET.ParseError, DefusedXmlException, ValueError, UnicodeError) as exc:
+            said = None
+            lines.append(f"xmp: unreadable ({' '.join(str(exc).split())[:80]})")
+        if said is not None:
+            lines += [f"{label}: {said[key]}" for label, key in _SHOWN if key in said]
+            derived = said.get("DerivedFrom") or {}
+            if "SourceURI" not in said and "filePath" in derived:
+                lines.append(f"source: {derived['filePath']}")
+            for event in said["History"]:
+                lines.append("history: " + ", ".join(f"{k}={v}" for k, v in event.items()
+                                                      if k in ("action", "when", "softwareAgent", "parameters")))
+            if "RunID" not in said:
+                lines.append("xmp: no sr-batch fields (not written by sr-batch, or written with --provenance none)")
+    if output is None:
+        return lines, True
+    matched, found = _stats_match(output, digest)
+    return lines + matched, found
+
+
+def _stats_match(output: str, digest: str) -> tuple[list[str], bool]:
+    import pyarrow.dataset as ds
+
+    from sr_batch import stats, storage
+
+    parts = stats.dataset(output)
+    rows = [] if parts is None else parts.to_table(
+        columns=["run_id", "image_id", "source_uri", "output_uri", "finished_at"],
+        filter=(ds.field("output_sha256") == digest) & (ds.field("status") == stats.STATUS_OK)).to_pylist()
+    if not rows:
+        return [f"stats: no row under {storage.display(output)} has this sha256"], False
+    return [f"stats: matches run {r['run_id']}, image {r['image_id']} ({storage.display(r['source_uri'])} -> "
+            f"{storage.display(r['output_uri'])}, {r['finished_at']:%Y-%m-%d %H:%M:%S} UTC)" for r in rows], True

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from sr_batch import images, quality, resample, stats, storage, streaming
+from sr_batch import images, provenance, quality, resample, stats, storage, streaming
 from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError, UnsupportedModeError
 from sr_batch.layout import OutLayout
 from sr_batch.models.registry import ModelSpec
@@ -97,6 +97,12 @@ class ActorSettings:
     """Extra metrics (config.OPTIONAL_METRICS): `niqe`."""
     identity: str | None = None
     """What the stats record as model_sha256 under auto (the rules and every model); else the model's."""
+    run_id: str = ""
+    """The run, as each output's XMP names it."""
+    provenance: str = "xmp"
+    """config.PROVENANCE_MODES: what each output says about its making."""
+    provenance_source: str = "uri"
+    """config.PROVENANCE_SOURCES: how the XMP names the source."""
 
     @property
     def all_routes(self) -> tuple[Route, ...]:
@@ -160,6 +166,8 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
             fail(w, row["plan_error_type"], row["plan_error_message"])
         else:
             image, w.stats["bytes_in"], data = read_and_decode(s, row)
+            if data is not None:  # a streamed source is hashed as it is streamed (stream())
+                w.stats["source_sha256"] = provenance.sha256_hex(data)
             w.stats.update(width=image.width, height=image.height, channels=image.channels,
                            bit_depth=image.bit_depth)
             if s.routes:
@@ -289,13 +297,17 @@ class Finisher:
         notes = list(decoded.notes) + ([note] if note else [])
         output_uri = output_uri_for(w.row, fmt, note)
         metrics = self._measurer.submit(self._no_reference_metrics, out_pixels, decoded.pixels)
+        xmp = None
+        if s.provenance == "xmp":
+            xmp = output_xmp(s, w, decoded.xmp, out_pixels.shape[1], out_pixels.shape[0], fmt, notes)
         data = images.encode_image(out_pixels, alpha, fmt, quality=s.quality,
                                    png_compress_level=s.png_compress_level,
-                                   icc_profile=decoded.icc_profile, exif=decoded.exif)
+                                   icc_profile=decoded.icc_profile, exif=decoded.exif, xmp=xmp)
         storage.write_bytes_atomic(s.layout.check_output(output_uri, cached=False), data, s.retries)
         w.timings["encode_s"] = time.perf_counter() - began
         w.stats.update(
             status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
+            output_sha256=provenance.sha256_hex(data), provenance=s.provenance,
             out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
             outscale=out_pixels.shape[1] / decoded.width, passes=len(w.passes),
             n_tiles=w.n_tiles, tile_size=w.tile_size or s.route(w.route).tiling.largest,
@@ -332,6 +344,27 @@ class Finisher:
         return {k: _finite(v) for k, v in metrics.items()}
 
 
+def output_xmp(s: ActorSettings, w: Work, source_xmp: bytes | None, width: int, height: int,
+               fmt: str, notes: list[str]) -> bytes:
+    """The output's XMP packet: the source's extended with what made the output (provenance.py);
+    what could not be kept goes to `notes`."""
+    making = provenance.Making(
+        source_uri=w.row["uri"] if s.provenance_source == "uri" else None,
+        source_sha256=w.stats.get("source_sha256"), model=w.stats["model"],
+        model_sha256=s.route(w.route).model.identity, scale=s.scale, out_width=width,
+        out_height=height, denoise=w.stats.get("denoise"), route=w.stats.get("route"),
+        run_id=s.run_id, when=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    xmp, note = provenance.build_xmp(making, source_xmp)
+    if fmt == "jpeg" and len(xmp) > images.JPEG_XMP_MAX:
+        # One APP1 segment holds 64 KB; sr-batch writes no Extended XMP, so ours goes alone.
+        xmp, _ = provenance.build_xmp(making, None)
+        note = (f"source XMP too large for a JPEG XMP segment with sr-batch's ({len(source_xmp)} "
+                "bytes): replaced by sr-batch's")
+    if note:
+        notes.append(note)
+    return xmp
+
+
 def output_uri_for(row: dict, fmt: str, note: str | None) -> str:
     """The planned name for the format written; a format the plan did not reserve a name
     for (an output_uri whose extension cannot hold the image) fails the image."""
@@ -352,17 +385,30 @@ def stream(settings: ActorSettings, w: Work, upscaler) -> None:
     result = None
     try:
         output_uri = s.layout.check_output(output_uri_for(w.row, "tiff", "streamed"), cached=False)
+        output_sha256 = xmp = None
         with storage.open_input(w.row["uri"], s.retries, timeout_s=s.read_timeout_s) as handle:
+            # The source is never held whole: one sequential pass hashes it (a second read of
+            # it, small beside upscaling an image this large).
+            w.stats["source_sha256"] = provenance.sha256_of_stream(handle)
+            if s.provenance == "xmp":
+                scale = s.route(w.route).model.scale
+                xmp = output_xmp(s, w, _tiff_xmp(handle), w.stats["width"] * scale,
+                                 w.stats["height"] * scale, "tiff", notes)
+            handle.seek(0)
+
             def write(path: str) -> None:
-                nonlocal result
+                nonlocal result, output_sha256
                 result = streaming.upscale_tiff(handle, path, upscaler, alpha_mode=s.alpha,
-                                                zlib_level=s.png_compress_level)
+                                                zlib_level=s.png_compress_level, xmp=xmp)
+                with open(path, "rb") as written:  # too big to hold: hashed from the local file
+                    output_sha256 = provenance.sha256_of_stream(written)
             bytes_out = storage.write_file_atomic(output_uri, write, s.retries)
         notes += result.notes
         if w.row.get("reference_uri"):
             notes.append("reference not scored (streamed)")
         w.stats.update(status=stats.STATUS_OK, output_uri=output_uri, format="tiff",
-                       bytes_out=bytes_out, out_width=result.out_width, passes=1,
+                       bytes_out=bytes_out, output_sha256=output_sha256, provenance=s.provenance,
+                       out_width=result.out_width, passes=1,
                        outscale=result.out_width / w.stats["width"],
                        out_height=result.out_height, n_tiles=result.n_tiles,
                        psnr_y_consistency=None, sharpness_ratio=None,
@@ -375,6 +421,16 @@ def stream(settings: ActorSettings, w: Work, upscaler) -> None:
     w.timings["encode_s"] = time.perf_counter() - began - w.infer_s
     w.stream = None
     finish_timing(w)
+
+
+def _tiff_xmp(handle) -> bytes | None:
+    """The XMP (tag 700) of a streamed TIFF's first page, read from its header."""
+    import tifffile
+
+    handle.seek(0)
+    with tifffile.TiffFile(handle) as tif:
+        xmp = tif.pages.first.tags.valueof(700)
+    return bytes(xmp) if xmp else None
 
 
 # --- bookkeeping -----------------------------------------------------------------------
