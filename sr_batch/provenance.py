@@ -165,7 +165,7 @@ def _describe(rdf: ET.Element, making: Making, source_ids: dict[str, str]) -> No
     """Add sr-batch's rdf:Description, and append the event to the History (the source's, or new)."""
     desc = ET.SubElement(rdf, _q("rdf", "Description"), {_q("rdf", "about"): ""})
     _text(desc, "Iptc4xmpExt", "DigitalSourceType", DIGITAL_SOURCE_TYPE)
-    instance = f"xmp.iid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{making.run_id}/{making.source_sha256}/{making.out_width}')}"
+    instance = f"xmp.iid:{uuid.uuid4()}"  # a new document: XMP's ids are random UUIDs
     _text(desc, "xmpMM", "DocumentID", instance.replace("xmp.iid:", "xmp.did:"))
     _text(desc, "xmpMM", "InstanceID", instance)
     derived = ET.SubElement(desc, _q("xmpMM", "DerivedFrom"), {_q("rdf", "parseType"): "Resource"})
