@@ -89,6 +89,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provenance-source", default="uri", choices=c.PROVENANCE_SOURCES,
                    help="how the XMP names the source: uri (its URI and SHA-256, the default) or "
                         "hash (its SHA-256 only, where paths are private)")
+    p.add_argument("--c2pa-sign", default=None, metavar="CERT,KEY",
+                   help="also sign a C2PA manifest into each output (the same facts, the source as its "
+                        "ingredient) with this PEM certificate chain and private key; needs the c2pa extra")
     p.add_argument("--retries", type=int, default=3, help="retries of transient storage errors")
     p.add_argument("--read-timeout-s", type=float, default=60.0, metavar="S",
                    help="seconds an http(s)/s3 read may wait for the server, per attempt (default 60)")

@@ -150,6 +150,9 @@ class JobConfig:
     provenance_source: str = "uri"
     """How the XMP names the source: `uri` (its URI and SHA-256) or `hash` (SHA-256 only, for
     private paths)."""
+    c2pa_sign: str | None = None
+    """CERT,KEY: PEM certificate chain and private key (paths or URIs) to add a signed C2PA
+    manifest (the `c2pa` extra) to each output beside its XMP; None: no C2PA."""
     retries: int = 3
     """Retries, with exponential backoff, of transient storage errors."""
     read_timeout_s: float | None = 60.0
@@ -193,6 +196,11 @@ class JobConfig:
         if self.provenance_source not in PROVENANCE_SOURCES:
             raise ConfigError(f"--provenance-source must be one of {', '.join(PROVENANCE_SOURCES)}, "
                               f"got {self.provenance_source!r}")
+        if self.c2pa_sign is not None:
+            if len([part for part in self.c2pa_sign.split(",") if part.strip()]) != 2:
+                raise ConfigError(f"--c2pa-sign takes CERT,KEY (two PEM files), got {self.c2pa_sign!r}")
+            if self.provenance == "none":
+                raise ConfigError("--c2pa-sign adds to the XMP provenance: drop --provenance none")
         if self.alpha not in ALPHA_MODES:
             raise ConfigError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
         if self.tile_size is not None and self.tile_size < 8:

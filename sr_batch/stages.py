@@ -103,6 +103,8 @@ class ActorSettings:
     """config.PROVENANCE_MODES: what each output says about its making."""
     provenance_source: str = "uri"
     """config.PROVENANCE_SOURCES: how the XMP names the source."""
+    c2pa_signing: provenance.Signing | None = None
+    """--c2pa-sign: sign a C2PA manifest into each output as well; None: XMP only."""
 
     @property
     def all_routes(self) -> tuple[Route, ...]:
@@ -297,17 +299,23 @@ class Finisher:
         notes = list(decoded.notes) + ([note] if note else [])
         output_uri = output_uri_for(w.row, fmt, note)
         metrics = self._measurer.submit(self._no_reference_metrics, out_pixels, decoded.pixels)
-        xmp = None
+        xmp = making = None
         if s.provenance == "xmp":
-            xmp = output_xmp(s, w, decoded.xmp, out_pixels.shape[1], out_pixels.shape[0], fmt, notes)
+            making = making_of(s, w, out_pixels.shape[1], out_pixels.shape[0])
+            xmp = output_xmp(making, decoded.xmp, fmt, notes)
         data = images.encode_image(out_pixels, alpha, fmt, quality=s.quality,
                                    png_compress_level=s.png_compress_level,
                                    icc_profile=decoded.icc_profile, exif=decoded.exif, xmp=xmp)
+        if s.c2pa_signing is not None:
+            # The source is the manifest's ingredient: read again (a Work does not keep its bytes).
+            source = storage.read_bytes(w.row["uri"], s.retries, s.read_timeout_s)
+            data = provenance.sign_c2pa(data, fmt, making, source, decoded.format, s.c2pa_signing)
         storage.write_bytes_atomic(s.layout.check_output(output_uri, cached=False), data, s.retries)
         w.timings["encode_s"] = time.perf_counter() - began
         w.stats.update(
             status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
-            output_sha256=provenance.sha256_hex(data), provenance=s.provenance,
+            output_sha256=provenance.sha256_hex(data),
+            provenance="c2pa" if s.c2pa_signing is not None else s.provenance,
             out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
             outscale=out_pixels.shape[1] / decoded.width, passes=len(w.passes),
             n_tiles=w.n_tiles, tile_size=w.tile_size or s.route(w.route).tiling.largest,
@@ -344,16 +352,20 @@ class Finisher:
         return {k: _finite(v) for k, v in metrics.items()}
 
 
-def output_xmp(s: ActorSettings, w: Work, source_xmp: bytes | None, width: int, height: int,
-               fmt: str, notes: list[str]) -> bytes:
-    """The output's XMP packet: the source's extended with what made the output (provenance.py);
-    what could not be kept goes to `notes`."""
-    making = provenance.Making(
+def making_of(s: ActorSettings, w: Work, width: int, height: int) -> provenance.Making:
+    """What made this output, as its XMP (and C2PA manifest) state it."""
+    return provenance.Making(
         source_uri=w.row["uri"] if s.provenance_source == "uri" else None,
         source_sha256=w.stats.get("source_sha256"), model=w.stats["model"],
         model_sha256=s.route(w.route).model.identity, scale=s.scale, out_width=width,
         out_height=height, denoise=w.stats.get("denoise"), route=w.stats.get("route"),
         run_id=s.run_id, when=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def output_xmp(making: provenance.Making, source_xmp: bytes | None, fmt: str,
+               notes: list[str]) -> bytes:
+    """The output's XMP packet: the source's extended with what made the output (provenance.py);
+    what could not be kept goes to `notes`."""
     xmp, note = provenance.build_xmp(making, source_xmp)
     if fmt == "jpeg" and len(xmp) > images.JPEG_XMP_MAX:
         # One APP1 segment holds 64 KB; sr-batch writes no Extended XMP, so ours goes alone.
@@ -392,8 +404,10 @@ def stream(settings: ActorSettings, w: Work, upscaler) -> None:
             w.stats["source_sha256"] = provenance.sha256_of_stream(handle)
             if s.provenance == "xmp":
                 scale = s.route(w.route).model.scale
-                xmp = output_xmp(s, w, _tiff_xmp(handle), w.stats["width"] * scale,
-                                 w.stats["height"] * scale, "tiff", notes)
+                making = making_of(s, w, w.stats["width"] * scale, w.stats["height"] * scale)
+                xmp = output_xmp(making, _tiff_xmp(handle), "tiff", notes)
+            if s.c2pa_signing is not None:
+                notes.append("streamed: no C2PA manifest (XMP only)")
             handle.seek(0)
 
             def write(path: str) -> None:

@@ -56,7 +56,7 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("bytes_out", pa.int64(), "output file size, bytes"),
     ("source_sha256", pa.string(), "SHA-256 of the input file's bytes (as the output's XMP names it)"),
     ("output_sha256", pa.string(), "SHA-256 of the output file's bytes, as written: `sr-batch provenance FILE --out OUT` matches a file to its row"),
-    ("provenance", pa.string(), "what the output says about its making: xmp (docs/formats.md, Provenance) or none (--provenance none)"),
+    ("provenance", pa.string(), "what the output says about its making: xmp (docs/formats.md, Provenance), c2pa (XMP and a signed C2PA manifest, --c2pa-sign) or none (--provenance none)"),
     ("source_mtime", pa.timestamp("us", tz="UTC"), "input modification time from the manifest"),
     ("source_etag", pa.string(), "input ETag from the manifest (object stores)"),
     ("decode_s", pa.float64(), "read + decode time, s"),

@@ -247,18 +247,140 @@ def test_an_oversize_source_xmp_in_a_jpeg_output_gives_ours_alone():
     xmp, note = provenance.build_xmp(making(), big)
     assert len(xmp) > images.JPEG_XMP_MAX and note is None
     notes: list[str] = []
-
-    work = stages.Work(row={"uri": "file:///archive/big.jpg"},
-                       stats={"model": "bicubic", "source_sha256": "c" * 64})
-    from sr_batch.layout import OutLayout
-    from sr_batch.models.registry import bicubic_spec
-    from sr_batch.plan import Tiling
-
-    settings = stages.ActorSettings(model=bicubic_spec(2), scale=2, tiling=Tiling((32,), 2),
-                                    layout=OutLayout.of("out"), batch_size=4, format="jpeg", quality=95,
-                                    png_compress_level=1, max_pixels=10**6, retries=0,
-                                    intra_op_threads=1, run_id="r")
-    xmp = stages.output_xmp(settings, work, big, 64, 48, "jpeg", notes)
+    xmp = stages.output_xmp(making(), big, "jpeg", notes)
     assert len(xmp) <= images.JPEG_XMP_MAX and "too large for a JPEG XMP segment" in notes[0]
     data = images.encode_image(scene(48, 64), None, "jpeg", xmp=xmp)
-    assert provenance.describe(provenance.read_xmp(data))["RunID"] == "r"
+    assert provenance.describe(provenance.read_xmp(data))["RunID"] == "r-1"
+    assert len(stages.output_xmp(making(), big, "png", notes)) > 70_000  # PNG holds it all
+
+
+# --- C2PA ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signing_files(tmp_path_factory):
+    """A test CA and a signing certificate it issued (ES256), made here: (chain.pem, key.pem)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common),
+                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sr-batch tests")])
+
+    def usage(**on) -> x509.KeyUsage:
+        flags = dict.fromkeys(("digital_signature", "content_commitment", "key_encipherment",
+                               "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign",
+                               "encipher_only", "decipher_only"), False)
+        return x509.KeyUsage(**{**flags, **on})
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def certificate(subject, issuer, public, signer, ca: bool):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public)
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+                   .add_extension(usage(key_cert_sign=True, crl_sign=True) if ca
+                                  else usage(digital_signature=True), critical=True)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False))
+        if not ca:
+            builder = (builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
+                                             critical=False)
+                       .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                      critical=False))
+        return builder.sign(signer, hashes.SHA256())
+
+    ca = certificate(name("sr-batch test CA"), name("sr-batch test CA"), ca_key.public_key(), ca_key, True)
+    leaf = certificate(name("sr-batch test signer"), ca.subject, key.public_key(), ca_key, False)
+    folder = tmp_path_factory.mktemp("c2pa")
+    chain, key_file = folder / "chain.pem", folder / "key.pem"
+    chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return chain, key_file
+
+
+def _action(read: dict) -> dict:
+    [actions] = [a for a in read["manifest"]["assertions"] if a["label"].startswith("c2pa.actions")]
+    return {a["action"]: a for a in actions["data"]["actions"]}
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp", "tiff"])
+def test_c2pa_manifest_signs_and_reads_back_valid(signing_files, fmt):
+    signing = provenance.load_signing(f"{signing_files[0]},{signing_files[1]}")
+    xmp, _ = provenance.build_xmp(making(), None)
+    data = images.encode_image(scene(48, 64), None, fmt, xmp=xmp)
+    source = images.encode_image(scene(24, 32), None, "jpeg")
+
+    signed = provenance.sign_c2pa(data, fmt, making(), source, "JPEG", signing)
+
+    read = provenance.read_c2pa(signed, fmt)
+    assert read["validation_state"] == "Valid"  # our test CA is no trust anchor: not "Trusted"
+    resized = _action(read)["c2pa.resized"]
+    assert resized["digitalSourceType"] == TERM
+    assert resized["parameters"]["model_sha256"] == "b" * 64
+    assert resized["parameters"]["source_sha256"] == "a" * 64
+    [ingredient] = read["manifest"]["ingredients"]
+    assert ingredient["relationship"] == "parentOf" and ingredient["title"] == "scan-0042.jpg"
+    assert provenance.read_xmp(signed) == xmp  # the XMP is still there
+    assert len(signed) - len(data) < 16_000  # no thumbnails: a few KB
+    # One byte of the image changed (outside the manifest, which went in between the bytes of
+    # `data`), and the file no longer validates.
+    import c2pa
+
+    head = next(i for i, (a, b) in enumerate(zip(data, signed)) if a != b)
+    tail = next(i for i, (a, b) in enumerate(zip(data[::-1], signed[::-1])) if a != b)
+    where = head // 2 if head > tail else len(signed) - 1 - tail // 2
+    tampered = bytearray(signed)
+    tampered[where] ^= 0xFF
+    try:
+        state = provenance.read_c2pa(bytes(tampered), fmt)["validation_state"]
+    except c2pa.C2paError:
+        state = "unreadable"
+    assert state not in ("Valid", "Trusted"), (where, head, tail)
+
+
+def test_c2pa_sign_refuses_what_cannot_sign(signing_files, tmp_path):
+    chain, key = signing_files
+    with pytest.raises(ConfigError, match="CERT,KEY"):
+        JobConfig(sources=("in",), output="out", c2pa_sign=str(chain))
+    with pytest.raises(ConfigError, match="drop --provenance none"):
+        JobConfig(sources=("in",), output="out", c2pa_sign=f"{chain},{key}", provenance="none")
+    with pytest.raises(ConfigError, match="--c2pa-sign"):
+        provenance.load_signing(f"{chain},{tmp_path / 'missing.pem'}")
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="cannot sign"):
+        provenance.load_signing(f"{tmp_path / 'junk.pem'},{key}")
+
+
+@pytest.mark.slow
+def test_the_job_signs_c2pa_beside_the_xmp(ray_local, signing_files, tmp_path, capsys):
+    from sr_batch.pipeline import run_job
+
+    source, out = _sources(tmp_path / "in"), tmp_path / "out"
+    result = run_job(JobConfig(sources=(str(source),), output=str(out), model="residual", run_id="c2pa-1",
+                               c2pa_sign=f"{signing_files[0]},{signing_files[1]}"), echo=lambda line: None)
+    assert result.counts == {"ok": 5}
+    rows = stats.read_stats(str(out)).to_pylist()
+    assert {r["provenance"] for r in rows} == {"c2pa"}
+    for row in rows:
+        path = row["output_uri"].removeprefix("file://")
+        data = open(path, "rb").read()
+        assert row["output_sha256"] == hashlib.sha256(data).hexdigest()
+        read = provenance.read_c2pa(data, row["format"])
+        assert read["validation_state"] == "Valid"
+        params = _action(read)["c2pa.resized"]["parameters"]
+        assert params["run_id"] == "c2pa-1" and params["source_sha256"] == row["source_sha256"]
+        assert params["model_sha256"] == row["model_sha256"]
+        [tags] = exiftool(path)
+        assert tags["XMP-srbatch:RunID"] == "c2pa-1"
+    png = next(r for r in rows if r["format"] == "png")["output_uri"].removeprefix("file://")
+    assert cli.main(["provenance", png, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "c2pa: Valid (signingCredential.untrusted)" in printed and "c2pa action: c2pa.resized" in printed
+    assert "c2pa ingredient: plain.png (parentOf)" in printed
