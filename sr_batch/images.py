@@ -233,10 +233,18 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
 
 def _xmp_of(image: Image.Image) -> bytes | None:
     """The XMP packet Pillow found in the header (JPEG APP1, PNG iTXt, WebP XMP, TIFF tag 700)."""
-    xmp = image.info.get("xmp")
-    if isinstance(xmp, str):
-        xmp = xmp.encode("utf-8")
-    return bytes(xmp) if xmp else None
+    return xmp_bytes(image.info.get("xmp"))
+
+
+def xmp_bytes(value) -> bytes | None:
+    """A stored XMP value as bytes (str, bytes, or a tuple of byte values as TIFF tags hold
+    them); None for anything else, which a later step would only fail on."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace") or None
+    try:
+        return bytes(value) or None if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _invalid_orientation(exif_obj: Image.Exif) -> str:
@@ -426,7 +434,7 @@ def _decode_tiff16(data: bytes, layout: dict, max_pixels: int) -> DecodedImage:
             exif_obj = image.getexif()
     except Exception:  # noqa: BLE001 - e.g. 16-bit grey+alpha, which Pillow cannot open
         exif_obj[_ORIENTATION] = orientation
-    return _sixteen_bit_image(array, "TIFF", icc, exif_obj, notes, bytes(xmp) if xmp else None)
+    return _sixteen_bit_image(array, "TIFF", icc, exif_obj, notes, xmp_bytes(xmp))
 
 
 def _sixteen_bit_image(array: np.ndarray, fmt: str, icc: bytes | None, exif_obj: Image.Exif,

@@ -51,8 +51,11 @@ _OWNED = {f"{{{NS['Iptc4xmpExt']}}}DigitalSourceType", f"{{{NS['xmpMM']}}}Derive
           f"{{{NS['xmpMM']}}}OriginalDocumentID"}
 _XPACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
 _XPACKET_END = '<?xpacket end="r"?>'
-# A few registered prefixes must keep their meaning in every packet this process writes.
+# A source's own prefix is reused where it is a plain name that clashes with none registered.
 _PREFIX_OK = re.compile(r"[A-Za-z_][\w.-]{0,40}\Z")
+# ElementTree's prefix registry is one per process: sources cannot grow it without bound (past
+# this, a source's other namespaces are written as ns0, ns1, ... : the same XMP, other prefixes).
+_MAX_PREFIXES = 256
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ def _parse(packet: bytes) -> ET.Element:
     text = text.lstrip("\ufeff")
     for _, (prefix, uri) in DET.iterparse(io.StringIO(text), events=("start-ns",)):
         if (prefix and _PREFIX_OK.match(prefix) and not prefix.startswith("ns")
+                and len(ET._namespace_map) < _MAX_PREFIXES
                 and prefix not in ET._namespace_map.values() and uri not in ET._namespace_map):
             ET.register_namespace(prefix, uri)
     root = DET.fromstring(text)
@@ -231,9 +235,9 @@ def read_xmp(data: bytes) -> bytes | None:
 
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             xmp = tif.pages.first.tags.valueof(700)
-    if isinstance(xmp, str):
-        xmp = xmp.encode("utf-8")
-    return bytes(xmp) if xmp else None
+    from sr_batch.images import xmp_bytes
+
+    return xmp_bytes(xmp)
 
 
 def describe(xmp: bytes) -> dict[str, object]:

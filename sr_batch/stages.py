@@ -443,8 +443,7 @@ def _tiff_xmp(handle) -> bytes | None:
 
     handle.seek(0)
     with tifffile.TiffFile(handle) as tif:
-        xmp = tif.pages.first.tags.valueof(700)
-    return bytes(xmp) if xmp else None
+        return images.xmp_bytes(tif.pages.first.tags.valueof(700))
 
 
 # --- bookkeeping -----------------------------------------------------------------------
