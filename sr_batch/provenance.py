@@ -387,9 +387,9 @@ def load_signing(spec: str, retries: int = 3) -> Signing:
         raise ConfigError(f"--c2pa-sign: {exc}") from None
     try:
         # A trial signature of a 1x1 PNG, read back: c2pa takes a wrong certificate until it signs.
-        from sr_batch.images import encode_image
-
         import numpy as np
+
+        from sr_batch.images import encode_image
 
         pixel = encode_image(np.zeros((1, 1, 1), np.uint8), None, "png")
         trial = Making(None, sha256_hex(pixel), "trial", "0" * 64, 2, 1, 1, None, None, "trial", "")
