@@ -90,6 +90,16 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", action="append", default=[], choices=c.OPTIONAL_METRICS,
                    help="also compute this metric for every image: niqe (no-reference naturalness of "
                         "the output and of bicubic; adds about a quarter of the default model's time)")
+    p.add_argument("--provenance", default="xmp", choices=c.PROVENANCE_MODES,
+                   help="xmp (default): each output's XMP says a model enhanced it (IPTC Digital Source "
+                        "Type), from which source (URI and SHA-256), with which model (and its SHA-256), "
+                        "settings and run; none: write no provenance")
+    p.add_argument("--provenance-source", default="uri", choices=c.PROVENANCE_SOURCES,
+                   help="how the XMP names the source: uri (its URI and SHA-256, the default) or "
+                        "hash (its SHA-256 only, where paths are private)")
+    p.add_argument("--c2pa-sign", default=None, metavar="CERT,KEY",
+                   help="also sign a C2PA manifest into each output (the same facts, the source as its "
+                        "ingredient) with this PEM certificate chain and private key; needs the c2pa extra")
     p.add_argument("--retries", type=int, default=3, help="retries of transient storage errors")
     p.add_argument("--read-timeout-s", type=float, default=60.0, metavar="S",
                    help="seconds an http(s)/s3 read may wait for the server, per attempt (default 60)")
@@ -268,6 +278,14 @@ EXIT_INTERRUPTED = 130  # SIGINT
 EXIT_BROKEN_PIPE = 141  # SIGPIPE: what `yes | head -1` leaves in $PIPESTATUS
 
 
+def cmd_provenance(args: argparse.Namespace) -> int:
+    from sr_batch import provenance
+
+    lines, matched = provenance.report(args.file, args.out)
+    print("\n".join(lines))
+    return EXIT_OK if matched else EXIT_IMAGES_FAILED
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from sr_batch import reports
     from sr_batch.errors import ReportError
@@ -404,6 +422,20 @@ def build_parser() -> argparse.ArgumentParser:
                            add_help=False)
     train.add_argument("train_args", nargs=argparse.REMAINDER)
     train.set_defaults(func=cmd_train)
+
+    prov = sub.add_parser(
+        "provenance", help="what a file says about its making (XMP), and its stats row under OUT",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print the provenance an output's XMP holds (Digital Source Type, source and its "
+                    "SHA-256, model and its SHA-256, settings, run, history) and the file's SHA-256; "
+                    "with --out, the stats row under OUT whose output_sha256 matches it (exit 1 if none).",
+        epilog="examples:\n"
+               "  sr-batch provenance out/images/photo.png\n"
+               "  sr-batch provenance found/photo.jpg --out s3://bucket/out")
+    prov.add_argument("file", metavar="FILE", help="an image file (path or fsspec URI)")
+    prov.add_argument("--out", default=None, metavar="OUT",
+                      help="output root of runs: say which stats row (run, image) wrote this file")
+    prov.set_defaults(func=cmd_provenance)
 
     rep = sub.add_parser(
         "report", help="query the stats: per-run summary, worst images, failures, comparisons, SQL",

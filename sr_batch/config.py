@@ -21,6 +21,10 @@ PRECISIONS = ("float32", "bfloat16")
 # no pixel leaves the process), `staged` as Ray Data CPU stages that Ray places on any node
 # with free CPUs (a cluster's GPUs then only upscale), `auto` staged when actors take GPUs.
 ARRANGEMENTS = ("auto", "fused", "staged")
+# What an output says about its making (provenance.py): an XMP packet, or nothing.
+PROVENANCE_MODES = ("xmp", "none")
+# How the XMP names the source: its URI and SHA-256, or (private paths) its SHA-256 alone.
+PROVENANCE_SOURCES = ("uri", "hash")
 # Metrics beyond the default two (psnr_y_consistency, sharpness_ratio) that a run may add.
 OPTIONAL_METRICS = ("niqe",)
 
@@ -171,6 +175,15 @@ class JobConfig:
     precision: str = "float32"
     """Model arithmetic: float32, or bfloat16 convolutions (faster on GPUs and on CPUs with
     AMX/AVX512-BF16, at a measured PSNR cost; the README gives both)."""
+    provenance: str = "xmp"
+    """What each output says about its making: `xmp` (Digital Source Type, source, model, run;
+    docs/formats.md "Provenance") or `none`. Not in the reuse key: it changes no pixel."""
+    provenance_source: str = "uri"
+    """How the XMP names the source: `uri` (its URI and SHA-256) or `hash` (SHA-256 only, for
+    private paths)."""
+    c2pa_sign: str | None = None
+    """CERT,KEY: PEM certificate chain and private key (paths or URIs) to add a signed C2PA
+    manifest (the `c2pa` extra) to each output beside its XMP; None: no C2PA."""
     retries: int = 3
     """Retries, with exponential backoff, of transient storage errors."""
     read_timeout_s: float | None = 60.0
@@ -208,6 +221,17 @@ class JobConfig:
                 raise ConfigError(f"--metrics takes {', '.join(OPTIONAL_METRICS)}, got {metric!r}")
         if self.arrangement not in ARRANGEMENTS:
             raise ConfigError(f"--arrangement must be one of {', '.join(ARRANGEMENTS)}, got {self.arrangement!r}")
+        if self.provenance not in PROVENANCE_MODES:
+            raise ConfigError(f"--provenance must be one of {', '.join(PROVENANCE_MODES)}, "
+                              f"got {self.provenance!r}")
+        if self.provenance_source not in PROVENANCE_SOURCES:
+            raise ConfigError(f"--provenance-source must be one of {', '.join(PROVENANCE_SOURCES)}, "
+                              f"got {self.provenance_source!r}")
+        if self.c2pa_sign is not None:
+            if len([part for part in self.c2pa_sign.split(",") if part.strip()]) != 2:
+                raise ConfigError(f"--c2pa-sign takes CERT,KEY (two PEM files), got {self.c2pa_sign!r}")
+            if self.provenance == "none":
+                raise ConfigError("--c2pa-sign adds to the XMP provenance: drop --provenance none")
         if self.alpha not in ALPHA_MODES:
             raise ConfigError(f"--alpha must be one of {', '.join(ALPHA_MODES)}, got {self.alpha!r}")
         if self.tile_size is not None and not 8 <= self.tile_size <= MAX_TILE_SIZE:

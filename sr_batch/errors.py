@@ -54,6 +54,11 @@ class WriteError(ImageError):
     error_type = "write_error"
 
 
+class ProvenanceError(ImageError):
+    """--c2pa-sign: the manifest could not be signed, or does not validate once written."""
+    error_type = "provenance_error"
+
+
 class ReferenceImageError(ImageError):
     error_type = "reference_error"
 

@@ -1,4 +1,4 @@
-"""Bytes <-> arrays: modes, bit depth, alpha, EXIF orientation, ICC.
+"""Bytes <-> arrays: modes, bit depth, alpha, EXIF orientation, ICC, XMP.
 
 A decoded image is colour pixels (H, W, 1 or 3) as uint8 or uint16, plus an
 optional alpha plane, plus the metadata to carry to the output.
@@ -41,6 +41,9 @@ _STORAGE_TAGS = frozenset({
     322, 323, 324, 325, 330, 332, 338, 339, 340, 341, 347, 529, 530, 531, 532, 34675,
 })
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# iTXt header of an XMP packet: keyword, then uncompressed, no language, no translated keyword.
+_PNG_XMP_KEYWORD = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00"
+_TIFF_XMP = 700  # TIFF tag of an XMP packet
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 # Samples per pixel of each PNG colour type: grey, RGB, palette, grey + alpha, RGBA.
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -75,6 +78,8 @@ class DecodedImage:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     notes: list[str] = field(default_factory=list)
+    xmp: bytes | None = None
+    """The file's XMP packet as stored (untrusted: provenance.build_xmp parses it safely)."""
 
     @property
     def height(self) -> int:
@@ -204,6 +209,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     icc = image.info.get("icc_profile")
     try:
         image.load()
+        xmp = _xmp_of(image)  # after load: a PNG's iTXt may follow its pixels
         exif_obj = image.getexif()
         orientation = exif_obj.get(_ORIENTATION, 1)
         if orientation in _ORIENT:
@@ -222,7 +228,23 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         image, icc = _cmyk_to_rgb(image, icc, notes)
     pixels, alpha = _to_planes(image, notes)
     return DecodedImage(pixels=pixels, alpha=alpha, mode=mode, format=fmt,
-                        icc_profile=icc, exif=exif, notes=notes)
+                        icc_profile=icc, exif=exif, notes=notes, xmp=xmp)
+
+
+def _xmp_of(image: Image.Image) -> bytes | None:
+    """The XMP packet Pillow found in the header (JPEG APP1, PNG iTXt, WebP XMP, TIFF tag 700)."""
+    return xmp_bytes(image.info.get("xmp"))
+
+
+def xmp_bytes(value) -> bytes | None:
+    """A stored XMP value as bytes (str, bytes, or a tuple of byte values as TIFF tags hold
+    them); None for anything else, which a later step would only fail on."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace") or None
+    try:
+        return bytes(value) or None if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _invalid_orientation(exif_obj: Image.Exif) -> str:
@@ -361,7 +383,8 @@ def _decode_png16(data: bytes, max_pixels: int) -> DecodedImage:
         except Exception:  # noqa: BLE001 - broken EXIF must not lose the pixels
             notes.append("EXIF unreadable: dropped")
             exif_obj = Image.Exif()
-    return _sixteen_bit_image(array, "PNG", image.info.get("icc_profile"), exif_obj, notes)
+    return _sixteen_bit_image(array, "PNG", image.info.get("icc_profile"), exif_obj, notes,
+                              _xmp_of(image))
 
 
 def _tiff_layout(data: bytes) -> dict | None:
@@ -400,6 +423,7 @@ def _decode_tiff16(data: bytes, layout: dict, max_pixels: int) -> DecodedImage:
             array = page.asarray()
             icc = page.iccprofile
             orientation = page.tags.valueof(274, 1)
+            xmp = page.tags.valueof(700)
             if array.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
                 array = np.moveaxis(array, 0, -1)
     except Exception as exc:  # noqa: BLE001 - tifffile raises assorted errors on broken files
@@ -410,11 +434,11 @@ def _decode_tiff16(data: bytes, layout: dict, max_pixels: int) -> DecodedImage:
             exif_obj = image.getexif()
     except Exception:  # noqa: BLE001 - e.g. 16-bit grey+alpha, which Pillow cannot open
         exif_obj[_ORIENTATION] = orientation
-    return _sixteen_bit_image(array, "TIFF", icc, exif_obj, notes)
+    return _sixteen_bit_image(array, "TIFF", icc, exif_obj, notes, xmp_bytes(xmp))
 
 
 def _sixteen_bit_image(array: np.ndarray, fmt: str, icc: bytes | None, exif_obj: Image.Exif,
-                       notes: list[str]) -> DecodedImage:
+                       notes: list[str], xmp: bytes | None = None) -> DecodedImage:
     """Split a (H, W[, C]) uint16 array into planes, apply EXIF orientation."""
     if array.ndim == 2:
         array = array[..., None]
@@ -437,7 +461,7 @@ def _sixteen_bit_image(array: np.ndarray, fmt: str, icc: bytes | None, exif_obj:
     return DecodedImage(pixels=np.ascontiguousarray(pixels),
                         alpha=None if alpha is None else np.ascontiguousarray(alpha),
                         mode=mode, format=fmt, icc_profile=icc,
-                        exif=_exif_bytes(exif_obj), notes=notes)
+                        exif=_exif_bytes(exif_obj), notes=notes, xmp=xmp)
 
 
 def _exif_bytes(exif_obj: Image.Exif) -> bytes | None:
@@ -460,13 +484,17 @@ def _png_chunk(data: bytes, kind: bytes) -> bytes | None:
     return None
 
 
-def _png_with_metadata(png: bytes, icc_profile: bytes | None, exif: bytes | None) -> bytes:
-    """Insert iCCP and eXIf chunks right after IHDR (both must precede IDAT)."""
+def _png_with_metadata(png: bytes, icc_profile: bytes | None, exif: bytes | None,
+                       xmp: bytes | None = None) -> bytes:
+    """Insert iCCP, eXIf and XMP (iTXt) chunks right after IHDR (iCCP and eXIf must precede
+    IDAT; readers find XMP soonest there too)."""
     chunks = b""
     if icc_profile:
         chunks += _png_chunk_bytes(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile))
     if exif:
         chunks += _png_chunk_bytes(b"eXIf", exif.removeprefix(b"Exif\x00\x00"))
+    if xmp:
+        chunks += _png_chunk_bytes(b"iTXt", _PNG_XMP_KEYWORD + xmp)
     ihdr_end = 8 + 12 + 13
     return png[:ihdr_end] + chunks + png[ihdr_end:]
 
@@ -495,10 +523,18 @@ def output_format(decoded: DecodedImage, planned: str, requested: str = "keep") 
 PILLOW_PNG_FROM_LEVEL = 4
 
 
+# Largest XMP packet one JPEG APP1 segment holds (65533 bytes less the XMP namespace header);
+# a larger one would need Extended XMP, which sr-batch does not write.
+JPEG_XMP_MAX = 65533 - len(b"http://ns.adobe.com/xap/1.0/\x00")
+
+
 def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, quality: int = 95,
                  png_compress_level: int = 1, icc_profile: bytes | None = None,
-                 exif: bytes | None = None) -> bytes:
-    """Encode colour planes (+ alpha) to bytes in `fmt`, carrying ICC and EXIF where allowed.
+                 exif: bytes | None = None, xmp: bytes | None = None) -> bytes:
+    """Encode colour planes (+ alpha) to bytes in `fmt`, carrying ICC, EXIF and XMP where allowed.
+
+    XMP goes where each format's readers look: PNG iTXt `XML:com.adobe.xmp`, JPEG APP1 (at
+    most JPEG_XMP_MAX bytes), WebP `XMP ` chunk, TIFF tag 700.
 
     16-bit stays 16-bit in PNG and TIFF. PNG goes through libpng (imagecodecs) below
     PILLOW_PNG_FROM_LEVEL and for 16-bit colour or alpha, else through Pillow; a 16-bit
@@ -506,9 +542,9 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, qual
     """
     deep_colour = pixels.dtype == np.uint16 and (pixels.shape[2] == 3 or alpha is not None)
     if fmt == "png" and (png_compress_level < PILLOW_PNG_FROM_LEVEL or deep_colour):
-        return _encode_png(pixels, alpha, png_compress_level, icc_profile, exif)
+        return _encode_png(pixels, alpha, png_compress_level, icc_profile, exif, xmp)
     if fmt == "tiff" and deep_colour:
-        return _encode_tiff16(pixels, alpha, png_compress_level, icc_profile)
+        return _encode_tiff16(pixels, alpha, png_compress_level, icc_profile, xmp)
     if pixels.dtype == np.uint16:
         image = _image_from_uint16(pixels, alpha, fmt)
     else:
@@ -524,17 +560,26 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, qual
         options["exif"] = exif
     if fmt == "png":
         options["compress_level"] = png_compress_level
+        if xmp:
+            from PIL.PngImagePlugin import PngInfo
+
+            options["pnginfo"] = info = PngInfo()
+            info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8"))
     elif fmt in ("jpeg", "webp"):
         options["quality"] = quality
+        if xmp:
+            options["xmp"] = xmp
     elif fmt == "tiff":
         options["compression"] = "tiff_deflate"
+        if xmp:
+            options["tiffinfo"] = {_TIFF_XMP: xmp}
     buffer = io.BytesIO()
     image.save(buffer, format=fmt.upper(), **options)
     return buffer.getvalue()
 
 
 def _encode_png(pixels: np.ndarray, alpha: np.ndarray | None, level: int,
-                icc_profile: bytes | None, exif: bytes | None) -> bytes:
+                icc_profile: bytes | None, exif: bytes | None, xmp: bytes | None = None) -> bytes:
     """PNG through libpng (imagecodecs), 8 or 16 bits, grey or colour, with or without alpha.
 
     One fixed filter (Paeth) instead of Pillow's per-row trial of all five: at
@@ -551,11 +596,11 @@ def _encode_png(pixels: np.ndarray, alpha: np.ndarray | None, level: int,
     strategy = imagecodecs.PNG.STRATEGY.RLE if level == 1 else None
     data = imagecodecs.png_encode(planes if planes.shape[2] > 1 else planes[..., 0], level=level,
                                   filter=png_filter, strategy=strategy)
-    return _png_with_metadata(data, icc_profile, exif)
+    return _png_with_metadata(data, icc_profile, exif, xmp)
 
 
 def _encode_tiff16(pixels: np.ndarray, alpha: np.ndarray | None, level: int,
-                   icc_profile: bytes | None) -> bytes:
+                   icc_profile: bytes | None, xmp: bytes | None = None) -> bytes:
     """16-bit colour or alpha TIFF, which Pillow cannot hold, through tifffile (no EXIF)."""
     import tifffile
 
@@ -564,7 +609,8 @@ def _encode_tiff16(pixels: np.ndarray, alpha: np.ndarray | None, level: int,
     tifffile.imwrite(buffer, planes, photometric="rgb" if pixels.shape[2] == 3 else "minisblack",
                      planarconfig="contig", extrasamples=["unassalpha"] if alpha is not None else None,
                      compression="zlib", compressionargs={"level": max(1, level)},
-                     iccprofile=icc_profile, metadata=None)
+                     iccprofile=icc_profile, metadata=None,
+                     extratags=[(_TIFF_XMP, "B", len(xmp), xmp, True)] if xmp else None)
     return buffer.getvalue()
 
 

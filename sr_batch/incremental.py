@@ -74,10 +74,12 @@ REASONS = (REASON_NEW, REASON_CHANGED_SOURCE, REASON_CHANGED_SETTINGS, REASON_FA
            REASON_FORCED)
 
 # Columns of an earlier row that a `skipped` row repeats.
-# (denoise, route and the estimates: what the image got, which under --model auto is its own.)
+# (denoise, route and the estimates: what the image got, which under --model auto is its own;
+# the hashes and provenance: what the standing file holds, so a found file matches either row.)
 _PREVIOUS = ("image_id", "source_uri", "output_uri", "width", "height", "channels", "bit_depth",
              "out_width", "out_height", "format", "model", "denoise", "route", "jpeg_quality_est",
-             "noise_sigma_est", "bytes_in", "source_mtime", "source_etag")
+             "noise_sigma_est", "bytes_in", "source_mtime", "source_etag", "source_sha256",
+             "output_sha256", "provenance")
 
 _COMPARE_SQL = f"""
 WITH standing AS (

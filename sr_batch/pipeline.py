@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import sr_batch
-from sr_batch import errors, stages, stats, storage
+from sr_batch import errors, provenance, stages, stats, storage
 from sr_batch.actor import ActorSettings, ModelActor, UpscaleActor
 from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
 from sr_batch.errors import ConfigError, ImageError, ModelError, StorageError
@@ -289,7 +289,9 @@ def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
         intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
         self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise,
         size=config.output_size, pass_models=plan.pass_models, routes=plan.routes,
-        identity=plan.identity, metrics=config.metrics)
+        identity=plan.identity, metrics=config.metrics, run_id=plan.run_id,
+        provenance=config.provenance, provenance_source=config.provenance_source,
+        c2pa_signing=config.c2pa_sign and provenance.load_signing(config.c2pa_sign, config.retries))
 
 
 # --- Ray -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from sr_batch import images, quality, resample, stats, storage, streaming
+from sr_batch import images, provenance, quality, resample, stats, storage, streaming
 from sr_batch.config import DEFAULT_MAX_OUTPUT_PIXELS
 from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError, UnsupportedModeError
 from sr_batch.layout import OutLayout
@@ -100,6 +100,14 @@ class ActorSettings:
     """What the stats record as model_sha256 under auto (the rules and every model); else the model's."""
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
     """Output pixels an image may come to (--max-output-pixels); larger: too_many_pixels."""
+    run_id: str = ""
+    """The run, as each output's XMP names it."""
+    provenance: str = "xmp"
+    """config.PROVENANCE_MODES: what each output says about its making."""
+    provenance_source: str = "uri"
+    """config.PROVENANCE_SOURCES: how the XMP names the source."""
+    c2pa_signing: provenance.Signing | None = None
+    """--c2pa-sign: sign a C2PA manifest into each output as well; None: XMP only."""
 
     @property
     def all_routes(self) -> tuple[Route, ...]:
@@ -170,6 +178,8 @@ def start(settings: ActorSettings, row: dict, worker: str) -> Work:
             fail(w, row["plan_error_type"], row["plan_error_message"])
         else:
             image, w.stats["bytes_in"], data = read_and_decode(s, row)
+            if data is not None:  # a streamed source is hashed as it is streamed (stream())
+                w.stats["source_sha256"] = provenance.sha256_hex(data)
             w.stats.update(width=image.width, height=image.height, channels=image.channels,
                            bit_depth=image.bit_depth)
             if s.routes:
@@ -310,13 +320,23 @@ class Finisher:
         notes = list(decoded.notes) + ([note] if note else [])
         output_uri = output_uri_for(w.row, fmt, note)
         metrics = self._measurer.submit(self._no_reference_metrics, out_pixels, decoded.pixels)
+        xmp = making = None
+        if s.provenance == "xmp":
+            making = making_of(s, w, out_pixels.shape[1], out_pixels.shape[0])
+            xmp = output_xmp(making, decoded.xmp, fmt, notes)
         data = images.encode_image(out_pixels, alpha, fmt, quality=s.quality,
                                    png_compress_level=s.png_compress_level,
-                                   icc_profile=decoded.icc_profile, exif=decoded.exif)
+                                   icc_profile=decoded.icc_profile, exif=decoded.exif, xmp=xmp)
+        if s.c2pa_signing is not None:
+            # The source is the manifest's ingredient: read again (a Work does not keep its bytes).
+            source = storage.read_bytes(w.row["uri"], s.retries, s.read_timeout_s)
+            data = provenance.sign_c2pa(data, fmt, making, source, decoded.format, s.c2pa_signing)
         storage.write_bytes_atomic(s.layout.check_output(output_uri, cached=False), data, s.retries)
         w.timings["encode_s"] = time.perf_counter() - began
         w.stats.update(
             status=stats.STATUS_OK, output_uri=output_uri, format=fmt, bytes_out=len(data),
+            output_sha256=provenance.sha256_hex(data),
+            provenance="c2pa" if s.c2pa_signing is not None else s.provenance,
             out_width=out_pixels.shape[1], out_height=out_pixels.shape[0],
             outscale=out_pixels.shape[1] / decoded.width, passes=len(w.passes),
             n_tiles=w.n_tiles, tile_size=w.tile_size or s.route(w.route).tiling.largest,
@@ -352,6 +372,31 @@ class Finisher:
         return {k: _finite(v) for k, v in metrics.items()}
 
 
+def making_of(s: ActorSettings, w: Work, width: int, height: int) -> provenance.Making:
+    """What made this output, as its XMP (and C2PA manifest) state it."""
+    return provenance.Making(
+        source_uri=w.row["uri"] if s.provenance_source == "uri" else None,
+        source_sha256=w.stats.get("source_sha256"), model=w.stats["model"],
+        model_sha256=s.route(w.route).model.identity, scale=s.scale, out_width=width,
+        out_height=height, denoise=w.stats.get("denoise"), route=w.stats.get("route"),
+        run_id=s.run_id, when=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def output_xmp(making: provenance.Making, source_xmp: bytes | None, fmt: str,
+               notes: list[str]) -> bytes:
+    """The output's XMP packet: the source's extended with what made the output (provenance.py);
+    what could not be kept goes to `notes`."""
+    xmp, note = provenance.build_xmp(making, source_xmp)
+    if fmt == "jpeg" and len(xmp) > images.JPEG_XMP_MAX:
+        # One APP1 segment holds 64 KB; sr-batch writes no Extended XMP, so ours goes alone.
+        xmp, _ = provenance.build_xmp(making, None)
+        note = (f"source XMP too large for a JPEG XMP segment with sr-batch's ({len(source_xmp)} "
+                "bytes): replaced by sr-batch's")
+    if note:
+        notes.append(note)
+    return xmp
+
+
 def output_uri_for(row: dict, fmt: str, note: str | None) -> str:
     """The planned name for the format written; a format the plan did not reserve a name
     for (an output_uri whose extension cannot hold the image) fails the image."""
@@ -372,17 +417,32 @@ def stream(settings: ActorSettings, w: Work, upscaler) -> None:
     result = None
     try:
         output_uri = s.layout.check_output(output_uri_for(w.row, "tiff", "streamed"), cached=False)
+        output_sha256 = xmp = None
         with storage.open_input(w.row["uri"], s.retries, timeout_s=s.read_timeout_s) as handle:
+            # The source is never held whole: one sequential pass hashes it (a second read of
+            # it, small beside upscaling an image this large).
+            w.stats["source_sha256"] = provenance.sha256_of_stream(handle)
+            if s.provenance == "xmp":
+                scale = s.route(w.route).model.scale
+                making = making_of(s, w, w.stats["width"] * scale, w.stats["height"] * scale)
+                xmp = output_xmp(making, _tiff_xmp(handle), "tiff", notes)
+            if s.c2pa_signing is not None:
+                notes.append("streamed: no C2PA manifest (XMP only)")
+            handle.seek(0)
+
             def write(path: str) -> None:
-                nonlocal result
+                nonlocal result, output_sha256
                 result = streaming.upscale_tiff(handle, path, upscaler, alpha_mode=s.alpha,
-                                                zlib_level=s.png_compress_level)
+                                                zlib_level=s.png_compress_level, xmp=xmp)
+                with open(path, "rb") as written:  # too big to hold: hashed from the local file
+                    output_sha256 = provenance.sha256_of_stream(written)
             bytes_out = storage.write_file_atomic(output_uri, write, s.retries)
         notes += result.notes
         if w.row.get("reference_uri"):
             notes.append("reference not scored (streamed)")
         w.stats.update(status=stats.STATUS_OK, output_uri=output_uri, format="tiff",
-                       bytes_out=bytes_out, out_width=result.out_width, passes=1,
+                       bytes_out=bytes_out, output_sha256=output_sha256, provenance=s.provenance,
+                       out_width=result.out_width, passes=1,
                        outscale=result.out_width / w.stats["width"],
                        out_height=result.out_height, n_tiles=result.n_tiles,
                        psnr_y_consistency=None, sharpness_ratio=None,
@@ -395,6 +455,15 @@ def stream(settings: ActorSettings, w: Work, upscaler) -> None:
     w.timings["encode_s"] = time.perf_counter() - began - w.infer_s
     w.stream = None
     finish_timing(w)
+
+
+def _tiff_xmp(handle) -> bytes | None:
+    """The XMP (tag 700) of a streamed TIFF's first page, read from its header."""
+    import tifffile
+
+    handle.seek(0)
+    with tifffile.TiffFile(handle) as tif:
+        return images.xmp_bytes(tif.pages.first.tags.valueof(700))
 
 
 # --- bookkeeping -----------------------------------------------------------------------

@@ -139,8 +139,10 @@ def choose_block_size(tile_size: int, overlap: int, target: int = BLOCK_TARGET) 
 
 
 def upscale_tiff(handle: BinaryIO, out_path: str, upscaler: Upscaler, *, alpha_mode: str = "model",
-                 zlib_level: int = 1, block: int | None = None) -> StreamResult:
-    """Upscale the TIFF behind `handle` block by block into a tiled BigTIFF at `out_path`."""
+                 zlib_level: int = 1, block: int | None = None,
+                 xmp: bytes | None = None) -> StreamResult:
+    """Upscale the TIFF behind `handle` block by block into a tiled BigTIFF at `out_path`
+    (with `xmp` as its XMP packet, tag 700)."""
     import tifffile
 
     layout = read_layout(handle)
@@ -162,6 +164,8 @@ def upscale_tiff(handle: BinaryIO, out_path: str, upscaler: Upscaler, *, alpha_m
         shape = (result.out_height, result.out_width) + ((layout.channels,) if layout.channels > 1 else ())
         extratags = ([(_ORIENTATION_TAG, "H", 1, layout.orientation, True)]
                      if layout.orientation != 1 else [])
+        if xmp:
+            extratags.append((700, "B", len(xmp), xmp, True))
         with tifffile.TiffWriter(out_path, bigtiff=True) as writer:
             # maxworkers=1: tifffile otherwise buffers up to 512 MB of tiles to compress in threads.
             writer.write(tiles, shape=shape, dtype=layout.dtype, tile=(block * scale, block * scale),
