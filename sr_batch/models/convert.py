@@ -1,7 +1,7 @@
 """PyTorch super-resolution files (`.pth`, `.safetensors`) in as ONNX: `sr-batch convert`.
 
-The weights are read without running any code from the file (`torch.load(...,
-weights_only=True)`; safetensors holds only tensors), spandrel (the library chaiNNer and
+The weights are read without running any code from the file (PyTorch's weights-only
+unpickler; safetensors holds only tensors), spandrel (the library chaiNNer and
 ComfyUI use) detects the architecture from the weights' names and shapes and builds it,
 and PyTorch exports it as ONNX, NCHW, with dynamic batch, height and width. The file is
 written only when ONNX Runtime reproduces PyTorch on an odd-sized image within one 8-bit
