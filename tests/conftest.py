@@ -18,6 +18,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # 127.0.0.1 only: Ray's single-node mode puts the node on the loopback address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+# The tests import TensorFlow and PyTorch into one process (sr-batch's own processes never
+# do); torch's optional triton crashes such a process as it loads. sr-batch convert blocks it
+# the same way (models.convert.block_triton), before any test module imports torch.
+from sr_batch.models.convert import block_triton  # noqa: E402
+
+block_triton()
+
 
 def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth synthetic RGB scene with edges (uint8): gradients, a disk and stripes."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,16 @@ class Conversion:
                 f"({self.bytes / 1e6:.2f} MB, SHA-256 {self.sha256})"]
 
 
+def block_triton() -> None:
+    """Keep torch from importing triton, its GPU kernel compiler, in this process: a CPU export
+    never uses it, and importing it where TensorFlow is loaded crashes the process (SIGSEGV in
+    triton's native module, torch 2.14 / triton 3.8 beside TensorFlow 2.21). torch asks for
+    triton only through an import that it treats as optional."""
+    sys.modules.setdefault("triton", None)
+
+
 def _torch():
+    block_triton()
     try:
         import spandrel  # noqa: F401 - checked here, used by the caller
         import torch
