@@ -142,7 +142,9 @@ def test_a_node_killed_mid_run(tmp_path, arrangement):
             assert pids - restarted == {killed_pid}  # rows from before the kill, and after
         before = sum(worker_pid(r["worker"]) == killed_pid for r in rows)
         if arrangement == "fused":
-            assert before < written  # outputs written but never reported were redone
+            # Outputs written but never reported are redone: with rows coming back one call
+            # at a time, those of the calls in flight at the kill (none, between two calls).
+            assert before <= written
         print(f"killed {killed} after {recorded} rows and {written} outputs of {count}; "
               f"{before} rows came from it; "
               + ("the run completed" if stuck is None else f"the run was stuck ({stuck})"))
