@@ -197,13 +197,16 @@ def _ramp(t: np.ndarray) -> np.ndarray:
 
 
 def upscale_whole(run_model: RunModel, image: np.ndarray, scale: int, overlap: int) -> np.ndarray:
-    """Run the model once on the mirrored-padded image and crop: the reference tiling must match."""
+    """Run the model once on the mirrored-padded image and crop: the reference tiling must match.
+    Float outputs come back as float32; integer outputs (a model that rounds) keep their dtype."""
     if image.ndim != 3:
         raise ValueError(f"expected an HxWxC array, got shape {image.shape}")
     height, width = image.shape[:2]
     padded = np.pad(image, ((overlap, overlap), (overlap, overlap), (0, 0)), mode="symmetric")
     batch = padded.astype(np.float32, copy=False)[None]
-    output = np.asarray(run_model(batch), dtype=np.float32)
+    output = np.asarray(run_model(batch))
+    if output.dtype.kind == "f":
+        output = output.astype(np.float32, copy=False)
     expected = (1, (height + 2 * overlap) * scale, (width + 2 * overlap) * scale)
     if output.shape[:3] != expected:
         raise ValueError(f"model returned shape {output.shape}, expected {expected + (output.shape[-1],)}")

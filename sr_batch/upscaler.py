@@ -153,16 +153,11 @@ class Upscaler:
     def _whole(self, image: np.ndarray) -> Upscaled:
         """One image in one model call, mirror-padded by the overlap as every tile is, so its
         output is the reference that tiled output is held to (tiling.upscale_whole)."""
-        dtype = image.dtype if self.integer else np.dtype(np.float32)
         rgb = self._as_rgb(to_float(image))
+        run = (lambda batch: self.run_batch(batch, image.dtype)) if self.integer else self.run_batch
         began = time.perf_counter()
-        pad = self.overlap
-        padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")[None]
-        out = self.run_batch(padded, dtype) if self.integer else self.run_batch(padded)
+        pixels = np.ascontiguousarray(tiling.upscale_whole(run, rgb, self.scale, self.overlap))
         seconds = time.perf_counter() - began
-        border, (height, width) = pad * self.scale, image.shape[:2]
-        pixels = np.ascontiguousarray(
-            out[0, border:border + height * self.scale, border:border + width * self.scale])
         if image.shape[2] == 1:
             pixels = _grey(pixels)
         elif not self.integer:
