@@ -43,7 +43,7 @@ _STORAGE_TAGS = frozenset({
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # iTXt header of an XMP packet: keyword, then uncompressed, no language, no translated keyword.
 _PNG_XMP_KEYWORD = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00"
-_TIFF_XMP = 700  # TIFF tag of an XMP packet
+TIFF_XMP_TAG = 700  # TIFF tag of an XMP packet
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 # Samples per pixel of each PNG colour type: grey, RGB, palette, grey + alpha, RGBA.
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -236,6 +236,11 @@ def _xmp_of(image: Image.Image) -> bytes | None:
     return xmp_bytes(image.info.get("xmp"))
 
 
+def tiff_xmp(tif) -> bytes | None:
+    """The XMP packet of an open tifffile.TiffFile's first page (tag 700), or None."""
+    return xmp_bytes(tif.pages.first.tags.valueof(TIFF_XMP_TAG))
+
+
 def xmp_bytes(value) -> bytes | None:
     """A stored XMP value as bytes (str, bytes, or a tuple of byte values as TIFF tags hold
     them); None for anything else, which a later step would only fail on."""
@@ -423,7 +428,7 @@ def _decode_tiff16(data: bytes, layout: dict, max_pixels: int) -> DecodedImage:
             array = page.asarray()
             icc = page.iccprofile
             orientation = page.tags.valueof(274, 1)
-            xmp = page.tags.valueof(700)
+            xmp = page.tags.valueof(TIFF_XMP_TAG)
             if array.ndim == 3 and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
                 array = np.moveaxis(array, 0, -1)
     except Exception as exc:  # noqa: BLE001 - tifffile raises assorted errors on broken files
@@ -572,7 +577,7 @@ def encode_image(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, *, qual
     elif fmt == "tiff":
         options["compression"] = "tiff_deflate"
         if xmp:
-            options["tiffinfo"] = {_TIFF_XMP: xmp}
+            options["tiffinfo"] = {TIFF_XMP_TAG: xmp}
     buffer = io.BytesIO()
     image.save(buffer, format=fmt.upper(), **options)
     return buffer.getvalue()
@@ -610,7 +615,7 @@ def _encode_tiff16(pixels: np.ndarray, alpha: np.ndarray | None, level: int,
                      planarconfig="contig", extrasamples=["unassalpha"] if alpha is not None else None,
                      compression="zlib", compressionargs={"level": max(1, level)},
                      iccprofile=icc_profile, metadata=None,
-                     extratags=[(_TIFF_XMP, "B", len(xmp), xmp, True)] if xmp else None)
+                     extratags=[(TIFF_XMP_TAG, "B", len(xmp), xmp, True)] if xmp else None)
     return buffer.getvalue()
 
 

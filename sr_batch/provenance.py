@@ -230,13 +230,13 @@ def read_xmp(data: bytes) -> bytes | None:
             xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
     except Exception:  # noqa: BLE001 - e.g. a 16-bit TIFF Pillow cannot open: ask tifffile
         xmp = None
+    from sr_batch.images import tiff_xmp, xmp_bytes
+
     if xmp is None and data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         import tifffile
 
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            xmp = tif.pages.first.tags.valueof(700)
-    from sr_batch.images import xmp_bytes
-
+            return tiff_xmp(tif)
     return xmp_bytes(xmp)
 
 

@@ -463,7 +463,7 @@ def _tiff_xmp(handle) -> bytes | None:
 
     handle.seek(0)
     with tifffile.TiffFile(handle) as tif:
-        return images.xmp_bytes(tif.pages.first.tags.valueof(700))
+        return images.tiff_xmp(tif)
 
 
 # --- bookkeeping -----------------------------------------------------------------------
