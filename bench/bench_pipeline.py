@@ -86,8 +86,10 @@ def timed_run(config) -> tuple[float, float, float]:
 
 def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str, float]:
     """CPU seconds (all threads of this process) per output MP of each step alone."""
-    from sr_batch import images, stages, storage
-    from sr_batch.actor import build_upscaler
+    from sr_batch import handoff, images, steps, storage
+    from sr_batch.inference import build_upscaler
+    from sr_batch.settings import ActorSettings
+    from sr_batch.work import Work
     from sr_batch.layout import OutLayout
     from sr_batch.models import registry
     from sr_batch.plan import resolve_tiling
@@ -95,13 +97,13 @@ def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str
 
     spec = registry.resolve_model(model, SCALE)
     config = JobConfig(sources=("x",), output=str(work), model=model, scale=SCALE)
-    settings = stages.ActorSettings(
+    settings = ActorSettings(
         model=spec, scale=SCALE, tiling=resolve_tiling(config, spec.receptive_radius),
         layout=OutLayout.of(str(work / "steps")), batch_size=config.batch_size, format="png",
         quality=95, png_compress_level=1, max_pixels=config.max_pixels, retries=0,
         intra_op_threads=os.cpu_count() or 1)
     upscaler, _ = build_upscaler(settings)
-    finisher = stages.Finisher(settings)
+    measure = steps.Measure(settings)
     times = dict.fromkeys(("read + decode", "model", "encode PNG", "write", "metrics",
                            "Arrow hand-off (staged)"), 0.0)
     out_mp = 0.0
@@ -109,7 +111,7 @@ def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str
     for i, path in enumerate(paths[:sample]):
         row = {"uri": storage.to_uri(str(path)), "bytes": None}
         began = time.process_time()
-        decoded, _, _ = stages.read_and_decode(settings, row)
+        decoded, _, _ = steps.read_and_decode(settings, row)
         times["read + decode"] += time.process_time() - began
         began = time.process_time()
         (result,) = upscaler.upscale([decoded.pixels])
@@ -122,11 +124,11 @@ def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str
         storage.write_bytes_atomic(storage.to_uri(str(work / "steps" / f"{i}.png")), data)
         times["write"] += time.process_time() - began
         began = time.process_time()
-        finisher._no_reference_metrics(result.pixels, decoded.pixels)
+        measure._no_reference(result.pixels, decoded.pixels)
         times["metrics"] += time.process_time() - began
-        w = stages.Work(row={}, stats={}, decoded=decoded, output=result.pixels)
+        w = Work(row={}, stats={}, decoded=decoded, output=result.pixels)
         began = time.process_time()
-        stages.from_arrow(stages.to_arrow([w]))
+        handoff.from_arrow(handoff.to_arrow([w]))
         times["Arrow hand-off (staged)"] += time.process_time() - began
     return {name: seconds / out_mp for name, seconds in times.items()}
 

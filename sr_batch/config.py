@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 from sr_batch.errors import ConfigError
+from sr_batch.tiling import tile_core
 
 FORMATS = ("keep", "png", "webp", "jpeg", "tiff")
 # How an alpha channel is upscaled: by the model (as a grey image) or by bicubic.
@@ -237,11 +238,11 @@ class JobConfig:
         if self.tile_size is not None and not 8 <= self.tile_size <= MAX_TILE_SIZE:
             raise ConfigError(f"--tile-size must be 8 to {MAX_TILE_SIZE} px, got {self.tile_size}")
         if self.tile_overlap is not None and self.tile_size is not None:
-            if self.tile_size - 2 * self.tile_overlap < 1:
-                raise ConfigError(
-                    f"--tile-size {self.tile_size} leaves no core with --tile-overlap "
-                    f"{self.tile_overlap}; need tile_size > 2 * tile_overlap"
-                )
+            try:
+                tile_core(self.tile_size, self.tile_overlap)
+            except ValueError:
+                raise ConfigError(f"--tile-size {self.tile_size} leaves no core with --tile-overlap "
+                                  f"{self.tile_overlap}; need tile_size > 2 * tile_overlap") from None
         if self.tile_overlap is not None and not 0 <= self.tile_overlap <= MAX_TILE_OVERLAP:
             raise ConfigError(f"--tile-overlap must be 0 to {MAX_TILE_OVERLAP} px, got {self.tile_overlap}")
         if self.tf_threads < 0:

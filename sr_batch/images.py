@@ -30,8 +30,6 @@ Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # Pillow formats --format keep can write back (the others become PNG).
-_WRITABLE = frozenset({"PNG", "JPEG", "WEBP", "TIFF"})
-_KEEPS_ALPHA = {"png", "webp", "tiff"}
 _ORIENTATION = 0x0112  # EXIF tag
 # TIFF tags that describe how the input's pixels are stored. Pillow's getexif() of a TIFF
 # returns them with the real EXIF tags; carried to an output of another size or mode they
@@ -507,21 +505,6 @@ def _png_with_metadata(png: bytes, icc_profile: bytes | None, exif: bytes | None
 def _png_chunk_bytes(kind: bytes, payload: bytes) -> bytes:
     return (struct.pack(">I", len(payload)) + kind + payload
             + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
-
-
-def output_format(decoded: DecodedImage, planned: str, requested: str = "keep") -> tuple[str, str | None]:
-    """(format, note) for the output: the planned format (from the output's name), unless it
-    cannot hold the image; alpha and 16 bits force PNG."""
-    fmt, note = planned, None
-    if requested == "keep" and decoded.format not in _WRITABLE:
-        note = f"{decoded.format} not writable: {fmt.upper()} output"
-    if decoded.alpha is not None and fmt not in _KEEPS_ALPHA:
-        note = f"alpha channel: {fmt} cannot keep it, wrote PNG"
-        fmt = "png"
-    if decoded.bit_depth == 16 and fmt in ("jpeg", "webp"):
-        note = f"16-bit input: {fmt} is 8-bit only, wrote PNG"
-        fmt = "png"
-    return fmt, note
 
 
 # From this --png-compress-level on, 8-bit PNG goes through Pillow: slower, smaller files.

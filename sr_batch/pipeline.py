@@ -30,14 +30,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 import sr_batch
-from sr_batch import errors, provenance, stages, stats, storage
-from sr_batch.actor import ActorSettings, ModelActor, UpscaleActor
+from sr_batch import errors, provenance, stats, steps, storage
+from sr_batch.actor import ModelActor, UpscaleActor
 from sr_batch.config import JobConfig, default_actor_count, local_cpu_count
 from sr_batch.errors import ConfigError, ImageError, ModelError, StorageError
 from sr_batch.layout import OutLayout
 from sr_batch.lock import holder, is_dead
 from sr_batch.models.registry import ModelSpec
 from sr_batch.plan import RunPlan, new_run_id, plan_run
+from sr_batch.settings import ActorSettings
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -244,9 +245,9 @@ def _seam_text(tiling) -> str:
 def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
     """The Ray Data graph, streamed back as stats batches:
 
-        fused:   manifest blocks -> [model actors: decode, upscale, encode, write, measure]
-        staged:  manifest blocks -> decode (CPU tasks) -> [model actors: upscale]
-                                 -> encode, write, measure (CPU tasks)
+        fused:   manifest blocks -> [model actors: every step of steps.STEPS]
+        staged:  manifest blocks -> decode, route, size (CPU tasks) -> [model actors: upscale,
+                 stream] -> resize, measure, write, record (CPU tasks)
     """
     import ray
     from ray.data import ActorPoolStrategy, DataContext
@@ -268,14 +269,16 @@ def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
         ds = ds.map_batches(UpscaleActor, fn_constructor_kwargs={"settings": settings},
                             batch_size=per_call, batch_format="pyarrow", compute=model_actors,
                             udf_modifying_row_count=False, **resources)
-    else:
-        cpu_task = {"batch_size": per_call, "batch_format": "pyarrow", "num_cpus": 1,
-                    "fn_kwargs": {"settings": settings}, "udf_modifying_row_count": False}
-        ds = ds.map_batches(stages.decode_batch, **cpu_task)
-        ds = ds.map_batches(ModelActor, fn_constructor_kwargs={"settings": settings},
-                            batch_size=per_call, batch_format="pyarrow", compute=model_actors,
-                            udf_modifying_row_count=False, **resources)
-        ds = ds.map_batches(stages.finish_batch, **cpu_task)
+    else:  # the step list cut at the model: CPU tasks, model actors, CPU tasks
+        for index, part in enumerate(steps.segments()):
+            if part[0].on_model:
+                ds = ds.map_batches(ModelActor, fn_constructor_kwargs={"settings": settings},
+                                    batch_size=per_call, batch_format="pyarrow", compute=model_actors,
+                                    udf_modifying_row_count=False, **resources)
+            else:
+                ds = ds.map_batches(steps.cpu_stage, fn_kwargs={"settings": settings, "segment": index},
+                                    batch_size=per_call, batch_format="pyarrow", num_cpus=1,
+                                    udf_modifying_row_count=False)
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 

@@ -28,26 +28,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sr_batch import incremental, manifest, storage
+from sr_batch import tiling as tiling_rules
 from sr_batch.config import (CALL_SIZE_SAMPLE, DEFAULT_IMAGES_PER_CALL, DEFAULT_TILE_CORE,
                              LARGE_TILE_CORE, PIXELS_PER_CALL, SCALES, JobConfig, check_run_id)
-from sr_batch import tiling as tiling_rules
 from sr_batch.errors import (ConfigError, ImageError, ManifestError, ModelNotFoundError,
                              ModelScaleError, PathEscapeError)
+from sr_batch.formats import EXTENSION_FORMAT, FORMAT_EXTENSION, output_extensions
 from sr_batch.layout import OutLayout
 from sr_batch.models import registry
 from sr_batch.models.registry import ModelSpec
+from sr_batch.settings import Route
 from sr_batch.sizing import check_reachable
+from sr_batch.tiling import Tiling, tile_core
 
 # How long the driver waits for the sampled headers in all: a slow or hung source (a
 # network stall) costs the sizing its sample, never the run.
 HEADER_SAMPLE_TIMEOUT_S = 20.0
-
-# The extension each input extension keeps under --format keep; anything else becomes PNG.
-_KEEP_EXTENSION = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp",
-                   ".tif": "tif", ".tiff": "tif"}
-FORMAT_EXTENSION = {"png": "png", "jpeg": "jpg", "webp": "webp", "tiff": "tif"}
-EXTENSION_FORMAT = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp", "tif": "tiff",
-                    "tiff": "tiff"}
 
 Probe = Callable[[ModelSpec, "int | None", "int | None"], ModelSpec]
 """(spec of a user's file, --scale or None, --tile-overlap or None) -> the spec completed."""
@@ -67,31 +63,7 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-# --- tiling ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """The tiles the model sees: fixed square sides (one traced function each) and the context
-    each tile carries around its core."""
-
-    sides: tuple[int, ...]
-    """Every tile side, input px, ascending; each image takes the one that runs fewer padded pixels."""
-    overlap: int
-    """Context per tile side, input px (at least the model's receptive radius: no seams)."""
-    blend: int = 0
-    """Feather width, input px, where neighbouring tiles are mixed (tiling.feather_width): 0 for
-    exact tiling; > 0 where the overlap is below the model's exact radius or it has none."""
-    seam: tuple[float, float] | None = (0.0, 0.0)
-    """(max, mean) |tiled - whole image| in 8-bit levels, as the probe measured it at this
-    overlap; (0, 0) for exact tiling and whole images; None where not measured."""
-    whole: bool = False
-    """--whole-image: each image runs in one piece, mirror-padded by `overlap`; no tiles."""
-
-    @property
-    def largest(self) -> int:
-        """What a streamed block is cut to fill."""
-        return self.sides[-1]
+# --- tiling ---------------------------------------------------------------------------
 
 
 def resolve_tiling(config: JobConfig, radius: int, fixed_side: int | None = None,
@@ -115,10 +87,12 @@ def resolve_tiling(config: JobConfig, radius: int, fixed_side: int | None = None
     if config.tile_size is None:
         return Tiling((DEFAULT_TILE_CORE + 2 * overlap, LARGE_TILE_CORE + 2 * overlap), overlap,
                       blend, seam)
-    if config.tile_size - 2 * overlap < 1:
+    try:
+        tile_core(config.tile_size, overlap)
+    except ValueError:
         raise ConfigError(
             f"--tile-size {config.tile_size} is too small for a tile overlap of {overlap} px "
-            f"(the model's receptive-field radius); use --tile-size > {2 * overlap}")
+            f"(the model's receptive-field radius); use --tile-size > {2 * overlap}") from None
     return Tiling((config.tile_size,), overlap, min(blend, (config.tile_size - 2 * overlap) // 2), seam)
 
 
@@ -180,24 +154,6 @@ def write_probe(layout: OutLayout, spec: ModelSpec, retries: int) -> None:
 
 
 # --- output names ----------------------------------------------------------------------
-
-
-def output_extensions(requested: str, source_name: str) -> tuple[str, ...]:
-    """The extensions a row may be written with, the planned one first.
-
-    The others are where the writer must go when the planned format cannot hold
-    the image: PNG for alpha in JPEG and for 16 bits in JPEG or WebP, TIFF for a
-    TIFF input streamed above --max-pixels.
-    """
-    source_ext = posixpath.splitext(source_name)[1].lower()
-    primary = (_KEEP_EXTENSION.get(source_ext, "png") if requested == "keep"
-               else FORMAT_EXTENSION[requested])
-    others = []
-    if primary in ("jpg", "webp"):
-        others.append("png")
-    if source_ext in (".tif", ".tiff") and primary != "tif":
-        others.append("tif")
-    return (primary, *others)
 
 
 # Relative paths that column-wise naming leaves to OutLayout.image_path, one row at a time:
@@ -608,8 +564,8 @@ class RunPlan:
     pass_models: tuple[tuple[ModelSpec, Tiling], ...]
     """Models of the same name at other scales, with their tiling, for images whose asked
     output size needs a second pass (x8 = x4 then x2); empty when no output size is asked."""
-    routes: tuple
-    """`--model auto`: the stages.Route of every model an image may be given; else empty."""
+    routes: tuple[Route, ...]
+    """`--model auto`: the Route of every model an image may be given; else empty."""
     identity: str | None
     """`--model auto`: the model_sha256 its rows record (the rules and every model); else None."""
     reuse_key: incremental.ReuseKey
@@ -674,7 +630,6 @@ def resolve_routes(config: JobConfig, clean: ModelSpec) -> tuple[tuple, str | No
     """`--model auto`: (a Route for the clean default and one for `real` at every denoise level
     the rules use; the identity its rows record). Other models: ((), None)."""
     from sr_batch.routing import DENOISE_LEVELS, RULES_VERSION
-    from sr_batch.stages import Route
 
     if config.model != AUTO:
         return (), None

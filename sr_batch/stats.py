@@ -7,6 +7,7 @@ not stored inside the files.
 
 from __future__ import annotations
 
+import math
 import contextlib
 import io
 import os
@@ -82,6 +83,15 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
 
 SCHEMA = pa.schema([(name, dtype) for name, dtype, _ in COLUMNS])
 """Schema of the stored files (run_id is the hive partition)."""
+
+
+def nullable(value: float | None) -> float | None:
+    """A measured value as stored: NaN (undefined, e.g. the sharpness of a flat image) becomes
+    null; inf is kept."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
 
 
 def schema_markdown() -> str:

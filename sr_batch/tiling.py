@@ -70,6 +70,40 @@ class TilePlan:
         return self.tile_size - 2 * self.overlap
 
 
+@dataclass(frozen=True)
+class Tiling:
+    """The tiles the model sees: fixed square sides (one traced function each) and the context
+    each tile carries around its core."""
+
+    sides: tuple[int, ...]
+    """Every tile side, input px, ascending; each image takes the one that runs fewer padded pixels."""
+    overlap: int
+    """Context per tile side, input px (at least the model's receptive radius: no seams)."""
+    blend: int = 0
+    """Feather width, input px, where neighbouring tiles are mixed (tiling.feather_width): 0 for
+    exact tiling; > 0 where the overlap is below the model's exact radius or it has none."""
+    seam: tuple[float, float] | None = (0.0, 0.0)
+    """(max, mean) |tiled - whole image| in 8-bit levels, as the probe measured it at this
+    overlap; (0, 0) for exact tiling and whole images; None where not measured."""
+    whole: bool = False
+    """--whole-image: each image runs in one piece, mirror-padded by `overlap`; no tiles."""
+
+    @property
+    def largest(self) -> int:
+        """What a streamed block is cut to fill."""
+        return self.sides[-1]
+
+
+def tile_core(tile_size: int, overlap: int) -> int:
+    """The side of the region a tile is trusted for (tile_size - 2 * overlap); ValueError where a
+    tile of this side has none. The one rule for --tile-size against --tile-overlap."""
+    core = tile_size - 2 * overlap
+    if core < 1:
+        raise ValueError(f"tile_size {tile_size} leaves no core with overlap {overlap}: "
+                         f"need tile_size >= 2 * overlap + 1 = {2 * overlap + 1}")
+    return core
+
+
 def plan_tiles(height: int, width: int, tile_size: int, overlap: int, blend: int = 0) -> TilePlan:
     """Cover an image with tile_size x tile_size tiles whose cores partition it; `blend` > 0
     feathers neighbouring tiles over 2 x blend px (see the module docstring)."""
@@ -77,12 +111,7 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int, blend: int
         raise ValueError(f"image must be at least 1x1, got {width}x{height}")
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0, got {overlap}")
-    core = tile_size - 2 * overlap
-    if core < 1:
-        raise ValueError(
-            f"tile_size {tile_size} leaves no core with overlap {overlap}: "
-            f"need tile_size >= 2 * overlap + 1 = {2 * overlap + 1}"
-        )
+    core = tile_core(tile_size, overlap)
     if not 0 <= blend <= min(overlap, core // 2):
         raise ValueError(f"blend must be in 0..min(overlap, core // 2) = {min(overlap, core // 2)}, "
                          f"got {blend}")

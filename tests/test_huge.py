@@ -54,10 +54,11 @@ def read_region(path: Path, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
 CHILD = textwrap.dedent("""
     import json, resource, sys
     import pyarrow as pa
-    from sr_batch.actor import ActorSettings, UpscaleActor
+    from sr_batch.actor import UpscaleActor
+    from sr_batch.settings import ActorSettings
     from sr_batch.layout import OutLayout
     from sr_batch.models.registry import bicubic_spec
-    from sr_batch.plan import Tiling
+    from sr_batch.tiling import Tiling
 
     source, out = sys.argv[1], sys.argv[2]
     layout = OutLayout.of(out)

@@ -57,9 +57,9 @@ def _run(tmp_path, model: str, scale: int, staged: bool, **options) -> dict[str,
                                                 if c in plan.todo.column_names])
     if staged:
         from sr_batch.actor import ModelActor
-        from sr_batch.stages import decode_batch, finish_batch
+        from sr_batch.steps import cpu_stage
 
-        table = finish_batch(ModelActor(settings)(decode_batch(batch, settings)), settings)
+        table = cpu_stage(ModelActor(settings)(cpu_stage(batch, settings, 0)), settings, 2)
     else:
         from sr_batch.actor import UpscaleActor
 

@@ -13,7 +13,8 @@ from PIL import Image, ImageCms
 from conftest import png_bytes, scene
 from sr_batch.errors import (CorruptImageError, EmptyFileError, NotAnImageError,
                              TooManyPixelsError, UnsupportedModeError)
-from sr_batch.images import decode_image, encode_image, output_format
+from sr_batch.formats import output_format
+from sr_batch.images import decode_image, encode_image
 
 MAX_PIXELS = 1_000_000
 ORIENTATION = 0x0112

@@ -334,10 +334,11 @@ def test_alpha_bicubic_keeps_the_model_off_the_alpha(tmp_path):
     import pyarrow as pa
 
     from sr_batch import resample
-    from sr_batch.actor import ActorSettings, UpscaleActor
+    from sr_batch.actor import UpscaleActor
+    from sr_batch.settings import ActorSettings
     from sr_batch.layout import OutLayout
     from sr_batch.models import registry
-    from sr_batch.plan import Tiling
+    from sr_batch.tiling import Tiling
 
     rgb, alpha = scene(H, W, seed=2), alpha_ramp(H, W)
     Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "a.png")

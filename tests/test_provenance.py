@@ -213,10 +213,11 @@ def test_provenance_none_writes_none_and_hash_names_no_path(ray_local, tmp_path)
 def test_a_streamed_tiff_carries_provenance(tmp_path):
     """Above --max-pixels a TIFF is streamed block by block: its XMP goes in tag 700 all the same,
     the source's own XMP kept, and both hashes are in the row."""
-    from sr_batch.actor import ActorSettings, UpscaleActor
+    from sr_batch.actor import UpscaleActor
+    from sr_batch.settings import ActorSettings
     from sr_batch.layout import OutLayout
     from sr_batch.models.registry import bicubic_spec
-    from sr_batch.plan import Tiling
+    from sr_batch.tiling import Tiling
 
     source = tmp_path / "big.tif"
     tifffile.imwrite(source, scene(64, 80), photometric="rgb", tile=(32, 32), metadata=None,
@@ -241,17 +242,17 @@ def test_a_streamed_tiff_carries_provenance(tmp_path):
 
 def test_an_oversize_source_xmp_in_a_jpeg_output_gives_ours_alone():
     """One JPEG APP1 segment holds 64 KB of XMP: a bigger source packet cannot come along."""
-    from sr_batch import stages
+    from sr_batch import steps
 
     big = SOURCE_XMP.replace(b"Jane Archivist", b"J" * 70_000)
     xmp, note = provenance.build_xmp(making(), big)
     assert len(xmp) > images.JPEG_XMP_MAX and note is None
     notes: list[str] = []
-    xmp = stages.output_xmp(making(), big, "jpeg", notes)
+    xmp = steps.output_xmp(making(), big, "jpeg", notes)
     assert len(xmp) <= images.JPEG_XMP_MAX and "too large for a JPEG XMP segment" in notes[0]
     data = images.encode_image(scene(48, 64), None, "jpeg", xmp=xmp)
     assert provenance.describe(provenance.read_xmp(data))["RunID"] == "r-1"
-    assert len(stages.output_xmp(making(), big, "png", notes)) > 70_000  # PNG holds it all
+    assert len(steps.output_xmp(making(), big, "png", notes)) > 70_000  # PNG holds it all
 
 
 # --- C2PA ----------------------------------------------------------------------------------

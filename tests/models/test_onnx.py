@@ -16,7 +16,8 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
 from sr_batch import stats, storage  # noqa: E402
-from sr_batch.actor import ActorSettings, build_upscaler  # noqa: E402
+from sr_batch.inference import build_upscaler  # noqa: E402
+from sr_batch.settings import ActorSettings  # noqa: E402
 from sr_batch.cli import main  # noqa: E402
 from sr_batch.config import JobConfig  # noqa: E402
 from sr_batch.errors import ConfigError, ModelFormatError, ModelScaleError  # noqa: E402
@@ -24,7 +25,8 @@ from sr_batch.models import onnx as onnx_models  # noqa: E402
 from sr_batch.models import registry  # noqa: E402
 from sr_batch.layout import OutLayout  # noqa: E402
 from sr_batch.pipeline import probe_on_ray, run_job  # noqa: E402
-from sr_batch.plan import Tiling, resolve_model, resolve_tiling  # noqa: E402
+from sr_batch.plan import resolve_model, resolve_tiling  # noqa: E402
+from sr_batch.tiling import Tiling  # noqa: E402
 from sr_batch.upscaler import Upscaler, to_float, to_integer  # noqa: E402
 
 from conftest import scene  # noqa: E402
@@ -265,10 +267,11 @@ def test_probe_and_actor_run_onnx_without_tensorflow(tmp_path):
     script = f"""
 import sys
 import numpy as np
-from sr_batch.actor import ActorSettings, build_upscaler
+from sr_batch.inference import build_upscaler
+from sr_batch.settings import ActorSettings
 from sr_batch.layout import OutLayout
 from sr_batch.models import onnx, registry
-from sr_batch.plan import Tiling
+from sr_batch.tiling import Tiling
 spec = onnx.probe_onnx(registry.resolve_model({str(path)!r}, 2), 2)
 settings = ActorSettings(model=spec, scale=2, tiling=Tiling((20,), 1), layout=OutLayout.of("out"),
                          batch_size=4, format="png", quality=95, png_compress_level=1,
