@@ -39,7 +39,7 @@ def to_arrow(works: list[Work]) -> pa.Table:
 
 
 def from_arrow(table: pa.Table) -> list[Work]:
-    """The Works of `to_arrow`; arrays are read-only views of the Arrow buffers (no copy)."""
+    """The Works of `to_arrow`; arrays are views of the Arrow buffers (no copy)."""
     works = []
     columns = {name: table.column(name) for name in _ARRAYS}
     for i, blob in enumerate(table.column("state").to_pylist()):
