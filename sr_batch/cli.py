@@ -69,6 +69,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="fused: decode, encode, write and metrics inside the model actor (fastest on "
                         "one machine); staged: as Ray Data CPU stages on any node, so GPUs only upscale; "
                         "auto (default): staged when actors take GPUs")
+    p.add_argument("--executor", default="auto", choices=c.EXECUTORS,
+                   help="ray: an actor pool on Ray; local: every step in this process, no Ray; "
+                        "auto (default): local for a local run of one actor call's images")
     p.add_argument("--tf-threads", type=int, default=0, metavar="N",
                    help="TensorFlow threads per actor (default: local Ray splits the cores "
                         "between actors; a cluster uses the actor's CPU share)")

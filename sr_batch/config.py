@@ -22,6 +22,10 @@ PRECISIONS = ("float32", "bfloat16")
 # no pixel leaves the process), `staged` as Ray Data CPU stages that Ray places on any node
 # with free CPUs (a cluster's GPUs then only upscale), `auto` staged when actors take GPUs.
 ARRANGEMENTS = ("auto", "fused", "staged")
+# What runs the step list: `ray` (an actor pool on a local or remote Ray), `local` (this
+# process, fused, no Ray), `auto`: local for a local run whose images fit one actor call and
+# no Ray is up in the process (Ray's and an actor's start would cost more than the work).
+EXECUTORS = ("auto", "ray", "local")
 # What an output says about its making (provenance.py): an XMP packet, or nothing.
 PROVENANCE_MODES = ("xmp", "none")
 # How the XMP names the source: its URI and SHA-256, or (private paths) its SHA-256 alone.
@@ -155,6 +159,9 @@ class JobConfig:
     arrangement: str = "auto"
     """fused (decode, encode, write and metrics in the model actor), staged (as separate Ray Data
     CPU stages on any node), or auto: staged when the actors take GPUs, else fused."""
+    executor: str = "auto"
+    """ray, local (every step in this process, no Ray), or auto: local when the run is local
+    (no --address), its images fit one actor call and the arrangement is fused."""
     tf_threads: int = 0
     """TensorFlow threads per actor; 0: local Ray splits this machine's cores between actors,
     a cluster uses max(1, round(cpus_per_actor))."""
@@ -222,6 +229,11 @@ class JobConfig:
                 raise ConfigError(f"--metrics takes {', '.join(OPTIONAL_METRICS)}, got {metric!r}")
         if self.arrangement not in ARRANGEMENTS:
             raise ConfigError(f"--arrangement must be one of {', '.join(ARRANGEMENTS)}, got {self.arrangement!r}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if self.executor == "local" and (self.address is not None or self.staged):
+            raise ConfigError("--executor local runs every step in this process: drop --address "
+                              "and --arrangement staged (or --gpus-per-actor)")
         if self.provenance not in PROVENANCE_MODES:
             raise ConfigError(f"--provenance must be one of {', '.join(PROVENANCE_MODES)}, "
                               f"got {self.provenance!r}")

@@ -160,16 +160,23 @@ def execute(plan: RunPlan, echo: Echo = echo_stderr, lock=None, plan_s: float | 
         if plan.skipped.num_rows:
             writer.add(plan.skipped)
         if plan.todo.num_rows:
-            init_ray(config.address)
-            phases.ray_start = _ray_start_s
-            pool = actor_pool_size(config)
-            settings = actor_settings(plan, pool)
+            here = runs_here(plan)
+            plan = replace(plan, config=config.replace(executor="local" if here else "ray"))
+            if here:
+                settings = actor_settings(plan, None)
+                batches = _upscale_here(plan, settings)
+            else:
+                init_ray(config.address)
+                phases.ray_start = _ray_start_s
+                pool = actor_pool_size(config)
+                settings = actor_settings(plan, pool)
+                batches = _upscale(plan, settings, pool)
             echo(_header(plan, pool))
             if plan.warning:
                 echo(plan.warning)
             graph_began = time.perf_counter()
             with _interrupt_latch() as interrupted:
-                for batch in _upscale(plan, settings, pool):
+                for batch in batches:
                     if phases.first_rows is None:
                         phases.first_rows = time.perf_counter() - graph_began
                     writer.add(batch)
@@ -215,7 +222,31 @@ class Phases:
         return asdict(self)
 
 
-def _header(plan: RunPlan, pool: tuple[int, int]) -> str:
+def runs_here(plan: RunPlan) -> bool:
+    """Whether the run's images go through the step list in this process rather than an actor
+    pool: --executor local, or under auto a local run (no --address, no Ray up in this process)
+    whose images fit one actor call and whose arrangement is fused. One call runs in one
+    actor anyway; Ray's start and an actor's would cost more than the work."""
+    config = plan.config
+    if config.executor != "auto":
+        return config.executor == "local"
+    if config.address is not None or os.environ.get("RAY_ADDRESS") or config.staged:
+        return False
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return False
+    return plan.todo.num_rows <= plan.images_per_call
+
+
+def _upscale_here(plan: RunPlan, settings: ActorSettings):
+    """--executor local: the fused actor's work in this process (TensorFlow imported here), one
+    actor call's images at a time."""
+    actor = UpscaleActor(settings)
+    for block in _blocks(plan.todo, plan.images_per_call):
+        yield actor(block)
+
+
+def _header(plan: RunPlan, pool: tuple[int, int] | None) -> str:
     config, tiling = plan.config, plan.tiling
     denoise = f", denoise {plan.denoise:g}" if plan.denoise is not None else ""
     model = plan.model.name
@@ -228,8 +259,16 @@ def _header(plan: RunPlan, pool: tuple[int, int]) -> str:
         if tiling.blend:
             tiles += f" feathered {tiling.blend}"
     return (f"run {plan.run_id}: {plan.listed.num_rows} images ({plan.skipped.num_rows} unchanged, skipped), "
-            f"model {model} x{config.scale}{denoise} ({tiles}, {_seam_text(tiling)}), {pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / "
-            f"{config.gpus_per_actor:g} GPU, {plan.images_per_call} images a call, "
+            f"model {model} x{config.scale}{denoise} ({tiles}, {_seam_text(tiling)}), {_where(plan, pool)}")
+
+
+def _where(plan: RunPlan, pool: tuple[int, int] | None) -> str:
+    """Where the steps run, as the first line tells it."""
+    config = plan.config
+    if pool is None:
+        return f"every step in this process (no Ray: {plan.todo.num_rows} images, one actor call)"
+    return (f"{pool[0]}-{pool[1]} actors x {config.cpus_per_actor:g} CPU / {config.gpus_per_actor:g} GPU, "
+            f"{plan.images_per_call} images a call, "
             f"{'decode and encode as CPU stages' if config.staged else 'all steps in the actors'}")
 
 
@@ -282,7 +321,7 @@ def _upscale(plan: RunPlan, settings: ActorSettings, pool: tuple[int, int]):
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def actor_settings(plan: RunPlan, pool: tuple[int, int]) -> ActorSettings:
+def actor_settings(plan: RunPlan, pool: tuple[int, int] | None) -> ActorSettings:
     """What every actor of this run gets: built once, from the plan."""
     config = plan.config
     return ActorSettings(
@@ -492,7 +531,7 @@ def _drop_log_message(logger_name: str, prefix: str) -> None:
         logger.addFilter(_DropMessage(prefix))
 
 
-def _tf_threads(config: JobConfig, pool: tuple[int, int]) -> int:
+def _tf_threads(config: JobConfig, pool: tuple[int, int] | None) -> int:
     """TensorFlow threads per actor.
 
     On a local Ray the actors share this machine's cores: the pool reserves one
@@ -502,7 +541,7 @@ def _tf_threads(config: JobConfig, pool: tuple[int, int]) -> int:
     if config.tf_threads:
         return config.tf_threads
     if config.address is None:
-        return max(1, local_cpu_count() // pool[1])
+        return max(1, local_cpu_count() // (pool[1] if pool else 1))
     return config.intra_op_threads
 
 
