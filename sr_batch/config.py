@@ -106,6 +106,13 @@ def parse_actors(text: str | int | tuple[int, int] | None) -> tuple[int, int] | 
     return (low, high)
 
 
+def check_denoise(value: float) -> float:
+    """A --denoise strength, checked to lie in [0, 1]: the one rule, for runs and evaluation."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--denoise must be in [0, 1], got {value:g}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """One upscaling run; the resolved copy is written to OUT/runs/<run_id>.json."""
@@ -264,8 +271,11 @@ class JobConfig:
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {value:g}")
         check_run_id(self.run_id)
-        if self.denoise is not None and not 0.0 <= self.denoise <= 1.0:
-            raise ConfigError(f"--denoise must be in [0, 1], got {self.denoise:g}")
+        if self.denoise is not None:
+            try:
+                check_denoise(self.denoise)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         for name in ("batch_size", "images_per_call", "max_pixels", "max_output_pixels"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from sr_batch import quality, resample, storage
+from sr_batch.config import check_denoise
 from sr_batch.errors import SrBatchError
 from sr_batch.models import cards, degradations, registry
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, self_ensemble, to_integer
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         presets = tuple(args.presets or ("clean",))
         for name in presets:
             degradations.preset(name)  # an unknown name stops here, before any work
-        denoise = tuple(registry.check_denoise(float(v)) for v in args.denoise.split(",")) if args.denoise else ()
+        denoise = tuple(check_denoise(float(v)) for v in args.denoise.split(",")) if args.denoise else ()
         if args.mixed:
             mixed = evaluate_mixed(args.folders, args.scale, denoise or (0.0, 0.5, 1.0))
             print(format_mixed(mixed))

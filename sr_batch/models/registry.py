@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sr_batch import storage
-from sr_batch.config import PRECISIONS
+from sr_batch.config import PRECISIONS, check_denoise
 from sr_batch.errors import (ConfigError, ImageError, ModelChecksumError, ModelError, ModelFormatError,
                              ModelNotFoundError, ModelScaleError)
 
@@ -118,13 +118,6 @@ def _spec_from_entry(entry: dict) -> ModelSpec:
         denoise_uri=storage.to_uri(str(WEIGHTS_DIR / pair)) if pair else None,
         denoise_sha256=entry.get("denoise_sha256"),
     )
-
-
-def check_denoise(value: float) -> float:
-    """A --denoise strength, checked to lie in [0, 1]."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"--denoise must be in [0, 1], got {value:g}")
-    return float(value)
 
 
 def list_models(index_path: Path | str = INDEX_PATH) -> list[ModelSpec]:
