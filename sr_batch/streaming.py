@@ -147,7 +147,7 @@ def upscale_tiff(handle: BinaryIO, out_path: str, upscaler: Upscaler, *, alpha_m
 
     layout = read_layout(handle)
     scale = upscaler.scale
-    block = block or choose_block_size(upscaler.tile_size, upscaler.overlap)
+    block = block or choose_block_size(upscaler.largest_tile, upscaler.overlap)
     if block % _TIFF_TILE_ALIGN:
         raise ValueError(f"block must be a multiple of {_TIFF_TILE_ALIGN}, got {block}")
     result = StreamResult(out_width=layout.width * scale, out_height=layout.height * scale)

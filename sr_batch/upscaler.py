@@ -82,7 +82,7 @@ class Upscaler:
         self._plan = functools.lru_cache(maxsize=PLAN_CACHE_SIZES)(self._plan_uncached)
 
     @property
-    def tile_size(self) -> int:
+    def largest_tile(self) -> int:
         """The largest tile side: what a streamed block is cut to fill."""
         return self.tile_sizes[-1]
 

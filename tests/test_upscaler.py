@@ -67,7 +67,7 @@ def test_two_tile_sides_each_image_takes_the_cheaper_and_output_is_unchanged(mod
         return traced(batch)
 
     both = Upscaler(run, scale=2, tile_size=(large, small), overlap=radius, batch_size=16)
-    assert both.tile_sizes == (small, large) and both.tile_size == large
+    assert both.tile_sizes == (small, large) and both.largest_tile == large
     single_run, _ = make_tf_batch_fn(net, small)
     single = Upscaler(single_run, scale=2, tile_size=small, overlap=radius, batch_size=4)
     images = [scene(h, w, seed=i) for i, (h, w) in enumerate([(6, 7), (64, 64), (8, 8), (70, 33), (3, 90)])]
