@@ -218,10 +218,18 @@ def add_poisson_noise(image: np.ndarray, peak: float, rng: np.random.Generator,
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     """A real JPEG encode and decode (Pillow's libjpeg, 4:2:0 chroma as cameras write)."""
+    return jpeg_decoded(jpeg_file(image, quality))
+
+
+def jpeg_file(image: np.ndarray, quality: int) -> bytes:
+    """The JPEG file of a float image in [0, 1] (Pillow's libjpeg, 4:2:0 chroma)."""
     buffer = io.BytesIO()
     Image.fromarray(to_uint8(image)).save(buffer, format="JPEG", quality=int(quality))
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
+    return buffer.getvalue()
+
+
+def jpeg_decoded(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as decoded:
         return np.asarray(decoded.convert("RGB"), np.float32) * np.float32(1 / 255)
 
 
@@ -316,8 +324,14 @@ class Preset:
 
     def apply(self, lr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The degraded LR (uint8) of a clean uint8 LR: blur, then noise, then JPEG."""
+        return self.apply_file(lr, rng)[0]
+
+    def apply_file(self, lr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bytes | None]:
+        """(the degraded LR, the JPEG file it was decoded from; None where the preset ends in
+        no JPEG): what an archive would hold, for rules that read the file (--model auto)."""
         if self.blur_sigma is None and self.noise_sigma is None and self.jpeg_quality is None:
-            return lr.copy()
+            return lr.copy(), None
+        data = None
         image = lr.astype(np.float32) * np.float32(1 / 255)
         if image.ndim == 2:
             image = image[:, :, None]
@@ -328,11 +342,12 @@ class Preset:
             image = add_gaussian_noise(image, rng.uniform(*self.noise_sigma), rng)
         if self.jpeg_quality is not None:
             rgb = image if image.shape[2] == 3 else np.repeat(image, 3, axis=2)
-            image = jpeg(rgb, int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
+            data = jpeg_file(rgb, int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
+            image = jpeg_decoded(data)
             if lr.ndim == 2 or lr.shape[2] == 1:
                 image = image[:, :, :1]
         out = to_uint8(image)
-        return out.reshape(lr.shape)
+        return out.reshape(lr.shape), data
 
 
 PRESETS = {p.name: p for p in (
@@ -369,4 +384,9 @@ def preset(name: str) -> Preset:
 
 def apply_preset(lr: np.ndarray, name: str, seed: int, index: int) -> np.ndarray:
     """The `name` preset on one clean LR; image `index` of a set always gets the same draw."""
-    return preset(name).apply(lr, np.random.default_rng([seed, index]))
+    return apply_preset_file(lr, name, seed, index)[0]
+
+
+def apply_preset_file(lr: np.ndarray, name: str, seed: int, index: int) -> tuple[np.ndarray, bytes | None]:
+    """apply_preset, with the JPEG file the LR was decoded from (None: no JPEG in the preset)."""
+    return preset(name).apply_file(lr, np.random.default_rng([seed, index]))

@@ -43,8 +43,46 @@ Upscale = Callable[[np.ndarray], np.ndarray]
 
 def degraded_lr(hr: np.ndarray, scale: int, preset: str = "clean", index: int = 0) -> np.ndarray:
     """The evaluation LR of an HR image already cropped to a multiple of `scale`."""
+    return degraded_lr_file(hr, scale, preset, index)[0]
+
+
+def degraded_lr_file(hr: np.ndarray, scale: int, preset: str = "clean",
+                     index: int = 0) -> tuple[np.ndarray, bytes]:
+    """(the evaluation LR, the file an archive would hold: the preset's JPEG, else no bytes)."""
     lr = resample.downscale_bicubic(np.ascontiguousarray(hr), scale)
-    return degradations.apply_preset(lr, preset, PRESET_SEED, index)
+    lr, data = degradations.apply_preset_file(lr, preset, PRESET_SEED, index)
+    return lr, data or b""
+
+
+class Routed:
+    """`--model auto` as the job runs it: each LR (with its file) is estimated and routed by
+    routing.choose to the clean default or `real` at a denoise level; `routes` counts them."""
+
+    def __init__(self, scale: int) -> None:
+        from sr_batch import routing
+
+        self.scale, self.routing = scale, routing
+        clean = registry.resolve_model(None, scale)
+        self.runners = {"clean": _runner(clean, scale)}
+        try:
+            real = registry.resolve_model("real", scale)
+        except SrBatchError:  # no `real` at this scale: the job gives every image the clean model
+            real = None
+        if real is not None:
+            for level in routing.DENOISE_LEVELS:
+                self.runners[f"real dn{level:g}"] = _runner(real, scale, level)
+        self.routes: dict[str, int] = {}
+
+    def __call__(self, lr: np.ndarray, data: bytes) -> np.ndarray:
+        choice = self.routing.choose(self.routing.estimate(data, lr), self.scale)
+        key = choice.key if choice.key in self.runners else "clean"
+        self.routes[key] = self.routes.get(key, 0) + 1
+        return self.runners[key](lr)
+
+
+def _runner(spec, scale: int, denoise: float | None = None) -> "Upscale":
+    model = registry.load_keras_model(spec, scale, denoise=denoise)
+    return model_upscale(model, scale, spec.receptive_radius)[0]
 
 
 def score(upscale: Upscale, images: list[np.ndarray], scale: int, preset: str = "clean",
@@ -56,8 +94,9 @@ def score(upscale: Upscale, images: list[np.ndarray], scale: int, preset: str = 
     theirs = {"psnr_y": [], "ssim_y": [], "blockiness": []}
     for index, image in enumerate(images):
         hr = quality.crop_to_multiple(image, scale)
-        lr = degraded_lr(hr, scale, preset, index)
-        for result, sr in ((ours, upscale(lr)), (theirs, resample.upscale_bicubic(lr, scale))):
+        lr, data = degraded_lr_file(hr, scale, preset, index)
+        sr = upscale(lr, data) if isinstance(upscale, Routed) else upscale(lr)
+        for result, sr in ((ours, sr), (theirs, resample.upscale_bicubic(lr, scale))):
             result["psnr_y"].append(quality.psnr_y(sr, hr, border=scale))
             if blockiness:
                 result["blockiness"].append(quality.grid_blockiness(sr, scale))
@@ -141,6 +180,8 @@ class Row:
     precision: str = "float32"
     preset: str = "clean"
     denoise: float | None = None
+    routes: dict = field(default_factory=dict)
+    """`auto`: how many images took each route."""
 
     @property
     def label(self) -> str:
@@ -176,6 +217,15 @@ def evaluate_models(folders: list[str], scale: int, models: list[str] | None = N
         rows.append(Row(registry.BICUBIC, scale, 0, 0, bicubic_speed, scores, preset=preset))
     names = models if models is not None else [s.name for s in registry.list_models() if s.scale == scale]
     for name in names:
+        if name == "auto":
+            routed = Routed(scale)
+            for preset in presets:
+                routed.routes = {}
+                scores = {ds: score(routed, images, scale, preset) for ds, images in datasets.items()}
+                rows.append(Row("auto", scale, 0, 0, float("nan"), scores, preset=preset))
+                log.info("auto x%d %s: %s; routes %s", scale, preset, scores, routed.routes)
+                rows[-1].routes = dict(sorted(routed.routes.items()))
+            continue
         spec = registry.resolve_model(name, scale)
         if spec.is_bicubic:
             continue
@@ -310,6 +360,8 @@ def format_table(rows: list[Row]) -> str:
                 gain = s["psnr_y"] - s["psnr_y_bicubic"]
                 line += f"  {s['psnr_y']:>9.2f} / {s['ssim_y']:.4f} ({gain:+.2f}) {s.get('blockiness', math.nan):6.3f}"
             lines.append(line)
+            if row.routes:
+                lines.append("    routes: " + ", ".join(f"{key} {n}" for key, n in row.routes.items()))
         blocks.append("\n".join(lines))
     blocks.append("Y-PSNR (dB) / Y-SSIM on BT.601 luma, border = scale, HR cropped to a multiple of the "
                   "scale, LR by Pillow BICUBIC then the preset; gain = over bicubic of the same LR; "
@@ -338,7 +390,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("folders", nargs="+", metavar="HR_FOLDER", help="folders (fsspec URIs) of HR images")
     parser.add_argument("--scale", type=int, required=True, help="upscaling factor, e.g. 2")
     parser.add_argument("--model", dest="models", action="append", default=None, metavar="NAME|PATH",
-                        help="a zoo name or .keras file; repeat for several (default: every zoo model at --scale)")
+                        help="a zoo name, .keras file or auto (routed per image as the job does); repeat for "
+                             "several (default: every zoo model at --scale)")
     parser.add_argument("--preset", dest="presets", action="append", default=None, metavar="NAME",
                         help="degrade the LR with a named, seeded preset; repeat for several "
                              f"(default: clean; {', '.join(degradations.PRESETS)}; also jpegQ, noiseS, "
