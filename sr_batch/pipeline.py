@@ -332,7 +332,7 @@ def actor_settings(plan: RunPlan, pool: tuple[int, int] | None) -> ActorSettings
         retries=config.retries, read_timeout_s=config.read_timeout_s,
         intra_op_threads=_tf_threads(config, pool), alpha=config.alpha,
         self_ensemble=config.self_ensemble, precision=config.precision, denoise=plan.denoise,
-        size=config.output_size, pass_models=plan.pass_models, routes=plan.routes,
+        output_size=config.output_size, pass_models=plan.pass_models, routes=plan.routes,
         identity=plan.identity, metrics=config.metrics, run_id=plan.run_id,
         provenance=config.provenance, provenance_source=config.provenance_source,
         c2pa_signing=config.c2pa_sign and provenance.load_signing(config.c2pa_sign, config.retries))

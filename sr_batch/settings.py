@@ -60,7 +60,7 @@ class ActorSettings:
     """Model arithmetic (config.PRECISIONS)."""
     denoise: float | None = None
     """Interpolation strength of a mild/strong model pair; None for other models."""
-    size: OutputSize = OutputSize()
+    output_size: OutputSize = OutputSize()
     """--outscale / --width / --height / --fit; nothing asked: the model's scale."""
     pass_models: tuple[tuple[ModelSpec, Tiling], ...] = ()
     """The same model at other scales, with their tiling, for second passes (x8 = x4 then x2)."""

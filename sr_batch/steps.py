@@ -141,14 +141,14 @@ class Size(Step):
 
 def plan_size(s: ActorSettings, route: Route, image) -> tuple[tuple[int, ...], tuple[int, int] | None]:
     """(model scales to run, the exact output size or None) for one image."""
-    if not s.size.asked:
+    if not s.output_size.asked:
         check_output_pixels(s, image, (image.width * s.scale, image.height * s.scale))
         return (s.scale,), None
     if isinstance(image, streaming.TiffLayout):
         raise TooManyPixelsError(
             f"images above --max-pixels are streamed at the model's scale only; "
-            f"--{(s.size.key() or '').split('=')[0]} needs the image whole")
-    target = target_size(s.size, image.width, image.height, s.scale)
+            f"--{(s.output_size.key() or '').split('=')[0]} needs the image whole")
+    target = target_size(s.output_size, image.width, image.height, s.scale)
     factor = max(target[0] / image.width, target[1] / image.height)
     try:
         passes = model_passes(factor, s.scale, route.scales)

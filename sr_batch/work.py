@@ -85,7 +85,7 @@ def new_work(s: ActorSettings, row: dict, worker: str) -> Work:
         "seam_max_levels": s.tiling.seam and s.tiling.seam[0],
         "seam_mean_levels": s.tiling.seam and s.tiling.seam[1],
         "requested_format": s.format, "self_ensemble": s.self_ensemble,
-        "precision": s.precision, "denoise": s.denoise, "output_size": s.size.key(), "passes": 0,
+        "precision": s.precision, "denoise": s.denoise, "output_size": s.output_size.key(), "passes": 0,
         "bytes_in": row.get("bytes"), "source_mtime": row.get("mtime"),
         "source_etag": row.get("etag"), "worker": worker,
     })

@@ -90,7 +90,7 @@ def test_size_plans_passes_and_refuses_too_many_output_pixels(tmp_path):
     settings, rows = settings_for(tmp_path, {"a.png": png_bytes(scene(20, 30))})
     [w] = steps.Size(settings)(steps.Decode(settings)(works_of(settings, rows)))
     assert w.passes == (2,) and w.target is None
-    asked = settings.__class__(**{**settings.__dict__, "size": OutputSize(outscale=3.0)})
+    asked = settings.__class__(**{**settings.__dict__, "output_size": OutputSize(outscale=3.0)})
     [w] = steps.Size(asked)(steps.Decode(asked)(works_of(asked, rows)))
     assert w.passes == (2, 2) and w.target == (90, 60)
     small = settings.__class__(**{**settings.__dict__, "max_output_pixels": 100})
