@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from sr_batch.config import DEFAULT_BATCH_SIZE, JobConfig, local_cpu_count  # noqa: E402
-from sr_batch.demo import render_original  # noqa: E402
+from sr_batch.demo_images import render_original  # noqa: E402
 from sr_batch.models import onnx as onnx_models  # noqa: E402
 from sr_batch.pipeline import probe_on_ray, run_job  # noqa: E402
 from sr_batch.plan import plan_run  # noqa: E402

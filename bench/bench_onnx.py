@@ -5,7 +5,7 @@
 
 For each zoo model: the .keras file run by `upscaler.make_tf_batch_fn` (one
 traced function for the tile side, TensorFlow's default threads), and the same
-model exported by `models.onnx.convert_keras` run by `make_onnx_batch_fn` on
+model exported by `models.onnx_export.convert_keras` run by `make_onnx_batch_fn` on
 ONNX Runtime's CPU provider with its default threads and with 2 intra-op threads.
 Every call is one batch of --batch tiles of the job's small tile (a 128 px core
 plus the model's receptive radius on each side). Output megapixels per second
@@ -33,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from sr_batch.config import DEFAULT_BATCH_SIZE, DEFAULT_TILE_CORE  # noqa: E402
 from sr_batch.models import onnx as onnx_models  # noqa: E402
+from sr_batch.models import onnx_export  # noqa: E402
 from sr_batch.models import registry  # noqa: E402
 from sr_batch.upscaler import make_tf_batch_fn, to_integer  # noqa: E402
 
@@ -59,7 +60,7 @@ def bench_model(name: str, scale: int, batch_size: int, repeats: int) -> list[tu
     tile = DEFAULT_TILE_CORE + 2 * spec.receptive_radius
     batch = np.random.default_rng(0).random((batch_size, tile, tile, 3), dtype=np.float32)
     core_mp = batch_size * (DEFAULT_TILE_CORE * scale) ** 2 / 1e6
-    data = onnx_models.convert_keras(model, name=spec.name)
+    data = onnx_export.convert_keras(model, name=spec.name)
 
     tf_run, _ = make_tf_batch_fn(model, tile)
     tf_s, reference = time_calls(tf_run, batch, repeats)

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from sr_batch.demo import make_images  # noqa: E402
+from sr_batch.demo_images import make_images  # noqa: E402
 from sr_batch.config import DEFAULT_TILE_CORE, LARGE_TILE_CORE  # noqa: E402
 
 SCALE = 2

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from sr_batch import resample
-from sr_batch.demo import make_images
+from sr_batch.demo_images import make_images
 
 
 def upscaled_outputs(folder: str | None, sides: tuple[int, ...]) -> dict[str, np.ndarray]:

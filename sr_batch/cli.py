@@ -239,9 +239,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sr_batch.models import onnx
+    from sr_batch.models import onnx_export
 
-    result = onnx.export_model(args.model, args.output, scale=args.scale, opset=args.opset)
+    result = onnx_export.export_model(args.model, args.output, scale=args.scale, opset=args.opset)
     print(result.check.line(), file=sys.stderr)
     print(result.summary_line(), file=sys.stderr)
     return EXIT_OK

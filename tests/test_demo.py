@@ -1,5 +1,5 @@
-"""`sr-batch demo`: the pictures, the set and its manifest, and the whole command on a real
-local Ray: quiet on the console, scored against the originals, ending with the report."""
+"""`sr-batch demo`: the set and its manifest, and the whole command on a real local Ray:
+quiet on the console, scored against the originals, ending with the report."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sr_batch import demo, pipeline, quality, resample, stats
+from sr_batch import demo, pipeline, resample, stats
 from sr_batch.manifest import read_manifest
 
 from conftest import png_bytes, scene, stop_process
@@ -28,29 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 # worker's notices, tracebacks, and the lines Ray Data and TensorFlow print on their own.
 NOISE = re.compile(r"WARNING|Warning:|^\[[^\]]* [IWEF] \d+ \d+\]|^[IWEF]\d{4} |core_worker|Traceback"
                    r"|Progress bars|oneDNN|absl::|RAW: |\(raylet\)", re.MULTILINE)
-
-
-def test_render_original_is_seeded_and_sized():
-    a = demo.render_original(96, 128, seed=3, scale=2)
-    assert a.shape == (96, 128, 3) and a.dtype == np.uint8
-    assert np.array_equal(a, demo.render_original(96, 128, seed=3, scale=2))
-    assert not np.array_equal(a, demo.render_original(96, 128, seed=4, scale=2))
-    portrait = demo.render_original(150, 90, seed=0, scale=3)
-    assert portrait.shape == (150, 90, 3)
-    with pytest.raises(ValueError, match="at least 16x16"):
-        demo.render_original(15, 40, scale=2)
-
-
-def test_render_original_has_what_upscaling_shows():
-    """Hard edges and fine detail (bicubic loses a lot of it), and smooth gradient too."""
-    original = demo.render_original(240, 320, seed=0, scale=2)
-    bicubic = resample.upscale_bicubic(resample.downscale_bicubic(original, 2), 2)
-    # Fine detail: bicubic of the shrunk picture is far from the original, unlike a smooth image.
-    assert quality.psnr_y(bicubic, original, 2) < 30.0
-    y = quality.rgb_to_y(original)
-    steps = np.abs(np.diff(y, axis=1))
-    assert (steps > 100).mean() > 0.02  # hard edges: text, bars, leaves, shapes
-    assert (steps < 3).mean() > 0.4  # smooth areas: the gradient, cards, disks
 
 
 def test_make_demo_set_pairs_inputs_with_originals(tmp_path):

@@ -20,8 +20,8 @@ import numpy as np
 from sr_batch import storage
 from sr_batch.errors import ModelError, ModelExportError, ModelFormatError
 from sr_batch.models import registry
-from sr_batch.models.onnx import (MAX_LEVELS, ExportCheck, make_check_image, open_session,
-                                  read_layout, run_nhwc)
+from sr_batch.models.onnx import make_check_image, open_session, read_layout, run_nhwc
+from sr_batch.models.onnx_export import MAX_LEVELS, ExportCheck
 from sr_batch.upscaler import to_integer
 
 _INSTALL_HINT = "pip install 'sr-batch[torch]'"

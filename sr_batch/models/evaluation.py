@@ -287,6 +287,7 @@ def evaluate_mixed(folders: list[str], scale: int, denoise: tuple[float, ...] = 
     at each `denoise`, and `--model auto` routing each image as the job does."""
     from sr_batch import images as image_codec
     from sr_batch import routing
+    from sr_batch.estimates import estimate
     from sr_batch.models.data import load_images
 
     clean_spec = registry.resolve_model(None, scale)
@@ -310,7 +311,7 @@ def evaluate_mixed(folders: list[str], scale: int, denoise: tuple[float, ...] = 
             data = mixed_lr(hr, scale, kind, index)
             lr = image_codec.decode_image(data, 10**9).pixels
             lr = lr[..., 0] if lr.shape[2] == 1 else lr
-            choice = routing.choose(routing.estimate(data, lr), scale)
+            choice = routing.choose(estimate(data, lr), scale)
             routes[f"{kind}: {choice.key}"] = routes.get(f"{kind}: {choice.key}", 0) + 1
             chosen = runners[clean_spec.name] if choice.model == "clean" else real_runs[choice.denoise]
             for name, upscale in [*runners.items(), ("auto", chosen)]:

@@ -22,6 +22,7 @@ from sr_batch.cli import main  # noqa: E402
 from sr_batch.config import JobConfig  # noqa: E402
 from sr_batch.errors import ConfigError, ModelFormatError, ModelScaleError  # noqa: E402
 from sr_batch.models import onnx as onnx_models  # noqa: E402
+from sr_batch.models import onnx_export  # noqa: E402
 from sr_batch.models import registry  # noqa: E402
 from sr_batch.layout import OutLayout  # noqa: E402
 from sr_batch.pipeline import probe_on_ray, run_job  # noqa: E402
@@ -46,7 +47,7 @@ def exported(tmp_path_factory):
     def export(name: str, scale: int = 2):
         if (name, scale) not in made:
             path = folder / f"{name}_x{scale}.onnx"
-            made[name, scale] = (path, onnx_models.export_model(name, str(path), scale=scale))
+            made[name, scale] = (path, onnx_export.export_model(name, str(path), scale=scale))
         return made[name, scale]
 
     return export
@@ -165,7 +166,7 @@ def test_export_fails_in_one_line_for_an_unconvertible_model(tmp_path, capsys):
 
 def test_the_check_fails_an_export_that_differs(exported):
     other, _ = exported("quality_lite")
-    check = onnx_models.check_against_keras(
+    check = onnx_export.check_against_keras(
         registry.load_keras_model(registry.resolve_model("residual", 2)), other.read_bytes())
     assert not check.ok and check.levels > 1
     assert check.line().startswith("check FAILED")

@@ -1,9 +1,9 @@
-"""Cost and accuracy of the routing estimates (`sr_batch.routing.estimate`) on natural-like images.
+"""Cost and accuracy of the routing estimates (`sr_batch.estimates.estimate`) on natural-like images.
 
-    python bench/bench_routing.py               # ms per image at 0.25, 1 and 12 MP
-    python bench/bench_routing.py --accuracy    # also: true vs estimated JPEG quality and noise sigma
+    python bench/bench_estimates.py               # ms per image at 0.25, 1 and 12 MP
+    python bench/bench_estimates.py --accuracy    # also: true vs estimated JPEG quality and noise sigma
 
-Images are the tests' dead-leaves pictures (`tests/test_routing.natural_image`); the
+Images are the tests' dead-leaves pictures (`tests/test_estimates.natural_image`); the
 12 MP one is the 1 MP one tiled, which costs the estimates the same as any 12 MP picture
 (above 1 MP they read 16 tiles of 256^2, whatever the content). Each image is given as
 JPEG bytes (quality 80) and its decoded pixels, as the job would have them; the time is
@@ -24,9 +24,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from sr_batch import routing  # noqa: E402
+from sr_batch import estimates  # noqa: E402
 from common import best_of  # noqa: E402
-from test_routing import add_noise, natural_image  # noqa: E402
+from test_estimates import add_noise, natural_image  # noqa: E402
 
 
 def jpeg(array: np.ndarray, quality: int) -> bytes:
@@ -46,37 +46,37 @@ def print_cost(base: np.ndarray, repeats: int) -> None:
     for label, image in sizes.items():
         data = jpeg(image, 80)
         pixels = decode(data)
-        tiles = routing.sample_tiles(pixels)
-        luma = routing._tiles_luma(tiles)
+        tiles = estimates.sample_tiles(pixels)
+        luma = estimates._tiles_luma(tiles)
         parts = [
-            1000 * best_of(lambda: routing.jpeg_quality_of(data), repeats),
-            1000 * best_of(lambda: routing._tiles_luma(routing.sample_tiles(pixels)), repeats),
-            1000 * best_of(lambda: routing._tiles_blockiness(luma), repeats),
-            1000 * best_of(lambda: routing._tiles_noise_sigma(tiles, luma), repeats),
+            1000 * best_of(lambda: estimates.jpeg_quality_of(data), repeats),
+            1000 * best_of(lambda: estimates._tiles_luma(estimates.sample_tiles(pixels)), repeats),
+            1000 * best_of(lambda: estimates._tiles_blockiness(luma), repeats),
+            1000 * best_of(lambda: estimates._tiles_noise_sigma(tiles, luma), repeats),
         ]
-        total = 1000 * best_of(lambda: routing.estimate(data, pixels), repeats)
+        total = 1000 * best_of(lambda: estimates.estimate(data, pixels), repeats)
         print(f"{label:>14} {total:12.1f} " + " ".join(f"{p:{w}.1f}" for p, w in zip(parts, (7, 11, 11, 6))))
 
 
 def print_accuracy(base: np.ndarray) -> None:
     photo = base[:512, :768]
     print("\nJPEG quality (Pillow, 4:2:0): written -> estimated, standard tables; blockiness of the decode")
-    print(f"  clean: blockiness {routing.blockiness(routing._tiles_luma(photo[None])[0]):.3f}")
+    print(f"  clean: blockiness {estimates.blockiness(estimates._tiles_luma(photo[None])[0]):.3f}")
     for quality in (10, 20, 30, 50, 75, 90, 95):
         data = jpeg(photo, quality)
-        found = routing.estimate(data, decode(data))
+        found = estimates.estimate(data, decode(data))
         print(f"  q{quality:<3d} -> {found.jpeg_quality:5.1f} {found.jpeg_standard_tables!s:>5}"
               f"   blockiness {found.blockiness:.3f}")
     print("\nnoise sigma (8-bit levels): added -> estimated (colour noise on RGB, grey noise on RGB, grey image)")
     grey = np.asarray(Image.fromarray(photo).convert("L"))
     for sigma in (0, 1, 2, 5, 10, 20):
-        found = [routing.noise_sigma(add_noise(photo, sigma, seed=sigma)),
-                 routing.noise_sigma(add_noise(photo, sigma, seed=sigma, grey=True)),
-                 routing.noise_sigma(add_noise(grey, sigma, seed=sigma))]
+        found = [estimates.noise_sigma(add_noise(photo, sigma, seed=sigma)),
+                 estimates.noise_sigma(add_noise(photo, sigma, seed=sigma, grey=True)),
+                 estimates.noise_sigma(add_noise(grey, sigma, seed=sigma))]
         print(f"  {sigma:3d} -> " + " ".join(f"{f:6.2f}" for f in found))
     print("\nnoise sigma read on JPEG decodes of the clean image (JPEG artefacts, no added noise)")
     for quality in (30, 50, 75, 90):
-        print(f"  q{quality:<3d} -> {routing.noise_sigma(decode(jpeg(photo, quality))):5.2f}")
+        print(f"  q{quality:<3d} -> {estimates.noise_sigma(decode(jpeg(photo, quality))):5.2f}")
 
 
 def main() -> None:
