@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sr_batch.estimates import Estimates, estimate  # noqa: F401 - used by stages
+from sr_batch.estimates import Estimates
 
 # Bump when the rules change: the version is part of `--model auto`'s identity, so an
 # incremental run redoes the images whose route the new rules would choose differently.

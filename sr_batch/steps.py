@@ -109,13 +109,14 @@ class ChooseRoute(Step):
 
     def one(self, w: Work) -> None:
         from sr_batch import routing
+        from sr_batch.estimates import estimate
 
         s = self.settings
         data, w.source = w.source, None
         if w.stream is not None:
             choice, estimates = routing.Choice("clean", None, "streamed: clean"), None
         else:
-            estimates = routing.estimate(data, w.decoded.pixels)
+            estimates = estimate(data, w.decoded.pixels)
             choice = routing.choose(estimates, s.scale)
         if choice.key not in {r.key for r in s.routes}:  # no `real` at this scale: the clean model
             choice = routing.Choice("clean", None, choice.reason + f" -> clean (no real model at x{s.scale})")

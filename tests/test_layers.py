@@ -8,6 +8,8 @@ import graphlib
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sr_batch"
 # What only the driver runs: deciding a run, starting Ray, the CLIs around it.
@@ -83,3 +85,24 @@ def test_the_graph_reader_sees_a_circle_and_a_driver_import(tmp_path, monkeypatc
     edges = graph()
     assert edges["sr_batch.a"] == {"sr_batch.b"} and edges["sr_batch.b"] == {"sr_batch.a"}
     assert edges["sr_batch.actor"] == {"sr_batch.plan"}
+
+
+@pytest.mark.parametrize("lower, higher", [
+    ("sr_batch.estimates", "sr_batch.routing"),
+    ("sr_batch.models.onnx", "sr_batch.models.onnx_export"),
+    ("sr_batch.niqe", "sr_batch.niqe_fit"),
+    ("sr_batch.demo_images", "sr_batch.demo"),
+    ("sr_batch.work", "sr_batch.steps"),
+    ("sr_batch.tiling", "sr_batch.plan"),
+])
+def test_a_split_module_never_reaches_the_one_above_it(lower, higher):
+    """Modules split by job keep their direction: what a run needs reaches the rules, exports,
+    fitting, the demo's flow and the planner through no import, not even one inside a function."""
+    edges = graph()
+    assert lower in edges[higher], f"{higher} no longer imports {lower}: update this test"
+    reached, todo = set(), [lower]
+    while todo:
+        for name in edges[todo.pop()] - reached:
+            reached.add(name)
+            todo.append(name)
+    assert higher not in reached, f"{lower} reaches {higher} through its imports"

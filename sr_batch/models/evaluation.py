@@ -74,7 +74,7 @@ class Routed:
         self.routes: dict[str, int] = {}
 
     def __call__(self, lr: np.ndarray, data: bytes) -> np.ndarray:
-        choice = self.routing.choose(self.routing.estimate(data, lr), self.scale)
+        choice = self.routing.choose(estimate(data, lr), self.scale)
         key = choice.key if choice.key in self.runners else "clean"
         self.routes[key] = self.routes.get(key, 0) + 1
         return self.runners[key](lr)
