@@ -18,6 +18,7 @@ from sr_batch.estimates import (
     noise_sigma,
     sample_tiles,
 )
+from sr_batch import estimates
 from sr_batch.quality import rgb_to_y
 
 
@@ -273,7 +274,7 @@ def test_estimate_of_a_noisy_jpeg(photo):
     with pytest.raises(dataclasses.FrozenInstanceError):
         estimates.noise_sigma = 0.0
     clean = estimate(png_bytes(photo), photo)
-    assert clean == Estimates(None, None, clean.blockiness, clean.noise_sigma)
+    assert clean == Estimates(None, None, clean.blockiness, clean.noise_sigma, clean.blur)
     assert clean.blockiness < 1.05 and clean.noise_sigma < 1.0
 
 
@@ -300,3 +301,13 @@ def test_estimate_of_a_tiny_image_is_nan_not_an_error():
     tiny = np.full((4, 5, 3), 128, np.uint8)
     estimates = estimate(png_bytes(tiny), tiny)
     assert math.isnan(estimates.blockiness) and math.isnan(estimates.noise_sigma)
+
+
+def test_blur_grows_with_a_gaussian_blur_and_is_nan_when_it_cannot_be_read(photo):
+    luma = rgb_to_y(photo).astype(np.float32)
+    sharp = estimates.blur(luma)
+    readings = [estimates.blur(ndimage.gaussian_filter(luma, sigma)) for sigma in (0.8, 1.5, 3.0)]
+    assert 0.0 < sharp < readings[0] < readings[1] < readings[2] < 1.0
+    assert math.isnan(estimates.blur(np.full((64, 64), 128, np.float32)))  # flat: no variation
+    assert math.isnan(estimates.blur(luma[:8, :8]))  # smaller than the low-pass window
+    assert estimate(png_bytes(photo), photo).blur == pytest.approx(sharp, abs=1e-6)
