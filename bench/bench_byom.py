@@ -42,7 +42,8 @@ from PIL import Image  # noqa: E402
 from sr_batch.config import DEFAULT_BATCH_SIZE, JobConfig, local_cpu_count  # noqa: E402
 from sr_batch.demo_images import render_original  # noqa: E402
 from sr_batch.models import onnx as onnx_models  # noqa: E402
-from sr_batch.pipeline import probe_on_ray, run_job  # noqa: E402
+from sr_batch.model_probe import probe_on_ray  # noqa: E402
+from sr_batch.pipeline import run_job  # noqa: E402
 from sr_batch.plan import plan_run  # noqa: E402
 from sr_batch.tiling import extract_tiles  # noqa: E402
 from sr_batch.upscaler import Upscaler, to_float  # noqa: E402

@@ -147,7 +147,7 @@ def main() -> None:
 
     from sr_batch.config import JobConfig
     from sr_batch.models import registry
-    from sr_batch.pipeline import init_ray
+    from sr_batch.ray_session import init_ray
 
     print(f"machine: {machine()}")
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))

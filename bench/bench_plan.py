@@ -8,7 +8,7 @@ Builds, under --work (a temporary folder unless given):
   src/               real 640x480 images only where the header sample looks (16 files): any
                      other file does not exist, and a header read of it fails at once;
   out/stats/         one earlier run of --rows stats rows, written with stats.write_part in
-                     parts of pipeline.FLUSH_ROWS rows (as a real run flushes them): half the
+                     parts of bookkeeping.FLUSH_ROWS rows (as a real run flushes them): half the
                      manifest unchanged under this run's settings (skipped), a fifth with a
                      changed size (changed source), 15% failed, and 15% for images no longer
                      in the manifest (so 15% of the manifest is new).
@@ -105,7 +105,7 @@ def build_stats(rows: int, out: Path, source_root: Path) -> None:
     """One earlier run of `rows` stats rows against the manifest (module docstring)."""
     from sr_batch import stats
     from sr_batch.layout import OutLayout
-    from sr_batch.pipeline import FLUSH_ROWS
+    from sr_batch.bookkeeping import FLUSH_ROWS
     from sr_batch.plan import resolve_tiling
     from sr_batch.models.registry import resolve_model
 

@@ -546,7 +546,7 @@ def main() -> None:
     if args.child:
         return child_main(json.loads(args.child))
 
-    from sr_batch.pipeline import init_ray
+    from sr_batch.ray_session import init_ray
 
     sections = args.sections.split(",")
     work = Path(tempfile.mkdtemp(prefix="sr-bench-"))

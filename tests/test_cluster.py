@@ -186,7 +186,7 @@ def test_driver_memory_does_not_grow_with_the_stats_of_a_long_manifest(cluster, 
     what the manifest itself takes (about 1 KB an image), not by the rows it has written.
 
     Measured on 2 busy cores: from 1,000 to 8,000 tiny images the driver's peak private
-    memory grew 20 MB; with every row held until the end (pipeline.FLUSH_ROWS = 10**9 and
+    memory grew 20 MB; with every row held until the end (bookkeeping.FLUSH_ROWS = 10**9 and
     --stats-flush-s 1e5) it grew 77 MB. The bound, 6 KB an image, lies between.
     """
     image = png_bytes(scene(4, 4))

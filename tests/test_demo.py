@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sr_batch import demo, pipeline, resample, stats
+from sr_batch import demo, ray_session, resample, stats
 from sr_batch.manifest import read_manifest
 
 from conftest import png_bytes, scene, stop_process
@@ -46,7 +46,7 @@ def test_make_demo_set_pairs_inputs_with_originals(tmp_path):
 
 
 def test_quiet_worker_lines_match_only_the_known_noise():
-    skip = re.compile(pipeline.QUIET_WORKER_LINES)
+    skip = re.compile(ray_session.QUIET_WORKER_LINES)
     assert skip.search("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
     assert skip.search("I0000 00:00:1795965795.844089    2247 port.cc:153] oneDNN custom operations are on. "
                        "You may see slightly different numerical results")
@@ -62,8 +62,8 @@ def test_quiet_worker_lines_match_only_the_known_noise():
 
 
 def test_drop_log_message_drops_only_that_message(caplog):
-    pipeline._drop_log_message("sr_batch.test_demo.quiet", "Progress bars disabled.")
-    pipeline._drop_log_message("sr_batch.test_demo.quiet", "Progress bars disabled.")  # once only
+    ray_session._drop_log_message("sr_batch.test_demo.quiet", "Progress bars disabled.")
+    ray_session._drop_log_message("sr_batch.test_demo.quiet", "Progress bars disabled.")  # once only
     logger = logging.getLogger("sr_batch.test_demo.quiet")
     assert len(logger.filters) == 1
     with caplog.at_level(logging.INFO, logger="sr_batch.test_demo.quiet"):

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "sr_batch"
 # What only the driver runs: deciding a run, starting Ray, the CLIs around it.
 DRIVER = {"sr_batch.plan", "sr_batch.pipeline", "sr_batch.nightly", "sr_batch.preview", "sr_batch.cli",
-          "sr_batch.demo"}
+          "sr_batch.demo", "sr_batch.ray_session", "sr_batch.model_probe", "sr_batch.bookkeeping",
+          "sr_batch.run_record"}
 # Where the per-image work starts in an actor or a CPU task.
 WORKER_ENTRIES = ("sr_batch.actor", "sr_batch.steps")
 

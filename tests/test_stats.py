@@ -21,12 +21,12 @@ def test_rows_waiting_past_the_flush_interval_are_flushed_while_no_batch_comes(t
 
     from sr_batch.config import JobConfig
     from sr_batch.layout import OutLayout
-    from sr_batch.pipeline import _StatsWriter
+    from sr_batch.bookkeeping import StatsWriter
 
     out = tmp_path / "out"
     config = JobConfig(sources=("x",), output=str(out), stats_flush_s=2.0, progress_s=3600)
     batch = stats.make_table([{"image_id": "a", "source_uri": "file:///a.png", "status": "ok"}])
-    writer = _StatsWriter(OutLayout.of(str(out)), "r1", 3, config, echo=lambda line: None)
+    writer = StatsWriter(OutLayout.of(str(out)), "r1", 3, config, echo=lambda line: None)
     try:
         writer.add(batch)  # within 2 s of the start: it waits, as rows do between flushes
         assert not list(out.glob("stats/run_id=r1/part-*.parquet"))

@@ -25,7 +25,8 @@ from sr_batch.models import onnx as onnx_models  # noqa: E402
 from sr_batch.models import onnx_export  # noqa: E402
 from sr_batch.models import registry  # noqa: E402
 from sr_batch.layout import OutLayout  # noqa: E402
-from sr_batch.pipeline import probe_on_ray, run_job  # noqa: E402
+from sr_batch.model_probe import probe_on_ray  # noqa: E402
+from sr_batch.pipeline import run_job  # noqa: E402
 from sr_batch.plan import resolve_model, resolve_tiling  # noqa: E402
 from sr_batch.tiling import Tiling  # noqa: E402
 from sr_batch.upscaler import Upscaler, to_float, to_integer  # noqa: E402
