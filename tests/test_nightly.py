@@ -17,8 +17,6 @@ from sr_batch import stats
 
 from conftest import png_bytes, scene, silent_server, stop_process
 
-pytestmark = pytest.mark.slow
-
 
 def sr_batch_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "sr_batch.cli", *args]
@@ -43,6 +41,7 @@ def ok_rows_by_image(out: Path) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_nightly_twice_then_one_new_image(ray_head, tmp_path):
     _, url, env = ray_head
     src, out = tmp_path / "in", tmp_path / "out"
@@ -75,6 +74,7 @@ def test_nightly_twice_then_one_new_image(ray_head, tmp_path):
     assert not (out / "nightly.lock").exists()  # released
 
 
+@pytest.mark.slow
 def test_nightly_without_the_token_fails_in_one_line(ray_head, tmp_path):
     _, url, env = ray_head
     make_folder(tmp_path / "in", 1)
@@ -89,6 +89,7 @@ def test_nightly_without_the_token_fails_in_one_line(ray_head, tmp_path):
     assert not (tmp_path / "out" / "nightly.lock").exists()
 
 
+@pytest.mark.slow
 def test_overlapping_nightly_is_refused_by_the_lock(ray_head, tmp_path):
     from sr_batch.lock import OutputLock
 
@@ -103,6 +104,7 @@ def test_overlapping_nightly_is_refused_by_the_lock(ray_head, tmp_path):
     assert not (out / "stats").exists()
 
 
+@pytest.mark.slow
 def test_driver_killed_with_sigkill_then_rerun(ray_head, tmp_path):
     """kill -9 of the driver mid-run, then the same command: exactly one ok row per image."""
     gcs, _, env = ray_head
@@ -147,6 +149,7 @@ def plain_env(home: Path) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(home)}
 
 
+@pytest.mark.slow
 def test_silent_jobs_api_ends_in_one_line_with_the_lock_released(tmp_path):
     from sr_batch import nightly
 
@@ -165,6 +168,7 @@ def test_silent_jobs_api_ends_in_one_line_with_the_lock_released(tmp_path):
     assert not (out / "nightly.lock").exists()
 
 
+@pytest.mark.slow
 def test_sigterm_releases_the_lock(tmp_path):
     """cron's `timeout` sends SIGTERM to a nightly stuck on a silent API: the lock must go."""
     make_folder(tmp_path / "in", 1)

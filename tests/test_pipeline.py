@@ -21,8 +21,6 @@ from sr_batch.pipeline import run_job
 
 from conftest import png_bytes, scene
 
-pytestmark = pytest.mark.slow
-
 REQUIRED_COLUMNS = [
     "run_id", "image_id", "source_uri", "output_uri", "status", "error_type", "error_message",
     "width", "height", "channels", "bit_depth", "out_width", "out_height", "scale",
@@ -36,6 +34,7 @@ def quiet(line: str) -> None:
     pass
 
 
+@pytest.mark.slow
 def test_end_to_end_default_model(ray_local, image_dir, tmp_path):
     out = tmp_path / "out"
     result = run_job(JobConfig(sources=(str(image_dir),), output=str(out), tile_size=16,
@@ -75,6 +74,7 @@ def test_end_to_end_default_model(ray_local, image_dir, tmp_path):
     assert not [p for p in out.rglob(".*") if p.is_file()]
 
 
+@pytest.mark.slow
 def test_run_removes_temporaries_an_interrupted_run_left(ray_local, image_dir, tmp_path):
     """A writer killed between write and rename leaves a hidden file; the next run deletes it."""
     out = tmp_path / "out"
@@ -94,6 +94,7 @@ def test_run_removes_temporaries_an_interrupted_run_left(ray_local, image_dir, t
     assert "removed 2 temporary file(s) left by an interrupted run" in lines
 
 
+@pytest.mark.slow
 def test_default_tiling_gives_each_image_the_cheaper_tile(ray_local, tmp_path):
     """No --tile-size: two tile sides; a small image runs in the small tile, a 250 px image
     in one large tile (4 small ones would cost more); a rerun skips both."""
@@ -133,6 +134,7 @@ def test_images_per_call_follow_the_median_image_size(tmp_path, sides, expected)
     assert images_per_call(config.replace(images_per_call=5), table) == 5
 
 
+@pytest.mark.slow
 def test_bfloat16_is_recorded_and_is_not_taken_for_a_float32_run(ray_local, tmp_path):
     """--precision bfloat16: close to the float32 output, its own stats value, and a rerun
     in the other precision processes the image again instead of skipping it."""
@@ -156,6 +158,7 @@ def test_bfloat16_is_recorded_and_is_not_taken_for_a_float32_run(ray_local, tmp_
     assert difference.mean() < 1.0 and difference.max() <= 8
 
 
+@pytest.mark.slow
 def test_reference_metrics_next_to_bicubic(ray_local, tmp_path):
     hr = scene(64, 48, seed=3)
     lr = np.asarray(Image.fromarray(hr).resize((24, 32), Image.BICUBIC))
@@ -192,6 +195,7 @@ def make_bad_inputs(root: Path) -> dict[str, str]:
             "float.tif": "unsupported_mode", "missing.png": "missing_file"}
 
 
+@pytest.mark.slow
 def test_bad_inputs_fail_their_row_only(ray_local, tmp_path):
     expected = make_bad_inputs(tmp_path / "in")
     uris = [str(tmp_path / "in" / name) for name in [*expected, "good.png"]]
@@ -214,6 +218,7 @@ def test_bad_inputs_fail_their_row_only(ray_local, tmp_path):
     assert Path(rows["good.png"]["output_uri"].removeprefix("file://")).is_file()
 
 
+@pytest.mark.slow
 def test_path_escapes_fail_that_image(ray_local, tmp_path):
     (tmp_path / "in").mkdir()
     for name in ("a.png", "b.png", "c.png", "d.png"):
@@ -239,6 +244,7 @@ def test_path_escapes_fail_that_image(ray_local, tmp_path):
     assert written == {Path("out/images/ok/b.png")}
 
 
+@pytest.mark.slow
 def test_actors_get_distinct_gpus(ray_local, tmp_path):
     """--gpus-per-actor is the actors' Ray request: two actors, one logical GPU each."""
     (tmp_path / "in").mkdir()
@@ -256,6 +262,7 @@ def test_actors_get_distinct_gpus(ray_local, tmp_path):
     assert gpus == {"0", "1"}, workers
 
 
+@pytest.mark.slow
 def test_cli_default_configuration_completes(tmp_path, image_dir):
     """The README command with every default, in a fresh process that starts its own Ray."""
     out = tmp_path / "out"
@@ -269,6 +276,7 @@ def test_cli_default_configuration_completes(tmp_path, image_dir):
     assert len(list((out / "images").rglob("*.png"))) == 5
 
 
+@pytest.mark.slow
 def test_cli_reports_failures_in_one_line_and_exits_nonzero(tmp_path):
     make_bad_inputs(tmp_path / "in")
     proc = subprocess.run([sys.executable, "-m", "sr_batch.cli", "run", str(tmp_path / "in"),
@@ -281,6 +289,7 @@ def test_cli_reports_failures_in_one_line_and_exits_nonzero(tmp_path):
     assert "1 ok, 5 failed" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_cli_config_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sr_batch.cli", "run", str(tmp_path),
                            "--output", str(tmp_path / "o"), "--tile-size", "16",
@@ -304,6 +313,7 @@ def user_model_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_model_from_a_path(ray_local, image_dir, tmp_path, user_model_file):
     import hashlib
 
@@ -320,6 +330,7 @@ def test_model_from_a_path(ray_local, image_dir, tmp_path, user_model_file):
     assert rows[0]["tile_overlap"] <= receptive_radius("subpixel", 2)
 
 
+@pytest.mark.slow
 def test_scale_mismatch_stops_before_any_image(ray_local, image_dir, tmp_path, user_model_file):
     from sr_batch.errors import ModelScaleError
 
@@ -333,6 +344,7 @@ def test_scale_mismatch_stops_before_any_image(ray_local, image_dir, tmp_path, u
 # --- any output size -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_any_output_size_runs_the_model_then_resizes(ray_local, tmp_path):
     """--outscale 1.5 and 8, --width and --fit: the model at its scale (twice for x8), one
     Lanczos resize to the exact size, recorded in the stats; a reference at the output size
@@ -384,6 +396,7 @@ def test_any_output_size_runs_the_model_then_resizes(ray_local, tmp_path):
     assert run_job(base.replace(fit="50x50", run_id="fit-again"), echo=quiet).counts == {"skipped": 2}
 
 
+@pytest.mark.slow
 def test_sr_batch_run_takes_the_output_size_options(ray_local, tmp_path):
     """The same through `sr-batch run`: --outscale, then --fit, each recorded and each its own setting."""
     from sr_batch import cli
@@ -407,6 +420,7 @@ def test_sr_batch_run_takes_the_output_size_options(ray_local, tmp_path):
 # --- --model auto ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_auto_routes_each_image_and_runs_it_as_its_model_would(ray_local, tmp_path):
     """The default `--model auto` through `sr-batch run`: a clean PNG takes the clean default, a
     JPEG at quality 40 `real` at 0.5, a PNG with noise sigma 15 `real` at 0.75; the stats say
@@ -461,6 +475,7 @@ def test_auto_routes_each_image_and_runs_it_as_its_model_would(ray_local, tmp_pa
     assert {r["model"] for r in redone} == {registry.resolve_model(None, 2).name}
 
 
+@pytest.mark.slow
 def test_metrics_niqe_scores_each_output_and_its_bicubic_and_the_report_ranks_by_it(ray_local, tmp_path):
     """--metrics niqe: `niqe` and `niqe_bicubic` per image; without references the report's
     metric, worst list and gallery are by NIQE."""
@@ -489,6 +504,7 @@ def test_metrics_niqe_scores_each_output_and_its_bicubic_and_the_report_ranks_by
 # --- the staged arrangement ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_staged_arrangement_writes_what_the_fused_one_does(ray_local, tmp_path):
     """Decode and encode as CPU tasks around model actors that only upscale: the same files,
     byte for byte (grey, alpha, two tile sides), and the same stats but for timings and worker."""

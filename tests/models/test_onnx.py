@@ -240,6 +240,7 @@ def test_non_image_input_fails(tmp_path, shape):
         onnx_models.probe_onnx(file_spec(path), 2)
 
 
+@pytest.mark.slow
 def test_bad_files_and_scales_fail_the_cli_in_one_line(ray_local, tmp_path, image_dir, exported, capsys):
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"this is not a protobuf")
