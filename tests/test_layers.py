@@ -95,6 +95,10 @@ def test_the_graph_reader_sees_a_circle_and_a_driver_import(tmp_path, monkeypatc
     ("sr_batch.demo_images", "sr_batch.demo"),
     ("sr_batch.work", "sr_batch.steps"),
     ("sr_batch.tiling", "sr_batch.plan"),
+    ("sr_batch.ray_session", "sr_batch.pipeline"),
+    ("sr_batch.model_probe", "sr_batch.pipeline"),
+    ("sr_batch.bookkeeping", "sr_batch.pipeline"),
+    ("sr_batch.run_record", "sr_batch.pipeline"),
 ])
 def test_a_split_module_never_reaches_the_one_above_it(lower, higher):
     """Modules split by job keep their direction: what a run needs reaches the rules, exports,
