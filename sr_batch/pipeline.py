@@ -184,8 +184,17 @@ def runs_here(plan: RunPlan) -> bool:
 def _upscale_here(plan: RunPlan, settings: ActorSettings):
     """--executor local: the fused actor's work in this process (TensorFlow imported here), one
     actor call's images at a time."""
-    actor = UpscaleActor(settings)
-    for block in _blocks(plan.todo, plan.images_per_call):
+    from sr_batch.runtime import native_log_filtered
+
+    blocks = _blocks(plan.todo, plan.images_per_call)
+    # TensorFlow's load-time and first-run notes, which Ray's worker-line filter keeps off the
+    # console for actors (ray_session.QUIET_WORKER_LINES), are kept off it here the same way.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with native_log_filtered(after_import=True):
+        actor = UpscaleActor(settings)
+        first = actor(blocks[0])
+    yield first
+    for block in blocks[1:]:
         yield actor(block)
 
 

@@ -26,7 +26,7 @@ def configure_tensorflow(threads: int) -> None:
     """
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _native_log_filtered():
+    with native_log_filtered():
         import tensorflow as tf
 
     try:
@@ -43,19 +43,23 @@ def configure_tensorflow(threads: int) -> None:
 # before its first line when logging is not set up yet.
 _ABSL_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d\d")
 _ABSL_NOTICE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+# Logged at ERROR on CPUs without AVX-512 FP16, yet only a note: half precision (which no
+# sr-batch model uses) falls back to Eigen. Hidden at any level, as ray_session hides it from actors.
+_HALF_PRECISION_NOTE = b"oneDNN supports DT_HALF only on platforms with AVX-512"
 
 
 @contextlib.contextmanager
-def _native_log_filtered():
+def native_log_filtered(after_import: bool = False):
     """Drop what TF_CPP_MIN_LOG_LEVEL asks to hide from the native stderr of the block.
 
     TensorFlow (2.16+) logs its load-time notes (oneDNN, CPU features) through absl before
     absl is set up, so they reach stderr whatever TF_CPP_MIN_LOG_LEVEL says; in a Ray worker
     every such line is forwarded to the user's terminal, coloured, on each run and in
     one-line errors. The block's stderr goes to a temporary file, and what is not a hidden
-    absl line is passed on.
+    absl line is passed on. `after_import`: filter also where TensorFlow is imported already
+    (a model's first run, whose oneDNN notes come before absl's setup too).
     """
-    if "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules and not after_import:
         yield
         return
     try:
@@ -86,7 +90,7 @@ def _unhidden_lines(text: bytes, hidden: bytes) -> bytes:
         if line.rstrip() == _ABSL_NOTICE:
             hiding = b"W" in hidden
         elif header:
-            hiding = header.group(1) in hidden
+            hiding = header.group(1) in hidden or _HALF_PRECISION_NOTE in line
         if not hiding:
             kept.append(line)
     return b"".join(kept)
