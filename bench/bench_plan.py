@@ -177,7 +177,7 @@ def bench_config(manifest_path: Path, out: Path):
 
 def child_stages(manifest_path: Path, out: Path) -> None:
     """The plan's stages in order, as plan_run runs them; one line each."""
-    from sr_batch import incremental, manifest, plan
+    from sr_batch import incremental, manifest, naming, plan
     from sr_batch.layout import OutLayout
 
     config = bench_config(manifest_path, out)
@@ -195,7 +195,7 @@ def child_stages(manifest_path: Path, out: Path) -> None:
     spec = plan.resolve_model(config, None)
     tiling = plan.resolve_tiling(config, spec.receptive_radius)
     key = incremental.ReuseKey.of(config, spec.identity, tiling.overlap, None)
-    listed = stage("plan outputs", lambda: plan.plan_outputs(table, layout, config.format))
+    listed = stage("plan outputs", lambda: naming.plan_outputs(table, layout, config.format))
     earlier = stage("join", lambda: incremental.find_earlier(layout, listed, key))
     split = stage("split", lambda: incremental.split_manifest(listed, earlier, key))
     pixels = stage("sample headers", lambda: plan.sample_pixels(split.todo, config.retries))

@@ -61,7 +61,7 @@ class OutLayout:
         return storage.join(self.manifests, f"{run_id}.parquet")
 
     def probe(self, sha256: str) -> str:
-        """Where the probe of a model file with this SHA-256 is cached (plan.read_probe)."""
+        """Where the probe of a model file with this SHA-256 is cached (model_probe.read_probe)."""
         return storage.join(self.root, "probes", f"{sha256}.json")
 
     @property

@@ -1,6 +1,7 @@
 """The probe of a user's model file, as `sr-batch run` makes it: the file is loaded once in a
 Ray task (never in the driver, which may have no TensorFlow) to learn its scale, receptive
-radius and SHA-256. The plan (plan.py) caches what it learns in OUT/probes/.
+radius and SHA-256; and its cache in OUT/probes/ (read_probe, write_probe), which the plan
+(plan.py) reads before it probes and writes after.
 """
 
 from __future__ import annotations
@@ -9,9 +10,17 @@ import time
 from dataclasses import replace
 
 from sr_batch import errors, storage
+from sr_batch.config import SCALES
 from sr_batch.errors import ModelError
+from sr_batch.layout import OutLayout
 from sr_batch.models.registry import ModelSpec
 from sr_batch.ray_session import init_ray
+
+# Bumped when the probe measures differently: older cached probes are then measured again.
+PROBE_VERSION = 1
+# A probe's result as cached, in OUT/probes/<sha256>.json: the spec fields it measures.
+_PROBED_FIELDS = ("scale", "channels", "params", "receptive_radius", "input_side", "tiles_exactly",
+                  "seams", "response_decay", "probe_s")
 
 
 def probe_on_ray(address: str | None):
@@ -67,3 +76,44 @@ def _probe_task():
             return type(exc).__name__, message
 
     return probe
+
+
+# --- the probe cache -------------------------------------------------------------------
+
+
+def read_probe(layout: OutLayout, spec: ModelSpec) -> ModelSpec | None:
+    """The spec completed from OUT's cached probe of its file (spec.sha256), kept in
+    OUT/probes/<sha256>.json beside the runs that use it (every node of a cluster and every
+    later run into OUT sees it; a per-node cache would not); None if none is there, it is
+    from another probe version, or it does not read as one."""
+    import json
+
+    try:
+        cached = json.loads(storage.read_bytes(layout.probe(spec.sha256)))
+    except Exception:  # noqa: BLE001 - an absent or broken cache only means probing again
+        return None
+    if not isinstance(cached, dict) or cached.get("probe_version") != PROBE_VERSION:
+        return None
+    try:
+        fields = {name: cached[name] for name in _PROBED_FIELDS}
+        fields["seams"] = tuple((int(o), float(m), float(a)) for o, m, a in fields["seams"])
+        fields["response_decay"] = tuple(map(float, fields["response_decay"]))
+        if fields["scale"] not in SCALES or not isinstance(fields["receptive_radius"], int) \
+                or fields["receptive_radius"] < 0:
+            return None
+        return replace(spec, **fields)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def write_probe(layout: OutLayout, spec: ModelSpec, retries: int) -> None:
+    """Cache a probe's result in OUT; a failure to write costs the next run a probe, no more."""
+    import json
+
+    record = {"probe_version": PROBE_VERSION, "model": spec.uri, "sha256": spec.sha256,
+              **{name: getattr(spec, name) for name in _PROBED_FIELDS}}
+    try:
+        storage.write_bytes_atomic(layout.probe(spec.sha256),
+                                   json.dumps(record, indent=1).encode(), retries)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return

@@ -40,8 +40,9 @@ from sr_batch.config import JobConfig
 from sr_batch.errors import ConfigError, SrBatchError
 from sr_batch.layout import OutLayout
 from sr_batch.lock import DEFAULT_STALE_S, OutputLock
+from sr_batch.naming import planned_outputs_column
 from sr_batch.pipeline import Echo, echo_stderr
-from sr_batch.plan import new_run_id, plan_run, planned_outputs_column
+from sr_batch.plan import new_run_id, plan_run
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Refresh the lock this often while the job runs (far below any sane stale_s).

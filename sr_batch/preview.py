@@ -27,8 +27,9 @@ import pyarrow.compute as pc
 from sr_batch import incremental, manifest, storage
 from sr_batch.config import CALL_SIZE_SAMPLE, JobConfig
 from sr_batch.layout import OutLayout
+from sr_batch.naming import planned_outputs_column
 from sr_batch.pipeline import Echo, echo_stderr
-from sr_batch.plan import RunPlan, plan_run, planned_outputs_column
+from sr_batch.plan import RunPlan, plan_run
 
 
 @dataclass(frozen=True)

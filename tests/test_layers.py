@@ -15,7 +15,7 @@ PACKAGE = ROOT / "sr_batch"
 # What only the driver runs: deciding a run, starting Ray, the CLIs around it.
 DRIVER = {"sr_batch.plan", "sr_batch.pipeline", "sr_batch.nightly", "sr_batch.preview", "sr_batch.cli",
           "sr_batch.demo", "sr_batch.ray_session", "sr_batch.model_probe", "sr_batch.bookkeeping",
-          "sr_batch.run_record"}
+          "sr_batch.run_record", "sr_batch.naming"}
 # Where the per-image work starts in an actor or a CPU task.
 WORKER_ENTRIES = ("sr_batch.actor", "sr_batch.steps")
 
@@ -99,6 +99,8 @@ def test_the_graph_reader_sees_a_circle_and_a_driver_import(tmp_path, monkeypatc
     ("sr_batch.model_probe", "sr_batch.pipeline"),
     ("sr_batch.bookkeeping", "sr_batch.pipeline"),
     ("sr_batch.run_record", "sr_batch.pipeline"),
+    ("sr_batch.naming", "sr_batch.plan"),
+    ("sr_batch.model_probe", "sr_batch.plan"),
 ])
 def test_a_split_module_never_reaches_the_one_above_it(lower, higher):
     """Modules split by job keep their direction: what a run needs reaches the rules, exports,

@@ -121,7 +121,8 @@ def test_default_tiling_gives_each_image_the_cheaper_tile(ray_local, tmp_path):
                                              ((128, 2048, 2048), 1), ((128, 128, 2048), 8)])
 def test_images_per_call_follow_the_median_image_size(tmp_path, sides, expected):
     from sr_batch.layout import OutLayout
-    from sr_batch.plan import images_per_call, plan_outputs
+    from sr_batch.naming import plan_outputs
+    from sr_batch.plan import images_per_call
 
     (tmp_path / "in").mkdir()
     for i, side in enumerate(sides):  # flat images: only the header matters

@@ -19,8 +19,9 @@ from sr_batch import manifest, storage
 from sr_batch.config import JobConfig
 from sr_batch.errors import ConfigError, PathEscapeError
 from sr_batch.layout import OutLayout
+from sr_batch.naming import plan_outputs
 from sr_batch.pipeline import run_job
-from sr_batch.plan import plan_outputs, plan_run
+from sr_batch.plan import plan_run
 from sr_batch.preview import dry_run, find_rate
 
 from conftest import png_bytes, scene
