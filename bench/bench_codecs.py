@@ -32,7 +32,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sr_batch import images, quality, resample  # noqa: E402
+from sr_batch import quality, resample  # noqa: E402
+from sr_batch.encode import encode_image  # noqa: E402
 from common import best_of, upscaled_outputs  # noqa: E402
 
 
@@ -61,8 +62,8 @@ def main() -> None:
                 ("PNG Pillow level 1", lambda: pillow_png(out, 1)),
                 ("PNG libpng level 1, Paeth", lambda: imagecodecs.png_encode(
                     out, level=1, filter=imagecodecs.PNG.FILTER.PAETH)),
-                ("PNG libpng level 1, Paeth, RLE (the job)", lambda: images.encode_image(out, None, "png")),
-                ("PNG Pillow level 6 (the job at 6)", lambda: images.encode_image(
+                ("PNG libpng level 1, Paeth, RLE (the job)", lambda: encode_image(out, None, "png")),
+                ("PNG Pillow level 6 (the job at 6)", lambda: encode_image(
                     out, None, "png", png_compress_level=6)),
                 ("PNG libpng level 6, Paeth", lambda: imagecodecs.png_encode(
                     out, level=6, filter=imagecodecs.PNG.FILTER.PAETH))):

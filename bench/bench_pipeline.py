@@ -86,7 +86,7 @@ def timed_run(config) -> tuple[float, float, float]:
 
 def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str, float]:
     """CPU seconds (all threads of this process) per output MP of each step alone."""
-    from sr_batch import handoff, images, steps, storage
+    from sr_batch import decode, encode, handoff, steps, storage
     from sr_batch.inference import build_upscaler
     from sr_batch.settings import ActorSettings
     from sr_batch.work import Work
@@ -107,7 +107,7 @@ def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str
     times = dict.fromkeys(("read + decode", "model", "encode PNG", "write", "metrics",
                            "Arrow hand-off (staged)"), 0.0)
     out_mp = 0.0
-    upscaler.upscale([images.decode_image(paths[0].read_bytes(), 10**9).pixels])  # warm-up (trace)
+    upscaler.upscale([decode.decode_image(paths[0].read_bytes(), 10**9).pixels])  # warm-up (trace)
     for i, path in enumerate(paths[:sample]):
         row = {"uri": storage.to_uri(str(path)), "bytes": None}
         began = time.process_time()
@@ -118,7 +118,7 @@ def per_step(model: str, paths: list[Path], work: Path, sample: int) -> dict[str
         times["model"] += time.process_time() - began
         out_mp += result.pixels.shape[0] * result.pixels.shape[1] / 1e6
         began = time.process_time()
-        data = images.encode_image(result.pixels, None, "png", png_compress_level=1)
+        data = encode.encode_image(result.pixels, None, "png", png_compress_level=1)
         times["encode PNG"] += time.process_time() - began
         began = time.process_time()
         storage.write_bytes_atomic(storage.to_uri(str(work / "steps" / f"{i}.png")), data)

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sr_batch import images, provenance  # noqa: E402
+from sr_batch import encode, provenance  # noqa: E402
 from common import best_of, upscaled_outputs  # noqa: E402
 
 SOURCE_XMP = (
@@ -109,7 +109,7 @@ def main() -> None:
           f"{'bytes_added':>11} {'xmp_e2e':>8} {'sha_e2e':>8}"
           + (f" {'c2pa_s':>8} {'c2pa_bytes':>10} {'c2pa_e2e':>8}" if signing else ""))
     for size, pixels in outputs.items():
-        source = images.encode_image(np.ascontiguousarray(pixels[::2, ::2]), None, "png")
+        source = encode.encode_image(np.ascontiguousarray(pixels[::2, ::2]), None, "png")
         megapixels = pixels.shape[0] * pixels.shape[1] / 1e6
         making = provenance.Making(
             source_uri="s3://archive/scans/1962/scan-0042.png", source_sha256=provenance.sha256_hex(source),
@@ -117,12 +117,12 @@ def main() -> None:
             out_height=pixels.shape[0], denoise=None, route=None, run_id="20261205T160000-abc123",
             when=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         for fmt in ("png", "jpeg", "webp", "tiff"):
-            plain = images.encode_image(pixels, None, fmt)
+            plain = encode.encode_image(pixels, None, fmt)
             xmp, _ = provenance.build_xmp(making, SOURCE_XMP)
-            with_xmp = images.encode_image(pixels, None, fmt, xmp=xmp)
+            with_xmp = encode.encode_image(pixels, None, fmt, xmp=xmp)
             encode_s, embedded_s = paired_best(
-                lambda: images.encode_image(pixels, None, fmt),
-                lambda: images.encode_image(pixels, None, fmt, xmp=provenance.build_xmp(making, SOURCE_XMP)[0]),
+                lambda: encode.encode_image(pixels, None, fmt),
+                lambda: encode.encode_image(pixels, None, fmt, xmp=provenance.build_xmp(making, SOURCE_XMP)[0]),
                 args.repeats)
             sha_s = best_of(lambda: (provenance.sha256_hex(source), provenance.sha256_hex(with_xmp)),
                             args.repeats, clock=time.process_time)

@@ -314,8 +314,9 @@ def _time_naive(model, paths, out: Path, sample_s) -> tuple[float, int, int]:
 
 def _time_stages(model, config, paths, sample_s) -> dict:
     """Per stage, in one process, as the actor runs them; seconds per output megapixel."""
-    from sr_batch import images as codec
     from sr_batch import quality
+    from sr_batch.decode import decode_image
+    from sr_batch.encode import encode_image
     from sr_batch.upscaler import Upscaler, make_tf_batch_fn, to_integer
 
     run, _ = make_tf_batch_fn(model, config.tile_sizes)
@@ -328,7 +329,7 @@ def _time_stages(model, config, paths, sample_s) -> dict:
     for path in paths:
         data = path.read_bytes()
         t0 = time.perf_counter()
-        decoded = codec.decode_image(data, 1 << 40)
+        decoded = decode_image(data, 1 << 40)
         t1 = time.perf_counter()
         # Past the decode, a large image is timed on a crop: each stage's cost is per pixel.
         lr = np.ascontiguousarray(decoded.pixels[:STAGE_CROP, :STAGE_CROP])
@@ -337,7 +338,7 @@ def _time_stages(model, config, paths, sample_s) -> dict:
         t2 = time.perf_counter()
         out = to_integer(result.pixels, np.uint8)
         t3 = time.perf_counter()
-        codec.encode_image(out, None, "png", png_compress_level=1)
+        encode_image(out, None, "png", png_compress_level=1)
         t4 = time.perf_counter()
         quality.no_reference_metrics(out, lr)  # the job's two reference-free metrics
         t5 = time.perf_counter()

@@ -14,7 +14,7 @@ from sr_batch import storage
 from sr_batch.errors import UnsupportedModeError
 
 if TYPE_CHECKING:
-    from sr_batch.images import DecodedImage
+    from sr_batch.decode import DecodedImage
 
 # The extension each input extension keeps under --format keep; anything else becomes PNG.
 _KEEP_EXTENSION = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp",

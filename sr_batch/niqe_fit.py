@@ -18,7 +18,7 @@ import numpy as np
 
 from sr_batch import storage
 from sr_batch.errors import ConfigError, ImageError, SrBatchError
-from sr_batch.images import decode_image
+from sr_batch.decode import decode_image
 from sr_batch.niqe import (FEATURE_NAMES, FEATURES_PER_SCALE, PATCH, SCALES, NiqeParams,
                            load_params, patch_features)
 

@@ -4,7 +4,7 @@ DerivedFrom and History, and sr-batch's own fields) built from the source's XMP 
 The packet is built and parsed with ElementTree; a source's XMP is untrusted input and is
 parsed through defusedxml (no DTDs, no entities). A source packet that cannot be parsed
 never fails the image: the output gets sr-batch's packet alone, and a note says so.
-images.encode_image embeds the packet; docs/formats.md ("Provenance") lists the fields.
+encode.encode_image embeds the packet; docs/formats.md ("Provenance") lists the fields.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def read_xmp(data: bytes) -> bytes | None:
             xmp = image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
     except Exception:  # noqa: BLE001 - e.g. a 16-bit TIFF Pillow cannot open: ask tifffile
         xmp = None
-    from sr_batch.images import tiff_xmp, xmp_bytes
+    from sr_batch.decode import tiff_xmp, xmp_bytes
 
     if xmp is None and data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         import tifffile
@@ -389,7 +389,7 @@ def load_signing(spec: str, retries: int = 3) -> Signing:
         # A trial signature of a 1x1 PNG, read back: c2pa takes a wrong certificate until it signs.
         import numpy as np
 
-        from sr_batch.images import encode_image
+        from sr_batch.encode import encode_image
 
         pixel = encode_image(np.zeros((1, 1, 1), np.uint8), None, "png")
         trial = Making(None, sha256_hex(pixel), "trial", "0" * 64, 2, 1, 1, None, None, "trial", "")

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from sr_batch import formats, images, provenance, quality, resample, stats, storage, streaming
+from sr_batch import decode, encode, formats, provenance, quality, resample, stats, storage, streaming
 from sr_batch.errors import ImageError, ReferenceImageError, TooManyPixelsError
 from sr_batch.handoff import from_arrow, to_arrow
 from sr_batch.runtime import worker_name
@@ -75,7 +75,7 @@ class Decode(Step):
             w.source = data if s.routes else None  # routing reads the JPEG tables from the bytes
 
 
-def read_and_decode(s: ActorSettings, row: dict) -> tuple[images.DecodedImage | streaming.TiffLayout,
+def read_and_decode(s: ActorSettings, row: dict) -> tuple[decode.DecodedImage | streaming.TiffLayout,
                                                          int, bytes | None]:
     """(the decoded image, or the layout of a TIFF to stream; its size in bytes; its bytes,
     None for a streamed one)."""
@@ -93,7 +93,7 @@ def read_and_decode(s: ActorSettings, row: dict) -> tuple[images.DecodedImage | 
                 return streaming.check_streamable(handle, too_many), size, None
     data = storage.read_bytes(uri, s.retries, s.read_timeout_s)
     try:
-        return images.decode_image(data, s.max_pixels), len(data), data
+        return decode.decode_image(data, s.max_pixels), len(data), data
     except TooManyPixelsError as exc:
         return streaming.check_streamable(io.BytesIO(data), exc), len(data), None
 
@@ -304,7 +304,7 @@ def _tiff_xmp(handle) -> bytes | None:
 
     handle.seek(0)
     with tifffile.TiffFile(handle) as tif:
-        return images.tiff_xmp(tif)
+        return decode.tiff_xmp(tif)
 
 
 # --- after the model -------------------------------------------------------------------
@@ -369,7 +369,7 @@ class Measure(Step):
 
     def _against_reference(self, uri: str, output: np.ndarray, lr: np.ndarray) -> dict:
         s = self.settings
-        reference = images.decode_image(storage.read_bytes(uri, s.retries, s.read_timeout_s),
+        reference = decode.decode_image(storage.read_bytes(uri, s.retries, s.read_timeout_s),
                                         s.max_pixels * s.scale ** 2)
         try:
             metrics = quality.reference_metrics(output, lr, reference.pixels, s.scale)
@@ -404,7 +404,7 @@ class Write(Step):
         if s.provenance == "xmp":
             making = making_of(s, w, out_pixels.shape[1], out_pixels.shape[0])
             xmp = output_xmp(making, decoded.xmp, fmt, notes)
-        data = images.encode_image(out_pixels, w.alpha, fmt, quality=s.quality,
+        data = encode.encode_image(out_pixels, w.alpha, fmt, quality=s.quality,
                                    png_compress_level=s.png_compress_level,
                                    icc_profile=decoded.icc_profile, exif=decoded.exif, xmp=xmp)
         if s.c2pa_signing is not None:
@@ -440,7 +440,7 @@ def output_xmp(making: provenance.Making, source_xmp: bytes | None, fmt: str,
     """The output's XMP packet: the source's extended with what made the output (provenance.py);
     what could not be kept goes to `notes`."""
     xmp, note = provenance.build_xmp(making, source_xmp)
-    if fmt == "jpeg" and len(xmp) > images.JPEG_XMP_MAX:
+    if fmt == "jpeg" and len(xmp) > encode.JPEG_XMP_MAX:
         # One APP1 segment holds 64 KB; sr-batch writes no Extended XMP, so ours goes alone.
         xmp, _ = provenance.build_xmp(making, None)
         note = (f"source XMP too large for a JPEG XMP segment with sr-batch's ({len(source_xmp)} "

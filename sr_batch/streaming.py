@@ -22,6 +22,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from sr_batch import resample
+from sr_batch.decode import TIFF_MAGICS
 from sr_batch.errors import CorruptImageError, ModelRunError, ReadError, TooManyPixelsError
 from sr_batch.upscaler import Upscaler, to_integer
 
@@ -36,7 +37,6 @@ MAX_SEGMENT_BYTES = 64 << 20
 # TIFF tile sides must be multiples of 16.
 _TIFF_TILE_ALIGN = 16
 _ORIENTATION_TAG = 274
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 class NotStreamableError(Exception):
@@ -88,7 +88,7 @@ def count_pixels(handle: BinaryIO) -> int | None:
 
     handle.seek(0)
     try:
-        if handle.read(4) in _TIFF_MAGICS:
+        if handle.read(4) in TIFF_MAGICS:
             layout = read_layout(handle, check=False)
             return layout.width * layout.height
         handle.seek(0)
@@ -115,7 +115,7 @@ def read_layout(handle: BinaryIO, check: bool = True) -> TiffLayout:
     import tifffile
 
     handle.seek(0)
-    if handle.read(4) not in _TIFF_MAGICS:
+    if handle.read(4) not in TIFF_MAGICS:
         raise NotStreamableError(f"{_format_name(handle)} cannot be streamed")
     handle.seek(0)
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sr_batch import images, stats, storage, streaming
+from sr_batch import decode, stats, storage, streaming
 from sr_batch.errors import ImageError
 from sr_batch.models.registry import ModelSpec
 from sr_batch.settings import ActorSettings
@@ -34,7 +34,7 @@ class Work:
     """The manifest row with its planned output names."""
     stats: dict
     """The stats row so far; `status` is failed until the image is written."""
-    decoded: images.DecodedImage | None = None
+    decoded: decode.DecodedImage | None = None
     stream: streaming.TiffLayout | None = None
     """An image above --max-pixels that the model actor streams (set instead of `decoded`)."""
     output: np.ndarray | None = None

@@ -99,6 +99,7 @@ def test_the_graph_reader_sees_a_circle_and_a_driver_import(tmp_path, monkeypatc
     ("sr_batch.model_probe", "sr_batch.pipeline"),
     ("sr_batch.bookkeeping", "sr_batch.pipeline"),
     ("sr_batch.run_record", "sr_batch.pipeline"),
+    ("sr_batch.decode", "sr_batch.encode"),
     ("sr_batch.naming", "sr_batch.plan"),
     ("sr_batch.model_probe", "sr_batch.plan"),
 ])

@@ -219,7 +219,7 @@ def test_folder_of_extensionless_images_says_they_were_skipped(tmp_path):
 
 def test_a_manifest_row_may_name_an_extensionless_image(tmp_path):
     from sr_batch import storage
-    from sr_batch.images import decode_image
+    from sr_batch.decode import decode_image
 
     (tmp_path / "scan0001").write_bytes(png_bytes(scene(8, 10)))
     manifest = tmp_path / "m.csv"

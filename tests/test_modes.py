@@ -18,7 +18,7 @@ from PIL import Image, ImageCms
 
 from sr_batch import stats
 from sr_batch.config import JobConfig
-from sr_batch.images import decode_image
+from sr_batch.decode import decode_image
 
 from conftest import scene
 

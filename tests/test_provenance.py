@@ -14,7 +14,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from sr_batch import cli, images, provenance, stats
+from sr_batch import cli, provenance, stats
+from sr_batch.decode import decode_image
+from sr_batch.encode import JPEG_XMP_MAX, encode_image
 from sr_batch.config import JobConfig
 from sr_batch.errors import ConfigError
 
@@ -71,7 +73,7 @@ def test_exiftool_reads_the_provenance_of_every_format(tmp_path, fmt, dtype, lev
     xmp, note = provenance.build_xmp(making(), None)
     assert note is None
     path = tmp_path / f"out.{fmt}"
-    path.write_bytes(images.encode_image(pixels, None, fmt, png_compress_level=level, xmp=xmp))
+    path.write_bytes(encode_image(pixels, None, fmt, png_compress_level=level, xmp=xmp))
 
     [tags] = exiftool(path)
     assert tags["XMP-iptcExt:DigitalSourceType"] == TERM
@@ -84,7 +86,7 @@ def test_exiftool_reads_the_provenance_of_every_format(tmp_path, fmt, dtype, lev
     [event] = tags["XMP-xmpMM:History"]
     assert event["Action"] == "derived" and event["SoftwareAgent"].startswith("sr-batch ")
     # The pixels are untouched by the metadata.
-    assert images.decode_image(path.read_bytes(), 10**6).pixels.shape == (48, 64, 3)
+    assert decode_image(path.read_bytes(), 10**6).pixels.shape == (48, 64, 3)
 
 
 def test_source_xmp_is_kept_and_extended():
@@ -246,11 +248,11 @@ def test_an_oversize_source_xmp_in_a_jpeg_output_gives_ours_alone():
 
     big = SOURCE_XMP.replace(b"Jane Archivist", b"J" * 70_000)
     xmp, note = provenance.build_xmp(making(), big)
-    assert len(xmp) > images.JPEG_XMP_MAX and note is None
+    assert len(xmp) > JPEG_XMP_MAX and note is None
     notes: list[str] = []
     xmp = steps.output_xmp(making(), big, "jpeg", notes)
-    assert len(xmp) <= images.JPEG_XMP_MAX and "too large for a JPEG XMP segment" in notes[0]
-    data = images.encode_image(scene(48, 64), None, "jpeg", xmp=xmp)
+    assert len(xmp) <= JPEG_XMP_MAX and "too large for a JPEG XMP segment" in notes[0]
+    data = encode_image(scene(48, 64), None, "jpeg", xmp=xmp)
     assert provenance.describe(provenance.read_xmp(data))["RunID"] == "r-1"
     assert len(steps.output_xmp(making(), big, "png", notes)) > 70_000  # PNG holds it all
 
@@ -315,8 +317,8 @@ def _action(read: dict) -> dict:
 def test_c2pa_manifest_signs_and_reads_back_valid(signing_files, fmt):
     signing = provenance.load_signing(f"{signing_files[0]},{signing_files[1]}")
     xmp, _ = provenance.build_xmp(making(), None)
-    data = images.encode_image(scene(48, 64), None, fmt, xmp=xmp)
-    source = images.encode_image(scene(24, 32), None, "jpeg")
+    data = encode_image(scene(48, 64), None, fmt, xmp=xmp)
+    source = encode_image(scene(24, 32), None, "jpeg")
 
     signed = provenance.sign_c2pa(data, fmt, making(), source, "JPEG", signing)
 

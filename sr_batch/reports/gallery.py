@@ -76,7 +76,7 @@ def make_crops(row: dict, side: int = CROP_PX) -> dict[str, str | None]:
 
 def read_pixels(uri: str | None) -> np.ndarray | None:
     """HxWxC uint8 pixels of an image, or None if it is missing or unreadable."""
-    from sr_batch.images import decode_image
+    from sr_batch.decode import decode_image
 
     if not uri:
         return None
