@@ -13,7 +13,7 @@ from sr_batch.estimates import Estimates
 
 # Bump when the rules change: the version is part of `--model auto`'s identity, so an
 # incremental run redoes the images whose route the new rules would choose differently.
-RULES_VERSION = 2
+RULES_VERSION = 3
 # The rules' thresholds, measured on Set5 + Set14 (jobs/evaluate.py --preset jpegQ / noiseS
 # with the clean default and `real` at every denoise level; docs/models.md#--model-auto): where
 # `real` starts to beat the clean model on the same LR, and which --denoise does best.
@@ -27,7 +27,12 @@ estimate reads fine texture as noise too (clean x4 LRs of Set5/Set14 read up to 
 sending a clean image to `real` costs far more (x4: about 0.8 dB) than leaving light noise to
 the clean model (sigma 4: the clean model is still 0.2 dB ahead; sigma 6: 0.1 dB behind)."""
 # (quality at or below, denoise) for JPEGs, strongest first; (sigma at or above, denoise) for noise.
-JPEG_DENOISE = ((55, 0.5), (77, 0.25), (CLEAN_ABOVE_QUALITY, 0.0))
+# JPEG: the strongest denoise within 0.1 dB of the best Y-PSNR on Set14 at that quality (real at
+# denoise 0 to 1 on jpeg30 .. jpeg85): the grid goes with the stronger denoise at almost no cost
+# (x4 q30: dn0.75 24.89 dB, blockiness 1.32; dn0.5 24.91, 1.40; dn0 24.77, 1.62).
+JPEG_DENOISE = ((50, 0.75), (65, 0.5), (88, 0.25), (CLEAN_ABOVE_QUALITY, 0.0))
+JPEG_RULES = {2: JPEG_DENOISE}
+"""Per scale: the JPEG table; other scales use JPEG_DENOISE (measured at x4)."""
 NOISE_DENOISE = ((13.0, 0.75), (CLEAN_BELOW_SIGMA, 0.5))
 # x2 reads less texture as noise (clean x2 LRs of Set5/Set14: at most 5.7), and there `real`
 # already wins from sigma 6 (x2, sigma 6: real dn0.25 34.16 dB, residual 33.07; sigma 4: 34.93
@@ -35,8 +40,16 @@ NOISE_DENOISE = ((13.0, 0.75), (CLEAN_BELOW_SIGMA, 0.5))
 NOISE_RULES = {2: (6.0, ((13.0, 0.75), (9.0, 0.5), (6.0, 0.25)))}
 """Per scale: (the sigma below which an image counts as clean, the noise table); other scales
 use CLEAN_BELOW_SIGMA and NOISE_DENOISE (measured at x4)."""
-DENOISE_LEVELS = (0.0, 0.25, 0.5, 0.75)
-"""Every denoise strength a rule can choose: auto loads one interpolation of `real` per level."""
+BLURRY = 0.40
+"""Blur effect (estimates.blur) at or above which an image no other clue sends to `real` goes to
+`real` at BLUR_DENOISE. Above every clean x2/x4 LR of 310 natural photos (Set5, Set14, BSDS200,
+T91: at most 0.36), as a clean image sent to `real` loses 2-4 dB; a Gaussian blur of sigma 1.5 LR
+px reads 0.28-0.60 on Set5/Set14 (13 of 19 images at or above 0.40 at x2 and at x4), where the
+clean model gains 0.03 dB over bicubic and `real` at denoise 1 0.6-0.9 dB."""
+BLUR_DENOISE = 1.0
+DENOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Every denoise strength a rule can choose: auto loads one interpolation of `real` per level
+(when an image first takes it)."""
 # The quality that blockiness most resembles (a decoded JPEG at that quality), for non-JPEG files.
 _BLOCKINESS_QUALITY = ((3.0, 15), (2.4, 25), (2.0, 40), (1.7, 60), (1.4, 80))
 
@@ -61,6 +74,7 @@ def choose(estimates: Estimates, scale: int = 4) -> Choice:
     with the denoise strength its degradation calls for (the stronger of its JPEG and noise
     clues); the rest to the clean model."""
     clean_below, noise_denoise = NOISE_RULES.get(scale, (CLEAN_BELOW_SIGMA, NOISE_DENOISE))
+    jpeg_denoise = JPEG_RULES.get(scale, JPEG_DENOISE)
     quality, why = estimates.jpeg_quality, None
     if quality is not None:
         why = f"jpeg q{quality:.0f}"
@@ -70,11 +84,14 @@ def choose(estimates: Estimates, scale: int = 4) -> Choice:
     sigma = estimates.noise_sigma if _measured(estimates.noise_sigma) else 0.0
     strengths, reasons = [], []
     if quality is not None and quality <= CLEAN_ABOVE_QUALITY:
-        strengths.append(next(d for q, d in JPEG_DENOISE if quality <= q))
+        strengths.append(next(d for q, d in jpeg_denoise if quality <= q))
         reasons.append(why)
     if sigma >= clean_below:
         strengths.append(next(d for s, d in noise_denoise if sigma >= s))
         reasons.append(f"noise {sigma:.1f}")
+    blur = estimates.blur if _measured(estimates.blur) else 0.0
+    if not strengths and blur >= BLURRY:
+        return Choice("real", BLUR_DENOISE, (why + ", " if why else "") + f"blurry {blur:.2f}")
     if not strengths:
         return Choice("clean", None, (why + ", " if why else "") + f"clean (noise {sigma:.1f})")
     return Choice("real", max(strengths), ", ".join(reasons))

@@ -102,8 +102,9 @@ PINNED = {
     'auto x4': {
         'a_rgb.png': ('f57b10b076d66790',
             ('ok', None, 'png', 23422, 52, 40, 208, 160, 4.0, 1, 'quality_lite', None, 'clean (noise 0.1)', 158, 15, 1, None, 0.143931, 60.899787, 7.332448, None, None)),
-        'b_q40.jpg': ('cd7855ae3e9c280e',
-            ('ok', None, 'jpeg', 6923, 64, 48, 256, 192, 4.0, 1, 'real', 0.5, 'jpeg q40', 158, 15, 1, 40.0, 0.461719, 49.623717, 1.971776, None, None)),
+        # Routing rules v3: a q40 JPEG takes real at denoise 0.75 (was 0.5), leaving less grid.
+        'b_q40.jpg': ('903afbfb368ffa64',
+            ('ok', None, 'jpeg', 6958, 64, 48, 256, 192, 4.0, 1, 'real', 0.75, 'jpeg q40', 158, 15, 1, 40.0, 0.461719, 49.144998, 2.142572, None, None)),
         'c_grey16.png': ('8528f85fe8dcf04c',
             ('ok', None, 'png', 24562, 44, 36, 176, 144, 4.0, 1, 'quality_lite', None, 'clean (noise 0.0)', 158, 15, 1, None, 0.0, 71.438785, 1.00948, None, None)),
         'd_rgba.png': ('13bcd3140229b291',

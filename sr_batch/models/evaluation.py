@@ -285,7 +285,7 @@ def mixed_lr(hr: np.ndarray, scale: int, kind: str, index: int) -> bytes:
 def evaluate_mixed(folders: list[str], scale: int, denoise: tuple[float, ...] = (0.0, 0.5, 1.0)) -> list[dict]:
     """Y-PSNR/SSIM per kind of LR (clean, jpeg, noisy, all) of bicubic, the clean default, `real`
     at each `denoise`, and `--model auto` routing each image as the job does."""
-    from sr_batch import images as image_codec
+    from sr_batch import decode as image_codec
     from sr_batch import routing
     from sr_batch.estimates import estimate
     from sr_batch.models.data import load_images
