@@ -44,6 +44,24 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def saved(image, fmt: str, **options) -> bytes:
+    """A Pillow image saved to bytes in `fmt`."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def alpha_ramp(height: int, width: int) -> np.ndarray:
+    """An alpha plane from fully transparent (0) to opaque (255) across the width."""
+    return np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
+
+
+
+def deep_planes(height: int, width: int, channels: int) -> np.ndarray:
+    """uint16 planes using all 16 bits (low bytes differ from high bytes)."""
+    return (np.arange(height * width * channels).reshape(height, width, channels) * 2749 % 65536
+            ).astype(np.uint16)
+
 def pytest_collection_modifyitems(items):
     """A test that uses the real local Ray is slow, whether or not its file says so."""
     for item in items:

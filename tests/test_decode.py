@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import png_bytes, scene
+from conftest import alpha_ramp, deep_planes, png_bytes, saved, scene
 from sr_batch.decode import decode_image
 from sr_batch.encode import encode_image
 from sr_batch.errors import (CorruptImageError, EmptyFileError, NotAnImageError,
@@ -21,23 +21,6 @@ from sr_batch.formats import output_format
 MAX_PIXELS = 1_000_000
 ORIENTATION = 0x0112
 MAKE = 0x010F
-
-
-def saved(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def alpha_ramp(height: int, width: int) -> np.ndarray:
-    """An alpha plane from fully transparent (0) to opaque (255) across the width."""
-    return np.tile(np.linspace(0, 255, width).astype(np.uint8), (height, 1))
-
-
-def deep_planes(height: int, width: int, channels: int) -> np.ndarray:
-    """uint16 planes using all 16 bits (low bytes differ from high bytes)."""
-    return (np.arange(height * width * channels).reshape(height, width, channels) * 2749 % 65536
-            ).astype(np.uint16)
 
 
 # --- modes -----------------------------------------------------------------------------
