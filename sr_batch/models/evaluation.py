@@ -25,6 +25,7 @@ import numpy as np
 from sr_batch import quality, resample, storage
 from sr_batch.config import check_denoise
 from sr_batch.errors import SrBatchError
+from sr_batch.estimates import estimate
 from sr_batch.models import cards, degradations, registry
 from sr_batch.upscaler import Upscaler, make_tf_batch_fn, self_ensemble, to_integer
 
@@ -287,7 +288,6 @@ def evaluate_mixed(folders: list[str], scale: int, denoise: tuple[float, ...] = 
     at each `denoise`, and `--model auto` routing each image as the job does."""
     from sr_batch import decode as image_codec
     from sr_batch import routing
-    from sr_batch.estimates import estimate
     from sr_batch.models.data import load_images
 
     clean_spec = registry.resolve_model(None, scale)

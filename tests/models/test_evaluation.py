@@ -63,3 +63,19 @@ def test_evaluate_bfloat16_adds_a_row_per_model(tmp_path, hr_folder, capsys):
     # Untrained, the model is its float32 bicubic skip (the convolutions add zeros): the same scores.
     full, half = (r["scores"]["synthetic"]["psnr_y"] for r in rows[1:])
     assert half == pytest.approx(full, abs=0.01)
+
+
+def test_evaluate_routes_auto_per_image_as_the_job_does(tmp_path, hr_folder, capsys):
+    """`--model auto` on each preset: the JPEG preset's LRs (their files) route to `real`, the
+    clean ones to the clean default, with the same scores as that model alone."""
+    from sr_batch.models import evaluation
+
+    out_json = tmp_path / "rows.json"
+    assert evaluation.main([str(hr_folder), "--scale", "2", "--model", "auto", "--model", "residual",
+                            "--preset", "clean", "--preset", "jpeg30", "--no-speed", "--threads", "1",
+                            "--json", str(out_json)]) == 0
+    assert "routes: real dn0.75 4" in capsys.readouterr().out
+    rows = {(r["name"], r["preset"]): r for r in json.loads(out_json.read_text())}
+    assert rows["auto", "jpeg30"]["routes"] == {"real dn0.75": 4}
+    assert rows["auto", "clean"]["routes"] == {"clean": 4}
+    assert rows["auto", "clean"]["scores"] == rows["residual", "clean"]["scores"]
