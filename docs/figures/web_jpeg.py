@@ -1,10 +1,13 @@
 """Make docs/figures/web_jpeg.png: a small web JPEG at x4, 100 % crops, beside Real-ESRGAN.
 
-    python docs/figures/web_jpeg.py [--quality 60] [--crop 160] [--out docs/figures/web_jpeg.png]
+    python docs/figures/web_jpeg.py [--quality 60] [--crop 160] [--photo astronaut]
+                                    [--out docs/figures/web_jpeg.png]
 
 The picture is scikit-image's `astronaut` (Eileen Collins, a NASA photograph in the public
 domain, bundled in the scikit-image wheel). At 512x512 it is the largest bundled portrait, so
-the LR that keeps an x4 ground truth is 128x128: shrunk by Pillow bicubic and saved as a JPEG at
+the LR that keeps an x4 ground truth is 128x128; `--photo hubble_deep_field` (NASA/ESA, public
+domain, 1000x872) gives a 250x218 LR, the size of a web JPEG, but a field of galaxies, not a
+photo a user would upscale. The original is shrunk x4 by Pillow bicubic and saved as a JPEG at
 --quality, the way a small web photo reaches an archive. Its bytes are routed as the job routes
 them (`auto`), and the panels are: the LR JPEG (nearest x4, so its 8x8 grid shows), bicubic, the
 clean default, `auto`, Real-ESRGAN x4plus (its released ncnn weights, run on CPU) and the
@@ -37,6 +40,7 @@ from sr_batch.models import registry  # noqa: E402
 from sr_batch.models.evaluation import model_upscale  # noqa: E402
 
 SCALE = 4  # Real-ESRGAN x4plus is x4 only
+PHOTOS = ("astronaut", "hubble_deep_field")
 
 
 def upscale_with(spec: registry.ModelSpec, lr: np.ndarray, denoise: float | None = None) -> np.ndarray:
@@ -73,12 +77,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quality", type=int, default=60, help="JPEG quality of the LR (a typical web JPEG)")
     parser.add_argument("--crop", type=int, default=160, help="side of the crop shown, output px at 100 %%")
+    parser.add_argument("--photo", choices=sorted(PHOTOS), default="astronaut",
+                        help="the scikit-image photograph (see above)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "figures" / "web_jpeg.png"))
     args = parser.parse_args()
 
-    from skimage.data import astronaut
+    import skimage.data
 
-    hr = quality.crop_to_multiple(astronaut(), SCALE)
+    hr = quality.crop_to_multiple(getattr(skimage.data, args.photo)(), SCALE)
     buffer = io.BytesIO()
     Image.fromarray(resample.downscale_bicubic(hr, SCALE)).save(buffer, "JPEG", quality=args.quality)
     jpeg = buffer.getvalue()
