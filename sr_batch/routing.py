@@ -32,7 +32,9 @@ the clean model (sigma 4: the clean model is still 0.2 dB ahead; sigma 6: 0.1 dB
 # (x4 q30: dn0.75 24.89 dB, blockiness 1.32; dn0.5 24.91, 1.40; dn0 24.77, 1.62).
 JPEG_DENOISE = ((50, 0.75), (65, 0.5), (88, 0.25), (CLEAN_ABOVE_QUALITY, 0.0))
 # x2 (Set14): q40 dn0.75 28.75 dB, 1.18; q50 dn0.5 29.21, 1.20 (dn0.75 0.13 dB behind).
-JPEG_RULES = {2: ((45, 0.75), (65, 0.5), (88, 0.25), (CLEAN_ABOVE_QUALITY, 0.0))}
+# x3 (Set14): q50 dn0.75 26.83 dB, 1.15 (dn0.5 26.91, 1.20); q75 dn0.5 27.79, 1.06 (dn0.25 27.88, 1.09).
+JPEG_RULES = {2: ((45, 0.75), (65, 0.5), (88, 0.25), (CLEAN_ABOVE_QUALITY, 0.0)),
+              3: ((50, 0.75), (75, 0.5), (88, 0.25), (CLEAN_ABOVE_QUALITY, 0.0))}
 """Per scale: the JPEG table; other scales use JPEG_DENOISE (measured at x4)."""
 NOISE_DENOISE = ((13.0, 0.75), (CLEAN_BELOW_SIGMA, 0.5))
 # x2 reads less texture as noise (clean x2 LRs of Set5/Set14: at most 5.7), and there `real`
