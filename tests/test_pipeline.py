@@ -424,7 +424,7 @@ def test_sr_batch_run_takes_the_output_size_options(ray_local, tmp_path):
 @pytest.mark.slow
 def test_auto_routes_each_image_and_runs_it_as_its_model_would(ray_local, tmp_path):
     """The default `--model auto` through `sr-batch run`: a clean PNG takes the clean default, a
-    JPEG at quality 40 `real` at 0.5, a PNG with noise sigma 15 `real` at 0.75; the stats say
+    JPEG at quality 40 `real` at 0.75, a PNG with noise sigma 15 `real` at 0.75; the stats say
     why; each output equals a run with that model alone; auto is its own reusable setting."""
     import io
 
@@ -449,7 +449,7 @@ def test_auto_routes_each_image_and_runs_it_as_its_model_would(ray_local, tmp_pa
     clean, web, noisy = rows["clean.png"], rows["web.jpg"], rows["noisy.png"]
     assert (clean["model"], clean["denoise"]) == (registry.resolve_model(None, 2).name, None)
     assert clean["route"].startswith("clean") and clean["jpeg_quality_est"] is None
-    assert (web["model"], web["denoise"], web["route"]) == ("real", 0.5, "jpeg q40")
+    assert (web["model"], web["denoise"], web["route"]) == ("real", 0.75, "jpeg q40")
     assert web["jpeg_quality_est"] == pytest.approx(40, abs=1)
     assert (noisy["model"], noisy["denoise"]) == ("real", 0.75)
     assert noisy["route"].startswith("noise") and 12 <= noisy["noise_sigma_est"] <= 20
@@ -459,7 +459,7 @@ def test_auto_routes_each_image_and_runs_it_as_its_model_would(ray_local, tmp_pa
 
     alone = tmp_path / "alone"
     assert cli.main(["run", str(single), "--output", str(alone), "--scale", "2", "--model", "real",
-                     "--denoise", "0.5"]) == 0
+                     "--denoise", "0.75"]) == 0
     (by_itself,) = stats.read_stats(str(alone)).to_pylist()
     with Image.open(web["output_uri"].removeprefix("file://")) as a, \
             Image.open(by_itself["output_uri"].removeprefix("file://")) as b:
