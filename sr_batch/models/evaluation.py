@@ -74,11 +74,15 @@ class Routed:
                 self.runners[f"real dn{level:g}"] = _runner(real, scale, level)
         self.routes: dict[str, int] = {}
 
-    def __call__(self, lr: np.ndarray, data: bytes) -> np.ndarray:
+    def route(self, lr: np.ndarray, data: bytes) -> str:
+        """The runner key the job would give this LR file, counted in `routes`."""
         choice = self.routing.choose(estimate(data, lr), self.scale)
         key = choice.key if choice.key in self.runners else "clean"
         self.routes[key] = self.routes.get(key, 0) + 1
-        return self.runners[key](lr)
+        return key
+
+    def __call__(self, lr: np.ndarray, data: bytes) -> np.ndarray:
+        return self.runners[self.route(lr, data)](lr)
 
 
 def _runner(spec, scale: int, denoise: float | None = None) -> "Upscale":
@@ -287,22 +291,15 @@ def evaluate_mixed(folders: list[str], scale: int, denoise: tuple[float, ...] = 
     """Y-PSNR/SSIM per kind of LR (clean, jpeg, noisy, all) of bicubic, the clean default, `real`
     at each `denoise`, and `--model auto` routing each image as the job does."""
     from sr_batch import decode as image_codec
-    from sr_batch import routing
     from sr_batch.models.data import load_images
 
     clean_spec = registry.resolve_model(None, scale)
     real_spec = registry.resolve_model("real", scale)
-    runners: dict[str, Upscale] = {"bicubic": bicubic_upscale(scale)}
-
-    def runner(spec, strength=None) -> Upscale:
-        model = registry.load_keras_model(spec, scale, denoise=strength)
-        return model_upscale(model, scale, spec.receptive_radius)[0]
-
-    runners[clean_spec.name] = runner(clean_spec)
-    levels = sorted(set(denoise) | set(routing.DENOISE_LEVELS))
-    real_runs = {level: runner(real_spec, level) for level in levels}
+    routed = Routed(scale)  # the clean default and `real` at every level the rules use
+    runners: dict[str, Upscale] = {"bicubic": bicubic_upscale(scale), clean_spec.name: routed.runners["clean"]}
     for level in denoise:
-        runners[f"real dn{level:g}"] = real_runs[level]
+        runners[f"real dn{level:g}"] = (routed.runners.get(f"real dn{level:g}")
+                                        or _runner(real_spec, scale, level))
     hrs = [quality.crop_to_multiple(image, scale) for folder in folders for image in load_images([folder])]
     results: dict[tuple[str, str], list] = {}
     routes: dict[str, int] = {}
@@ -311,10 +308,9 @@ def evaluate_mixed(folders: list[str], scale: int, denoise: tuple[float, ...] = 
             data = mixed_lr(hr, scale, kind, index)
             lr = image_codec.decode_image(data, 10**9).pixels
             lr = lr[..., 0] if lr.shape[2] == 1 else lr
-            choice = routing.choose(estimate(data, lr), scale)
-            routes[f"{kind}: {choice.key}"] = routes.get(f"{kind}: {choice.key}", 0) + 1
-            chosen = runners[clean_spec.name] if choice.model == "clean" else real_runs[choice.denoise]
-            for name, upscale in [*runners.items(), ("auto", chosen)]:
+            key = routed.route(lr, data)
+            routes[f"{kind}: {key}"] = routes.get(f"{kind}: {key}", 0) + 1
+            for name, upscale in [*runners.items(), ("auto", routed.runners[key])]:
                 sr = upscale(lr)
                 for key in ((kind, name), ("all", name)):
                     results.setdefault(key, []).append((quality.psnr_y(sr, hr, border=scale),
